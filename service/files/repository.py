@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from sqlmodel import col, select
+
+from service.common import Page
+from service.models import Job, StoredFile
+from service.repository import ScopedRepository
+
+ACTIVE_JOB_STATES = ("validating_files", "queued", "running", "cancelling")
+
+
+class FileRepository(ScopedRepository[StoredFile]):
+    model = StoredFile
+
+    def list_page(
+        self, after: str | None, limit: int, purpose: str | None
+    ) -> Page[StoredFile] | None:
+        stmt = self._select()
+        if purpose is not None:
+            stmt = stmt.where(StoredFile.purpose == purpose)
+        return self.page(stmt, after, limit)
+
+    def active_job_using(self, file_id: str) -> Job | None:
+        stmt = select(Job).where(
+            Job.tenant_id == self.tenant_id,
+            col(Job.status).in_(ACTIVE_JOB_STATES),
+            (Job.training_file == file_id) | (Job.validation_file == file_id),
+        )
+        return self.session.exec(stmt).first()
+
+    def delete(self, obj: StoredFile) -> None:
+        self.session.delete(obj)
+        self.session.flush()

@@ -1,0 +1,132 @@
+"""File rules: validate while streaming to storage; only complete files ever get a row."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import IO
+
+from sqlmodel import Session
+
+from service.common import new_id, now
+from service.config import Settings
+from service.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from service.files.repository import FileRepository
+from service.files.schemas import FileDeleted, FileList, FileOut
+from service.models import StoredFile
+from service.storage import CHUNK, ArtifactStore
+from workers.formats import DataFormatError, FileTooLarge, StreamingValidator
+
+PURPOSES = ("fine-tune",)
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def clean_filename(name: str | None) -> str:
+    # Only ever displayed, never used as a path; still, keep the last path component only.
+    base = re.split(r"[/\\]", name or "")[-1]
+    base = _UNSAFE.sub("", base).strip()
+    if base in ("", ".", ".."):
+        base = "upload.jsonl"
+    return base[:255]
+
+
+def file_out(f: StoredFile) -> FileOut:
+    return FileOut(
+        id=f.id,
+        bytes=f.bytes,
+        created_at=int(f.created_at),
+        filename=f.filename,
+        purpose=f.purpose,
+        format=f.format,
+        examples=f.examples,
+    )
+
+
+class FileService:
+    def __init__(
+        self, session: Session, tenant_id: str, store: ArtifactStore, settings: Settings
+    ) -> None:
+        self.repo = FileRepository(session, tenant_id)
+        self.tenant_id = tenant_id
+        self.store = store
+        self.settings = settings
+
+    def _get(self, file_id: str) -> StoredFile:
+        found = self.repo.get(file_id)
+        if found is None:
+            raise NotFound(f"No such File object: {file_id}", param="file_id")
+        return found
+
+    def upload(self, stream: IO[bytes], filename: str | None, purpose: str) -> FileOut:
+        if purpose not in PURPOSES:
+            raise BadRequest(
+                f"purpose '{purpose}' is not supported; use one of: {', '.join(PURPOSES)}",
+                param="purpose",
+            )
+        file_id = new_id("file")
+        key = f"{self.tenant_id}/files/{file_id}.jsonl"
+        partial = f"{key}.partial"
+        validator = StreamingValidator(max_bytes=self.settings.max_upload_bytes)
+        try:
+            with self.store.open_write(partial) as out:
+                while chunk := stream.read(CHUNK):
+                    validator.feed(chunk)
+                    out.write(chunk)
+            summary = validator.finish()
+        except FileTooLarge as exc:
+            self.store.delete(partial)
+            raise PayloadTooLarge(str(exc), param="file") from None
+        except DataFormatError as exc:
+            self.store.delete(partial)
+            raise BadRequest(f"Invalid file: {exc}", param="file", code="invalid_file") from None
+        except BaseException:
+            self.store.delete(partial)
+            raise
+        # Readers only ever see the final key, and only once it is complete.
+        self.store.move(partial, key)
+        stored = StoredFile(
+            id=file_id,
+            tenant_id=self.tenant_id,
+            filename=clean_filename(filename),
+            purpose=purpose,
+            bytes=summary.bytes,
+            storage_key=key,
+            format=summary.format,
+            examples=summary.examples,
+            labels=summary.labels or None,
+            created_at=now(),
+        )
+        self.repo.add(stored)
+        return file_out(stored)
+
+    def list(self, after: str | None, limit: int, purpose: str | None) -> FileList:
+        page = self.repo.list_page(after, limit, purpose)
+        if page is None:
+            raise BadRequest(f"No file '{after}' to page after.", param="after")
+        data = [file_out(f) for f in page.items]
+        return FileList(
+            data=data,
+            has_more=page.has_more,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+        )
+
+    def get(self, file_id: str) -> FileOut:
+        return file_out(self._get(file_id))
+
+    def content(self, file_id: str) -> Iterator[bytes]:
+        return self.store.iter_bytes(self._get(file_id).storage_key)
+
+    def delete(self, file_id: str) -> FileDeleted:
+        stored = self._get(file_id)
+        job = self.repo.active_job_using(file_id)
+        if job is not None:
+            raise Conflict(
+                f"File {file_id} is used by fine-tuning job {job.id}, which is {job.status}; "
+                "delete it after the job ends.",
+                param="file_id",
+                code="file_in_use",
+            )
+        self.repo.delete(stored)
+        self.store.delete(stored.storage_key)
+        return FileDeleted(id=file_id)

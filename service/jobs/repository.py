@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from sqlmodel import col, func, select
+
+from service.common import Page
+from service.models import Checkpoint, Job, JobEvent
+from service.repository import ScopedRepository
+
+QUEUED_STATES = ("validating_files", "queued")
+
+
+class JobRepository(ScopedRepository[Job]):
+    model = Job
+
+    def count_in(self, statuses: tuple[str, ...]) -> int:
+        stmt = select(func.count()).where(
+            Job.tenant_id == self.tenant_id, col(Job.status).in_(statuses)
+        )
+        return int(self.session.exec(stmt).one())
+
+    def list_page(self, after: str | None, limit: int) -> Page[Job] | None:
+        return self.page(self._select(), after, limit)
+
+    def events(self, job_id: str, after: str | None, limit: int) -> Page[JobEvent] | None:
+        """Newest first, like OpenAI; the cursor is an event id of this job."""
+        stmt = select(JobEvent).where(
+            JobEvent.tenant_id == self.tenant_id, JobEvent.job_id == job_id
+        )
+        if after is not None:
+            anchor = self.session.exec(stmt.where(JobEvent.id == after)).first()
+            if anchor is None:
+                return None
+            stmt = stmt.where(col(JobEvent.seq) < anchor.seq)
+        rows = list(self.session.exec(stmt.order_by(col(JobEvent.seq).desc()).limit(limit + 1)))
+        return Page(items=rows[:limit], has_more=len(rows) > limit)
+
+    def checkpoints(self, job_id: str, after: str | None, limit: int) -> Page[Checkpoint] | None:
+        """Newest (highest step) first; the cursor is a checkpoint id of this job."""
+        stmt = select(Checkpoint).where(
+            Checkpoint.tenant_id == self.tenant_id, Checkpoint.job_id == job_id
+        )
+        if after is not None:
+            anchor = self.session.exec(stmt.where(Checkpoint.id == after)).first()
+            if anchor is None:
+                return None
+            stmt = stmt.where(col(Checkpoint.step_number) < anchor.step_number)
+        order = col(Checkpoint.step_number).desc()
+        rows = list(self.session.exec(stmt.order_by(order).limit(limit + 1)))
+        return Page(items=rows[:limit], has_more=len(rows) > limit)

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from service.auth import TenantPrincipal
+from service.db import SessionDep
+from service.errors import Unauthorized
+from service.idempotency import IdempotencyDep
+from service.jobs.schemas import CheckpointList, EventList, JobCreate, JobList, JobOut
+from service.jobs.service import JobService
+from service.models import Tenant
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+
+def _service(request: Request, session: SessionDep, principal: TenantPrincipal) -> JobService:
+    tenant = session.get(Tenant, principal.tenant_id)
+    if tenant is None:
+        raise Unauthorized("Incorrect API key provided.")
+    state = request.app.state
+    return JobService(
+        session,
+        tenant,
+        settings=state.settings,
+        catalog=state.catalog,
+        store=state.store,
+        backend=state.backend,
+    )
+
+
+Jobs = Annotated[JobService, Depends(_service)]
+Limit = Annotated[int, Query(ge=1, le=100)]
+
+
+@router.post("", response_model=JobOut)
+def create_job(body: JobCreate, jobs: Jobs, idem: IdempotencyDep) -> JobOut | JSONResponse:
+    if (replayed := idem.replay()) is not None:
+        return replayed
+    out = jobs.create(body)
+    idem.remember(out)
+    return out
+
+
+@router.get("", response_model=JobList)
+def list_jobs(jobs: Jobs, after: str | None = None, limit: Limit = 20) -> JobList:
+    return jobs.list(after, limit)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, jobs: Jobs) -> JobOut:
+    return jobs.get(job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, jobs: Jobs) -> JobOut:
+    return jobs.cancel(job_id)
+
+
+@router.get("/{job_id}/events", response_model=EventList)
+def list_events(job_id: str, jobs: Jobs, after: str | None = None, limit: Limit = 20) -> EventList:
+    return jobs.events(job_id, after, limit)
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList)
+def list_checkpoints(
+    job_id: str, jobs: Jobs, after: str | None = None, limit: Limit = 10
+) -> CheckpointList:
+    return jobs.checkpoints(job_id, after, limit)

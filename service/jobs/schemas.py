@@ -1,0 +1,144 @@
+"""Fine-tuning job shapes: OpenAI's fields plus Tuneplane's extensions (DESIGN §3)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from workers.spec import Adapter, Resources, SearchSpec, Task
+
+Auto = Literal["auto"]
+
+
+class HyperparametersIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # OpenAI's three.
+    n_epochs: int | Auto | None = Field(None, ge=1, le=1000)
+    batch_size: int | Auto | None = Field(None, ge=1, le=4096)
+    learning_rate_multiplier: float | Auto | None = Field(None, gt=0, le=100)
+    # Tuneplane's: any TrainingConfig field.
+    learning_rate: float | None = Field(None, gt=0, le=1)
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant"] | None = None
+    gradient_accumulation_steps: int | None = Field(None, ge=1, le=1024)
+    max_grad_norm: float | None = Field(None, gt=0, le=1e6)
+    weight_decay: float | None = Field(None, ge=0, le=10)
+    max_length: int | None = Field(None, ge=8, le=131072)
+    eval_every_steps: int | None = Field(None, ge=1, le=10_000_000)
+    checkpoint_every_steps: int | None = Field(None, ge=1, le=10_000_000)
+    num_checkpoints_to_keep: int | None = Field(None, ge=1, le=100)
+    max_failures: int | None = Field(None, ge=0, le=100)
+
+
+class SupervisedIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: HyperparametersIn | None = None
+
+
+class MethodIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedIn | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=256)
+    training_file: str = Field(min_length=1, max_length=64)
+    validation_file: str | None = Field(None, min_length=1, max_length=64)
+    # Part of the model id ft:<base>:<tenant>:<suffix>:<job>, so no ':'.
+    suffix: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+    method: MethodIn | None = None
+    hyperparameters: HyperparametersIn | None = None
+    integrations: list[dict[str, Any]] | None = Field(None, max_length=16)
+    # Tuneplane extensions.
+    adapter: Adapter | None = None
+    task: Task | None = None
+    search: SearchSpec | None = None
+    resources: Resources | None = None
+    priority: int = Field(0, ge=-100, le=100)
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class JobOut(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None
+    model: str
+    fine_tuned_model: str | None
+    organization_id: str
+    status: str
+    hyperparameters: dict[str, Any]
+    training_file: str
+    validation_file: str | None
+    result_files: list[str]
+    trained_tokens: int | None
+    error: JobError | None
+    seed: int
+    suffix: str | None = None
+    user_provided_suffix: str | None = None
+    metadata: dict[str, str] | None = None
+    method: dict[str, Any]
+    estimated_finish: int | None = None
+    integrations: list[dict[str, Any]] = Field(default_factory=list)
+    # Tuneplane extensions.
+    task: str
+    adapter: dict[str, Any]
+    resources: dict[str, Any]
+    search: dict[str, Any] | None = None
+    priority: int
+    started_at: int | None = None
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobOut]
+    has_more: bool
+
+
+class EventOut(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None = None
+
+
+class EventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EventOut]
+    has_more: bool
+
+
+class CheckpointOut(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, Any]
+    step_number: int
+
+
+class CheckpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CheckpointOut]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None

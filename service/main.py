@@ -1,0 +1,132 @@
+"""The FastAPI app factory: `uvicorn --factory service.main:create_app`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import db
+from service.config import Settings, get_settings
+from service.errors import error_body, install_error_handlers
+from service.files.router import router as files_router
+from service.jobs.router import router as jobs_router
+from service.ray_backend import ComputeBackend
+from service.registry.catalog import Catalog
+from service.registry.router import router as models_router
+from service.storage import ArtifactStore
+from service.tenants.router import router as tenants_router
+
+# JSON bodies are small; only file uploads may be large (their own limit, a setting).
+JSON_BODY_LIMIT = 1024 * 1024
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+class BodyLimitMiddleware:
+    """Refuse oversized bodies before anything buffers them (413 in the OpenAI shape)."""
+
+    def __init__(self, app: ASGIApp, upload_limit: int) -> None:
+        self.app = app
+        self.upload_limit = upload_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        is_upload = scope["path"].rstrip("/") == "/v1/files"
+        limit = self.upload_limit + MULTIPART_OVERHEAD if is_upload else JSON_BODY_LIMIT
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, limit)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(send, limit)
+
+    @staticmethod
+    async def _refuse(send: Send, limit: int) -> None:
+        body = json.dumps(
+            error_body(
+                f"Request body is larger than the limit of {limit} bytes.",
+                "invalid_request_error",
+                None,
+                "payload_too_large",
+            )
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None, backend: ComputeBackend | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.run_migrations_on_start:
+            db.upgrade(settings.database_url)
+        yield
+        app.state.engine.dispose()
+
+    app = FastAPI(
+        title="Tuneplane",
+        version="0.1.0",
+        description="Self-hosted, multi-tenant fine-tuning with an OpenAI-compatible API.",
+        lifespan=lifespan,
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app.state.settings = settings
+    app.state.engine = db.make_engine(settings.database_url)
+    app.state.store = ArtifactStore(settings.storage_uri)
+    app.state.catalog = Catalog.load(settings.catalog_path)
+    app.state.backend = backend
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_upload_bytes)
+    for router in (tenants_router, files_router, jobs_router, models_router):
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    def readyz(request: Request) -> Any:
+        checks: dict[str, str] = {}
+        try:
+            with request.app.state.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # readiness reports, it does not raise
+            checks["database"] = f"error: {type(exc).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    return app

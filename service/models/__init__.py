@@ -1,0 +1,23 @@
+"""SQLModel tables (table=True classes only). API shapes live in each feature's schemas.py."""
+
+from service.models.tables import (
+    ApiKey,
+    Checkpoint,
+    FineTunedModel,
+    IdempotencyRecord,
+    Job,
+    JobEvent,
+    StoredFile,
+    Tenant,
+)
+
+__all__ = [
+    "ApiKey",
+    "Checkpoint",
+    "FineTunedModel",
+    "IdempotencyRecord",
+    "Job",
+    "JobEvent",
+    "StoredFile",
+    "Tenant",
+]

@@ -1,0 +1,155 @@
+"""Database tables.
+
+Ids are strings with OpenAI-style prefixes. `created_at` is a float of Unix seconds so
+that lists have a total order (created_at, id) for cursors; the API shows whole seconds.
+Every tenant-owned table carries `tenant_id`, which the repositories filter on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def _json(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(JSON, nullable=nullable))
+
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenants"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(unique=True, index=True, max_length=128)
+    weight: float = 1.0
+    quotas: dict[str, Any] | None = _json()
+    created_at: float
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=64)
+    name: str | None = Field(default=None, max_length=128)
+    # sha256 of the token: the token is 256 random bits, so no slow hash is needed.
+    key_hash: str = Field(unique=True, index=True, max_length=64)
+    prefix: str = Field(max_length=16)
+    created_at: float
+    revoked_at: float | None = None
+
+
+class StoredFile(SQLModel, table=True):
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_order", "tenant_id", "created_at", "id"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = Field(foreign_key="tenants.id", max_length=64)
+    filename: str = Field(max_length=512)
+    purpose: str = Field(max_length=32)
+    bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+    storage_key: str = Field(max_length=1024)
+    format: str = Field(max_length=32)
+    examples: int
+    labels: list[str] | None = _json()
+    created_at: float
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_tenant_order", "tenant_id", "created_at", "id"),
+        Index("ix_jobs_status", "status"),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = Field(foreign_key="tenants.id", max_length=64)
+    status: str = Field(max_length=32)
+    model: str = Field(max_length=256)
+    task: str = Field(max_length=64)
+    training_file: str = Field(max_length=64)
+    validation_file: str | None = Field(default=None, max_length=64)
+    suffix: str | None = Field(default=None, max_length=64)
+    seed: int
+    priority: int = 0
+    hyperparameters: dict[str, Any] | None = _json()
+    method: dict[str, Any] | None = _json()
+    metadata_: dict[str, Any] | None = Field(
+        default=None, sa_column=Column("metadata", JSON, nullable=True)
+    )
+    adapter: dict[str, Any] | None = _json()
+    resources: dict[str, Any] | None = _json()
+    search: dict[str, Any] | None = _json()
+    # The resolved workers.spec.JobSpec, exactly what the worker will run.
+    spec: dict[str, Any] | None = _json()
+    fine_tuned_model: str | None = Field(default=None, max_length=512)
+    trained_tokens: int | None = Field(default=None, sa_column=Column(BigInteger))
+    error: dict[str, Any] | None = _json()
+    result_files: list[str] | None = _json()
+    attempts: int = 0
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float
+
+
+class JobEvent(SQLModel, table=True):
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_seq", "job_id", "seq"),)
+
+    # An integer key gives events a strict order even when many share a timestamp.
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, max_length=64)
+    job_id: str = Field(foreign_key="jobs.id", max_length=64)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=64)
+    level: str = Field(default="info", max_length=16)
+    type: str = Field(default="message", max_length=32)
+    message: str
+    data: dict[str, Any] | None = _json()
+    created_at: float
+
+
+class Checkpoint(SQLModel, table=True):
+    __tablename__ = "checkpoints"
+    __table_args__ = (
+        Index("ix_checkpoints_job_step", "job_id", "step_number"),
+        UniqueConstraint("job_id", "step_number", name="uq_checkpoints_job_step"),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)
+    job_id: str = Field(foreign_key="jobs.id", max_length=64)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=64)
+    step_number: int
+    metrics: dict[str, Any] | None = _json()
+    uri: str = Field(max_length=1024)
+    fine_tuned_model_checkpoint: str = Field(max_length=512)
+    created_at: float
+
+
+class FineTunedModel(SQLModel, table=True):
+    __tablename__ = "models"
+    __table_args__ = (Index("ix_models_tenant_order", "tenant_id", "created_at", "id"),)
+
+    id: str = Field(primary_key=True, max_length=512)
+    tenant_id: str = Field(foreign_key="tenants.id", max_length=64)
+    job_id: str = Field(foreign_key="jobs.id", max_length=64)
+    base_model: str = Field(max_length=256)
+    task: str = Field(max_length=64)
+    adapter_type: str = Field(max_length=16)
+    artifact_uri: str = Field(max_length=1024)
+    created_at: float
+    deleted_at: float | None = None
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    __tablename__ = "idempotency_keys"
+
+    # Scope is the tenant id, or "admin"; the key is the client's Idempotency-Key header.
+    scope: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=255)
+    endpoint: str = Field(max_length=255)
+    fingerprint: str = Field(max_length=64)
+    status_code: int
+    body: dict[str, Any] | None = _json()
+    created_at: float

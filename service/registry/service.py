@@ -1,0 +1,71 @@
+"""Models a tenant can see: the catalog's base models and its own fine-tuned models."""
+
+from __future__ import annotations
+
+from sqlmodel import Session
+
+from service.common import now
+from service.errors import NotFound, PermissionDenied
+from service.models import FineTunedModel
+from service.registry.catalog import CATALOG_CREATED, Catalog, CatalogEntry
+from service.registry.repository import ModelRepository
+from service.registry.schemas import ModelDeleted, ModelOut
+
+BASE_OWNER = "tuneplane"
+
+
+def base_model_out(entry: CatalogEntry) -> ModelOut:
+    return ModelOut(
+        id=entry.name, created=CATALOG_CREATED, owned_by=BASE_OWNER, task=entry.tasks[0]
+    )
+
+
+def fine_tuned_out(model: FineTunedModel, owner: str) -> ModelOut:
+    return ModelOut(
+        id=model.id,
+        created=int(model.created_at),
+        owned_by=owner,
+        task=model.task,
+        base_model=model.base_model,
+        fine_tuning_job=model.job_id,
+        adapter=model.adapter_type,
+    )
+
+
+def fine_tuned_model_id(base: str, tenant_name: str, suffix: str | None, job_id: str) -> str:
+    return f"ft:{base}:{tenant_name}:{suffix or ''}:{job_id}"
+
+
+class ModelService:
+    def __init__(self, session: Session, tenant_id: str, catalog: Catalog) -> None:
+        self.repo = ModelRepository(session, tenant_id)
+        self.session = session
+        self.tenant_id = tenant_id
+        self.catalog = catalog
+
+    def list(self) -> list[ModelOut]:
+        base = [base_model_out(e) for e in self.catalog.entries()]
+        return base + [fine_tuned_out(m, self.tenant_id) for m in self.repo.live()]
+
+    def get(self, model_id: str) -> ModelOut:
+        entry = self.catalog.get(model_id)
+        if entry is not None:
+            return base_model_out(entry)
+        model = self.repo.get_live(model_id)
+        if model is None:
+            raise NotFound(f"The model '{model_id}' does not exist.", param="model")
+        return fine_tuned_out(model, self.tenant_id)
+
+    def delete(self, model_id: str) -> ModelDeleted:
+        if self.catalog.get(model_id) is not None:
+            raise PermissionDenied(
+                f"'{model_id}' is a base model; only fine-tuned models can be deleted.",
+                param="model",
+            )
+        model = self.repo.get_live(model_id)
+        if model is None:
+            raise NotFound(f"The model '{model_id}' does not exist.", param="model")
+        model.deleted_at = now()
+        self.session.add(model)
+        self.session.flush()
+        return ModelDeleted(id=model.id)

@@ -1,0 +1,131 @@
+"""Tenant and API-key rules."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from service.auth import generate_key, hash_key
+from service.common import new_id, now
+from service.config import Quotas, Settings
+from service.errors import Conflict, NotFound
+from service.models import ApiKey, Tenant
+from service.tenants.repository import TenantRepository
+from service.tenants.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    TenantCreate,
+    TenantCreated,
+    TenantOut,
+    TenantUpdate,
+)
+
+
+def effective_quotas(tenant: Tenant, settings: Settings) -> Quotas:
+    own = Quotas.model_validate(tenant.quotas or {})
+    merged = settings.default_quotas.model_dump()
+    merged.update(own.model_dump(exclude_unset=True))
+    return Quotas.model_validate(merged)
+
+
+def tenant_out(tenant: Tenant, settings: Settings) -> TenantOut:
+    return TenantOut(
+        id=tenant.id,
+        name=tenant.name,
+        weight=tenant.weight,
+        quotas=effective_quotas(tenant, settings),
+        created_at=int(tenant.created_at),
+    )
+
+
+def key_out(key: ApiKey) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=key.id,
+        tenant_id=key.tenant_id,
+        name=key.name,
+        prefix=key.prefix,
+        created_at=int(key.created_at),
+        revoked_at=int(key.revoked_at) if key.revoked_at is not None else None,
+    )
+
+
+class TenantService:
+    def __init__(self, session: Session, settings: Settings) -> None:
+        self.repo = TenantRepository(session)
+        self.session = session
+        self.settings = settings
+
+    def _tenant(self, tenant_id: str) -> Tenant:
+        tenant = self.repo.get(tenant_id)
+        if tenant is None:
+            raise NotFound(f"No tenant with id '{tenant_id}'.", param="tenant_id")
+        return tenant
+
+    def _new_key(self, tenant_id: str, name: str | None) -> tuple[ApiKey, str]:
+        token = generate_key()
+        key = ApiKey(
+            id=new_id("key"),
+            tenant_id=tenant_id,
+            name=name,
+            key_hash=hash_key(token),
+            prefix=token[:8],
+            created_at=now(),
+        )
+        self.repo.add(key)
+        return key, token
+
+    def create(self, body: TenantCreate) -> TenantCreated:
+        if self.repo.by_name(body.name) is not None:
+            raise Conflict(f"A tenant named '{body.name}' already exists.", param="name")
+        tenant = Tenant(
+            id=new_id("tenant"),
+            name=body.name,
+            weight=body.weight,
+            quotas=body.quotas.model_dump(exclude_unset=True) if body.quotas else None,
+            created_at=now(),
+        )
+        try:
+            self.repo.add(tenant)
+        except IntegrityError:
+            # Lost a race with a concurrent create of the same name.
+            raise Conflict(f"A tenant named '{body.name}' already exists.", param="name") from None
+        _, token = self._new_key(tenant.id, "default")
+        return TenantCreated(tenant=tenant_out(tenant, self.settings), api_key=token)
+
+    def list_tenants(self) -> list[TenantOut]:
+        return [tenant_out(t, self.settings) for t in self.repo.all()]
+
+    def get(self, tenant_id: str) -> TenantOut:
+        return tenant_out(self._tenant(tenant_id), self.settings)
+
+    def update(self, tenant_id: str, body: TenantUpdate) -> TenantOut:
+        tenant = self._tenant(tenant_id)
+        if body.weight is not None:
+            tenant.weight = body.weight
+        if body.quotas is not None:
+            quotas = dict(tenant.quotas or {})
+            quotas.update(body.quotas.model_dump(exclude_unset=True))
+            tenant.quotas = quotas
+        self.session.add(tenant)
+        self.session.flush()
+        return tenant_out(tenant, self.settings)
+
+    def create_key(self, tenant_id: str, body: ApiKeyCreate) -> ApiKeyCreated:
+        self._tenant(tenant_id)
+        key, token = self._new_key(tenant_id, body.name)
+        return ApiKeyCreated(**key_out(key).model_dump(), key=token)
+
+    def list_keys(self, tenant_id: str) -> list[ApiKeyOut]:
+        self._tenant(tenant_id)
+        return [key_out(k) for k in self.repo.keys(tenant_id)]
+
+    def revoke_key(self, tenant_id: str, key_id: str) -> ApiKeyOut:
+        key = self.repo.key(tenant_id, key_id)
+        if key is None:
+            raise NotFound(f"No API key with id '{key_id}' for this tenant.", param="key_id")
+        if key.revoked_at is None:
+            key.revoked_at = now()
+            self.session.add(key)
+            self.session.flush()
+        return key_out(key)

@@ -1,0 +1,170 @@
+"""The one contract between the control plane and the workers.
+
+The control plane validates a user's request, resolves every default and "auto", and
+stores a `JobSpec`; the worker entrypoint receives exactly that object. Nothing in here
+imports from `service/`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Task = Literal["causal_lm", "sequence_classification"]
+DataFormat = Literal["chat", "prompt_completion", "text", "classification"]
+
+# Which file formats each task can train on.
+TASK_FORMATS: dict[str, frozenset[str]] = {
+    "causal_lm": frozenset({"chat", "prompt_completion", "text"}),
+    "sequence_classification": frozenset({"classification"}),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraAdapter(_Strict):
+    type: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1, le=512)
+    alpha: int = Field(16, ge=1, le=4096)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    # None: defaulted per architecture by the worker (attention projections).
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None, min_length=1, max_length=64
+    )
+
+
+class FullAdapter(_Strict):
+    type: Literal["full"] = "full"
+
+
+Adapter = Annotated[LoraAdapter | FullAdapter, Field(discriminator="type")]
+
+
+class Resources(_Strict):
+    num_workers: int = Field(1, ge=1, le=256)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0, le=256)
+    gpus_per_worker: float = Field(1.0, gt=0, le=16)
+
+    @property
+    def total_cpus(self) -> float:
+        return self.num_workers * self.cpus_per_worker
+
+    @property
+    def total_gpus(self) -> float:
+        return self.num_workers * self.gpus_per_worker if self.use_gpu else 0.0
+
+
+class TrainingConfig(_Strict):
+    """Resolved hyperparameters: every value concrete, nothing "auto"."""
+
+    n_epochs: int = Field(3, ge=1, le=1000)
+    batch_size: int = Field(8, ge=1, le=4096)
+    learning_rate: float = Field(2e-4, gt=0, le=1)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
+    weight_decay: float = Field(0.0, ge=0, le=10)
+    max_length: int = Field(512, ge=8, le=131072)
+    # None: evaluate once per epoch (when there is validation data).
+    eval_every_steps: int | None = Field(None, ge=1, le=10_000_000)
+    # None: checkpoint once per epoch.
+    checkpoint_every_steps: int | None = Field(None, ge=1, le=10_000_000)
+    num_checkpoints_to_keep: int = Field(2, ge=1, le=100)
+    max_failures: int = Field(2, ge=0, le=100)
+
+
+# Hyperparameters a search may vary; each maps onto TrainingConfig or LoraAdapter.
+SEARCHABLE_PARAMS: frozenset[str] = frozenset(
+    {
+        "learning_rate",
+        "batch_size",
+        "n_epochs",
+        "warmup_ratio",
+        "weight_decay",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+    }
+)
+
+
+class Choice(_Strict):
+    type: Literal["choice"]
+    values: list[float | int | str] = Field(min_length=1, max_length=1000)
+
+
+class Grid(_Strict):
+    type: Literal["grid"]
+    values: list[float | int | str] = Field(min_length=1, max_length=1000)
+
+
+class Uniform(_Strict):
+    type: Literal["uniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if not self.low < self.high:
+            raise ValueError("low must be below high")
+        return self
+
+
+class LogUniform(_Strict):
+    type: Literal["loguniform"]
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LogUniform:
+        if not self.low < self.high:
+            raise ValueError("low must be below high")
+        return self
+
+
+Distribution = Annotated[Choice | Grid | Uniform | LogUniform, Field(discriminator="type")]
+
+
+class SearchSpec(_Strict):
+    space: dict[str, Distribution] = Field(min_length=1, max_length=16)
+    num_trials: int = Field(4, ge=1, le=256)
+    algorithm: Literal["random", "grid", "optuna"] = "random"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    metric: Literal["eval_loss", "train_loss", "eval_accuracy"] = "eval_loss"
+    mode: Literal["min", "max"] = "min"
+    # None: the control plane fills it from free capacity and the tenant's quota.
+    max_concurrent_trials: int | None = Field(None, ge=1, le=256)
+
+
+class BaseModelRef(_Strict):
+    """A catalog entry resolved for the worker."""
+
+    name: str
+    # A local directory, a hub id, or "tiny:<name>" (built offline by workers.tiny).
+    source: str
+    architecture: str | None = None
+
+
+class JobSpec(_Strict):
+    job_id: str
+    tenant_id: str
+    base_model: BaseModelRef
+    task: Task = "causal_lm"
+    data_format: DataFormat
+    # Artifact-store URIs (fsspec) of the validated JSONL files.
+    training_file_uri: str
+    validation_file_uri: str | None = None
+    # Where the worker writes checkpoints and the final artifact.
+    output_uri: str
+    seed: int = Field(ge=0, le=2**31 - 1)
+    adapter: Adapter = Field(default_factory=LoraAdapter)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    resources: Resources = Field(default_factory=Resources)
+    search: SearchSpec | None = None
+    # For classification: label values in the order of the model's output ids.
+    labels: list[str] | None = None
