@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,13 +83,26 @@ def error_body(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def _loc_to_param(loc: Sequence[int | str]) -> str | None:
-    # loc starts with where the value came from ("body", "query", "path"); the rest is
-    # the field path. Discriminated-union tags ("lora", "full") are not fields a user sent.
-    parts = [str(p) for p in loc[1:] if p not in ("lora", "full", "choice", "grid")]
-    parts = [p for p in parts if p not in ("uniform", "loguniform", "function-after[_ordered()]")]
+# Pydantic puts the union member it tried into `loc` ("int", "literal['auto']", a
+# discriminator tag such as "lora"); those are not fields a user sent.
+_UNION_MEMBER = re.compile(r"^(int|float|str|bool|bytes|none|constrained-\w+|[a-z-]+\[.*\])$")
+_TAGGED = {"adapter": {"lora", "full"}, "space": {"choice", "grid", "uniform", "loguniform"}}
+
+
+def loc_to_param(loc: Sequence[int | str]) -> str | None:
+    """Turn a validation error location into OpenAI's `param` (a.b[0].c)."""
+    parts: list[str] = []
+    for i, raw in enumerate(loc[1:], start=1):
+        p = str(raw)
+        if _UNION_MEMBER.match(p):
+            continue
+        prev = str(loc[i - 1])
+        before = str(loc[i - 2]) if i >= 2 else ""
+        if p in _TAGGED.get(prev, set()) or p in _TAGGED.get(before, set()) - {"lora", "full"}:
+            continue
+        parts.append(p)
     if not parts:
-        return str(loc[0]) if loc and loc[0] != "body" else None
+        return str(loc[0]) if loc and loc[0] not in ("body",) else None
     out = parts[0]
     for p in parts[1:]:
         out += f"[{p}]" if p.isdigit() else f".{p}"
@@ -118,7 +132,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
     first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
-    param = _loc_to_param(first.get("loc", ()))
+    param = loc_to_param(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return JSONResponse(
             error_body(
@@ -127,8 +141,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
             status_code=400,
         )
     message = _validation_message(first, param)
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    others = {loc_to_param(e.get("loc", ())) for e in errors} - {param}
+    if others:
+        message += f" (also: {', '.join(sorted(str(o) for o in others)[:5])})"
     return JSONResponse(
         error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400
     )

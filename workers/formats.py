@@ -151,6 +151,12 @@ class StreamingValidator:
         if self.max_bytes is not None and self._bytes > self.max_bytes:
             raise FileTooLarge(f"file is larger than the limit of {self.max_bytes} bytes")
         data = self._pending + chunk
+        # A NUL byte never occurs in UTF-8 JSON text: this is a binary file, whatever
+        # line would first fail to decode.
+        nul = data.find(b"\x00")
+        if nul >= 0:
+            line = self._line_no + data.count(b"\n", 0, nul) + 1
+            raise DataFormatError("binary data (NUL byte): the file must be UTF-8 JSONL text", line)
         *lines, self._pending = data.split(b"\n")
         for raw in lines:
             self._line(raw)
@@ -173,8 +179,6 @@ class StreamingValidator:
     def _line(self, raw: bytes) -> None:
         self._line_no += 1
         n = self._line_no
-        if b"\x00" in raw:
-            raise DataFormatError("binary data (NUL byte): the file must be UTF-8 JSONL text", n)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:

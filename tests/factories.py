@@ -1,0 +1,102 @@
+"""Builders for test data and API objects; tests say what differs, not everything."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.fixtures.app import ADMIN_KEY
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+_names = itertools.count()
+
+
+@dataclass
+class TenantHandle:
+    id: str
+    name: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def jsonl(records: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+def chat_records(n: int = 4) -> list[dict[str, Any]]:
+    return [
+        {
+            "messages": [
+                {"role": "system", "content": "You answer briefly."},
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{i + i}"},
+            ]
+        }
+        for i in range(n)
+    ]
+
+
+def prompt_completion_records(n: int = 4) -> list[dict[str, Any]]:
+    return [{"prompt": f"Count after {i}:", "completion": f" {i + 1}"} for i in range(n)]
+
+
+def text_records(n: int = 4) -> list[dict[str, Any]]:
+    return [{"text": f"The number {i} comes before {i + 1}."} for i in range(n)]
+
+
+def classification_records(n: int = 4) -> list[dict[str, Any]]:
+    return [
+        {"text": f"review {i}: {'great' if i % 2 else 'awful'}", "label": "pos" if i % 2 else "neg"}
+        for i in range(n)
+    ]
+
+
+def make_tenant(client: TestClient, name: str | None = None, **extra: Any) -> TenantHandle:
+    name = name or f"tenant-{next(_names)}"
+    r = client.post("/v1/admin/tenants", json={"name": name, **extra}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return TenantHandle(id=body["tenant"]["id"], name=name, key=body["api_key"])
+
+
+def upload(
+    client: TestClient,
+    tenant: TenantHandle,
+    content: bytes | None = None,
+    filename: str = "train.jsonl",
+    purpose: str = "fine-tune",
+    headers: dict[str, str] | None = None,
+) -> Any:
+    data = content if content is not None else jsonl(chat_records())
+    return client.post(
+        "/v1/files",
+        files={"file": (filename, data, "application/jsonl")},
+        data={"purpose": purpose},
+        headers={**tenant.headers, **(headers or {})},
+    )
+
+
+def upload_ok(client: TestClient, tenant: TenantHandle, content: bytes | None = None) -> str:
+    r = upload(client, tenant, content)
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
+
+
+def create_job(client: TestClient, tenant: TenantHandle, **body: Any) -> Any:
+    if "training_file" not in body:
+        body["training_file"] = upload_ok(client, tenant)
+    body.setdefault("model", "tiny-gpt2")
+    return client.post("/v1/fine_tuning/jobs", json=body, headers=tenant.headers)
+
+
+def create_job_ok(client: TestClient, tenant: TenantHandle, **body: Any) -> dict[str, Any]:
+    r = create_job(client, tenant, **body)
+    assert r.status_code == 200, r.text
+    return dict(r.json())

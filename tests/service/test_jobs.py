@@ -1,0 +1,345 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from service.common import now
+from service.jobs.state import transition
+from service.models import Checkpoint
+from tests.factories import (
+    ADMIN,
+    TenantHandle,
+    classification_records,
+    create_job,
+    create_job_ok,
+    jsonl,
+    make_tenant,
+    upload_ok,
+)
+
+
+def test_create_job_is_queued_in_openai_shape(client: TestClient) -> None:
+    t = make_tenant(client, "shape")
+    train = upload_ok(client, t)
+    valid = upload_ok(client, t)
+    job = create_job_ok(
+        client,
+        t,
+        training_file=train,
+        validation_file=valid,
+        suffix="my-model",
+        seed=7,
+        metadata={"team": "search"},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
+        adapter={"type": "lora", "r": 4},
+        resources={"num_workers": 2},
+        priority=5,
+    )
+    assert job["object"] == "fine_tuning.job"
+    assert job["id"].startswith("ftjob-")
+    assert job["status"] == "queued"
+    assert job["model"] == "tiny-gpt2"
+    assert job["training_file"] == train
+    assert job["validation_file"] == valid
+    assert job["organization_id"] == t.id
+    assert job["seed"] == 7
+    assert job["user_provided_suffix"] == "my-model"
+    assert job["metadata"] == {"team": "search"}
+    assert job["hyperparameters"]["n_epochs"] == 2
+    assert job["hyperparameters"]["batch_size"] == 4  # "auto": capped at the example count
+    assert job["method"]["type"] == "supervised"
+    assert job["adapter"]["r"] == 4
+    assert job["resources"]["num_workers"] == 2
+    assert job["priority"] == 5
+    assert job["fine_tuned_model"] is None
+    assert job["error"] is None
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=t.headers).json() == job
+    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", headers=t.headers).json()
+    assert [e["message"] for e in events["data"]] == [
+        "Files validated; job queued",
+        f"Validating training file: {train} and validation file: {valid}",
+    ]
+    assert events["data"][0]["object"] == "fine_tuning.job.event"
+
+
+def test_legacy_hyperparameters_and_learning_rate_multiplier(client: TestClient) -> None:
+    t = make_tenant(client)
+    job = create_job_ok(
+        client, t, hyperparameters={"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 2}
+    )
+    hp = job["hyperparameters"]
+    assert (hp["n_epochs"], hp["batch_size"], hp["learning_rate_multiplier"]) == (1, 2, 2)
+    base = create_job_ok(client, t)["hyperparameters"]["learning_rate"]
+    assert hp["learning_rate"] == pytest.approx(2 * base)
+
+
+def test_classification_job_on_tiny_bert(client: TestClient) -> None:
+    t = make_tenant(client)
+    file_id = upload_ok(client, t, jsonl(classification_records(6)))
+    job = create_job_ok(client, t, model="tiny-bert", training_file=file_id)
+    assert job["task"] == "sequence_classification"
+
+
+def _other_tenant_file(client: TestClient, _: TenantHandle) -> dict[str, Any]:
+    other = make_tenant(client)
+    return {"training_file": upload_ok(client, other)}
+
+
+def _classification_file(client: TestClient, t: TenantHandle) -> dict[str, Any]:
+    return {"training_file": upload_ok(client, t, jsonl(classification_records(4)))}
+
+
+BAD_SPECS: list[tuple[str, Any, str]] = [
+    ("unknown_model", {"model": "gpt-9"}, "model"),
+    ("unknown_file", {"training_file": "file-nope"}, "training_file"),
+    ("other_tenants_file", _other_tenant_file, "training_file"),
+    ("missing_training_file", {"training_file": None}, "training_file"),
+    ("task_file_mismatch", _classification_file, "training_file"),
+    ("unknown_validation_file", {"validation_file": "file-nope"}, "validation_file"),
+    ("task_model_mismatch", {"task": "sequence_classification"}, "task"),
+    ("negative_epochs", {"hyperparameters": {"n_epochs": -1}}, "hyperparameters.n_epochs"),
+    (
+        "zero_batch_in_method",
+        {"method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 0}}}},
+        "method.supervised.hyperparameters.batch_size",
+    ),
+    (
+        "huge_lr_multiplier",
+        {"hyperparameters": {"learning_rate_multiplier": 1e9}},
+        "hyperparameters.learning_rate_multiplier",
+    ),
+    (
+        "lr_and_multiplier",
+        {"hyperparameters": {"learning_rate": 1e-4, "learning_rate_multiplier": 2}},
+        "hyperparameters.learning_rate",
+    ),
+    ("unsupported_method", {"method": {"type": "dpo"}}, "method.type"),
+    (
+        "method_and_legacy",
+        {
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}},
+            "hyperparameters": {"n_epochs": 1},
+        },
+        "hyperparameters",
+    ),
+    ("lora_rank_zero", {"adapter": {"type": "lora", "r": 0}}, "adapter.r"),
+    ("unknown_adapter", {"adapter": {"type": "qlora"}}, "adapter"),
+    ("too_many_workers", {"resources": {"num_workers": 10_000}}, "resources.num_workers"),
+    ("workers_over_service_max", {"resources": {"num_workers": 65}}, "resources.num_workers"),
+    ("bad_suffix", {"suffix": "has:colon"}, "suffix"),
+    ("negative_seed", {"seed": -3}, "seed"),
+    ("non_string_metadata", {"metadata": {"k": 3}}, "metadata.k"),
+    ("unknown_field", {"colour": "blue"}, "colour"),
+    ("priority_out_of_range", {"priority": 1000}, "priority"),
+    (
+        "search_unknown_param",
+        {"search": {"space": {"optimizer": {"type": "choice", "values": ["sgd"]}}}},
+        "search.space.optimizer",
+    ),
+    (
+        "search_bad_values",
+        {"search": {"space": {"batch_size": {"type": "choice", "values": [0, 2]}}}},
+        "search.space.batch_size",
+    ),
+    (
+        "search_needs_validation",
+        {"search": {"space": {"learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}},
+        "search.metric",
+    ),
+    (
+        "search_inverted_range",
+        {"search": {"space": {"learning_rate": {"type": "uniform", "low": 1, "high": 0.1}}}},
+        "search.space.learning_rate",
+    ),
+    ("integrations", {"integrations": [{"type": "wandb"}]}, "integrations"),
+    ("string_for_int", {"hyperparameters": {"n_epochs": "many"}}, "hyperparameters.n_epochs"),
+]
+
+
+@pytest.mark.parametrize(("name", "override", "param"), BAD_SPECS, ids=[b[0] for b in BAD_SPECS])
+def test_bad_specs_are_refused_naming_the_param(
+    client: TestClient, name: str, override: Any, param: str
+) -> None:
+    t = make_tenant(client)
+    body = override(client, t) if callable(override) else dict(override)
+    if body.get("training_file", "") is None:
+        r = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-gpt2"}, headers=t.headers)
+    else:
+        r = create_job(client, t, **body)
+    assert 400 <= r.status_code < 500, r.text
+    err = r.json()["error"]
+    assert err["param"] == param, err
+    assert err["type"] == "invalid_request_error"
+    assert err["message"]
+    assert client.get("/v1/fine_tuning/jobs", headers=t.headers).json()["data"] == []
+
+
+def test_jobs_paginate_newest_first(client: TestClient) -> None:
+    t = make_tenant(client)
+    file_id = upload_ok(client, t)
+    ids = [create_job_ok(client, t, training_file=file_id)["id"] for _ in range(5)]
+    seen: list[str] = []
+    after: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 2}
+        if after:
+            params["after"] = after
+        page = client.get("/v1/fine_tuning/jobs", params=params, headers=t.headers).json()
+        pages += 1
+        seen += [j["id"] for j in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["data"][-1]["id"]
+    assert seen == list(reversed(ids))
+    assert pages == 3
+    r = client.get("/v1/fine_tuning/jobs", params={"after": "ftjob-nope"}, headers=t.headers)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "after"
+    r = client.get("/v1/fine_tuning/jobs", params={"limit": 0}, headers=t.headers)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "limit"
+
+
+def test_idempotent_retry_returns_the_same_job(client: TestClient) -> None:
+    t = make_tenant(client)
+    file_id = upload_ok(client, t)
+    body = {"model": "tiny-gpt2", "training_file": file_id}
+    headers = {**t.headers, "Idempotency-Key": "retry-1"}
+    first = client.post("/v1/fine_tuning/jobs", json=body, headers=headers)
+    again = client.post("/v1/fine_tuning/jobs", json=body, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert first.json() == again.json()
+    assert len(client.get("/v1/fine_tuning/jobs", headers=t.headers).json()["data"]) == 1
+    # The same key with a different request is a client bug, not a retry.
+    other = client.post("/v1/fine_tuning/jobs", json={**body, "seed": 1}, headers=headers)
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    # Keys are per tenant.
+    u = make_tenant(client)
+    body_u = {"model": "tiny-gpt2", "training_file": upload_ok(client, u)}
+    r = client.post(
+        "/v1/fine_tuning/jobs", json=body_u, headers={**u.headers, "Idempotency-Key": "retry-1"}
+    )
+    assert r.status_code == 200
+    assert r.json()["id"] != first.json()["id"]
+
+
+def test_a_failed_request_is_not_remembered(client: TestClient) -> None:
+    t = make_tenant(client)
+    headers = {**t.headers, "Idempotency-Key": "k"}
+    r = client.post(
+        "/v1/fine_tuning/jobs", json={"model": "nope", "training_file": "f"}, headers=headers
+    )
+    assert r.status_code == 400
+    # The corrected request may reuse the key: only successes are remembered.
+    body = {"model": "tiny-gpt2", "training_file": upload_ok(client, t)}
+    fixed = client.post("/v1/fine_tuning/jobs", json=body, headers=headers)
+    assert fixed.status_code == 200
+    assert client.post("/v1/fine_tuning/jobs", json=body, headers=headers).json() == fixed.json()
+
+
+def test_cancel_queued_job(client: TestClient) -> None:
+    t = make_tenant(client)
+    job = create_job_ok(client, t)
+    r = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=t.headers)
+    assert r.status_code == 200
+    assert r.json()["status"] == "cancelled"
+    assert r.json()["finished_at"] is not None
+    # Cancelling again is harmless.
+    again = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=t.headers)
+    assert again.json()["status"] == "cancelled"
+    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", headers=t.headers).json()
+    assert events["data"][0]["message"] == "Job cancelled before it started"
+    assert (
+        client.post("/v1/fine_tuning/jobs/ftjob-nope/cancel", headers=t.headers).status_code == 404
+    )
+
+
+def test_finished_job_cannot_be_cancelled(client: TestClient, app: FastAPI) -> None:
+    t = make_tenant(client)
+    job = create_job_ok(client, t)
+    with Session(app.state.engine) as s:
+        assert transition(s, job["id"], "running")
+        assert transition(s, job["id"], "succeeded")
+        s.commit()
+    r = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=t.headers)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "job_not_cancellable"
+
+
+def test_transition_is_compare_and_set(client: TestClient, app: FastAPI) -> None:
+    t = make_tenant(client)
+    job = create_job_ok(client, t)
+    with Session(app.state.engine) as a, Session(app.state.engine) as b:
+        assert transition(a, job["id"], "running", expected=("queued",))
+        a.commit()
+        # A second starter that read "queued" earlier loses: the row is no longer queued.
+        assert not transition(b, job["id"], "running", expected=("queued",))
+        # Transitions outside the table never happen.
+        assert not transition(b, job["id"], "validating_files")
+        b.commit()
+    got = client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=t.headers).json()
+    assert got["status"] == "running"
+    assert got["started_at"] is not None
+    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", headers=t.headers).json()
+    assert [e["data"]["status"] for e in events["data"] if e["type"] == "status"] == [
+        "running",
+        "queued",
+    ]
+
+
+def test_queued_quota_answers_429(client: TestClient) -> None:
+    t = make_tenant(client, quotas={"max_queued_jobs": 2})
+    file_id = upload_ok(client, t)
+    create_job_ok(client, t, training_file=file_id)
+    create_job_ok(client, t, training_file=file_id)
+    r = create_job(client, t, training_file=file_id)
+    assert r.status_code == 429
+    assert r.json()["error"]["code"] == "quota_exceeded"
+    assert "max_queued_jobs=2" in r.json()["error"]["message"]
+    client.patch(
+        f"/v1/admin/tenants/{t.id}", json={"quotas": {"max_queued_jobs": 3}}, headers=ADMIN
+    )
+    assert create_job(client, t, training_file=file_id).status_code == 200
+
+
+def test_events_and_checkpoints_paginate(client: TestClient, app: FastAPI) -> None:
+    t = make_tenant(client)
+    job = create_job_ok(client, t)
+    with Session(app.state.engine) as s:
+        for step in (10, 20, 30):
+            s.add(
+                Checkpoint(
+                    id=f"ftckpt-{job['id']}-{step}",
+                    job_id=job["id"],
+                    tenant_id=t.id,
+                    step_number=step,
+                    metrics={"step": step, "train_loss": 1.0 / step},
+                    uri=f"file:///ckpt/{step}",
+                    fine_tuned_model_checkpoint=f"ft:tiny-gpt2:{t.name}::{job['id']}:ckpt-step-{step}",
+                    created_at=now(),
+                )
+            )
+        s.commit()
+    url = f"/v1/fine_tuning/jobs/{job['id']}/checkpoints"
+    first = client.get(url, params={"limit": 2}, headers=t.headers).json()
+    assert [c["step_number"] for c in first["data"]] == [30, 20]
+    assert first["has_more"] is True
+    assert first["data"][0]["object"] == "fine_tuning.job.checkpoint"
+    rest = client.get(url, params={"limit": 2, "after": first["last_id"]}, headers=t.headers).json()
+    assert [c["step_number"] for c in rest["data"]] == [10]
+    assert rest["has_more"] is False
+
+    events_url = f"/v1/fine_tuning/jobs/{job['id']}/events"
+    one = client.get(events_url, params={"limit": 1}, headers=t.headers).json()
+    assert one["has_more"] is True
+    two = client.get(
+        events_url, params={"limit": 1, "after": one["data"][0]["id"]}, headers=t.headers
+    ).json()
+    assert two["has_more"] is False
+    assert two["data"][0]["id"] != one["data"][0]["id"]
