@@ -61,7 +61,14 @@ BAD_FILES: list[tuple[str, bytes, str]] = [
     (
         "empty_content",
         _lines(
-            '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}'
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": " "},
+                    ]
+                }
+            )
         ),
         "line 1: messages[1].content is empty",
     ),
