@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy service workers tests bench
+	$(VENV)/bin/mypy $(wildcard service workers tests bench)
 
 pytest: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
