@@ -8,4 +8,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
-pytest_plugins: list[str] = ["tests.fixtures.postgres", "tests.fixtures.app"]
+pytest_plugins: list[str] = [
+    "tests.fixtures.postgres",
+    "tests.fixtures.app",
+    "tests.fixtures.ray_cluster",
+    "tests.fixtures.redis_server",
+]
