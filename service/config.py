@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,8 +31,26 @@ class Settings(BaseSettings):
     models_dir: Path | None = None
     # None: admin endpoints refuse every request.
     admin_key: str | None = None
+    # Redis and Ray: unset in the API-only mode (jobs stay queued); `tuneplane up` sets both.
     redis_url: str | None = None
+    # The Ray dashboard / Jobs API address, e.g. http://127.0.0.1:8265.
     ray_address: str | None = None
+    # Override Ray's live totals, e.g. for an autoscaling cluster whose GPU nodes start at 0.
+    cluster_cpus: float | None = Field(None, ge=0)
+    cluster_gpus: float | None = Field(None, ge=0)
+    # The interpreter that runs `-m workers.run_job` on the Ray head.
+    worker_python: str = "python"
+    scheduler_interval_s: float = Field(0.5, gt=0)
+    reconcile_interval_s: float = Field(3.0, gt=0)
+    leader_ttl_s: float = Field(10.0, gt=0)
+    # A running job whose Ray job vanished is retried this many times in all.
+    max_attempts: int = Field(3, ge=1)
+    # How long a dispatched job may be missing from Ray before it counts as lost.
+    dispatch_grace_s: float = Field(30.0, ge=0)
+    # Environment for the Ray job; a low health-check interval keeps small jobs' reports fast.
+    worker_env: dict[str, str] = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+    events_group: str = "control-plane"
+    replica_id: str = ""
 
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1)
     # A JSON file listing base models; None: the embedded catalog of offline tiny models.
@@ -47,6 +67,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{(self.data_dir / 'tuneplane.db').resolve()}"
         if not self.storage_uri:
             self.storage_uri = (self.data_dir / "artifacts").resolve().as_uri()
+        if not self.replica_id:
+            self.replica_id = f"{socket.gethostname()}-{os.getpid()}"
         if self.models_dir is None:
             self.models_dir = (self.data_dir / "models").resolve()
         return self

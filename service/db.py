@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,6 +51,15 @@ def upgrade(url: str, revision: str = "head") -> None:
 def new_session(engine: Engine) -> Session:
     # Objects stay readable after commit: responses are built after the transaction ends.
     return Session(engine, expire_on_commit=False)
+
+
+def on_commit(session: Session, fn: Callable[[], None]) -> None:
+    """Run `fn` once this session's transaction has committed (never if it rolls back)."""
+
+    def _after(_: Session) -> None:
+        fn()
+
+    event.listen(session, "after_commit", _after, once=True)
 
 
 def get_session(request: Request) -> Iterator[Session]:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -17,9 +18,11 @@ from service.config import Settings, get_settings
 from service.errors import error_body, install_error_handlers
 from service.files.router import router as files_router
 from service.jobs.router import router as jobs_router
-from service.ray_backend import ComputeBackend
+from service.queue import FairQueue
+from service.ray_backend import Capacity, ComputeBackend, RayJobsBackend
 from service.registry.catalog import Catalog
 from service.registry.router import router as models_router
+from service.scheduling.loops import ControlLoops
 from service.storage import ArtifactStore
 from service.tenants.router import router as tenants_router
 
@@ -86,14 +89,42 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(settings: Settings | None = None, backend: ComputeBackend | None = None) -> FastAPI:
+def _default_backend(settings: Settings) -> ComputeBackend | None:
+    if not settings.ray_address:
+        return None
+    fixed = None
+    if settings.cluster_cpus is not None or settings.cluster_gpus is not None:
+        fixed = Capacity(settings.cluster_cpus or 0.0, settings.cluster_gpus or 0.0)
+    return RayJobsBackend(settings.ray_address, fixed_capacity=fixed)
+
+
+def create_app(
+    settings: Settings | None = None,
+    backend: ComputeBackend | None = None,
+    run_loops: bool = True,
+) -> FastAPI:
+    """The control plane. With Redis and a compute backend configured it also runs the
+    scheduler, event consumer and reconciler loops (`run_loops=False` leaves them to the
+    caller, as the tests of the loops themselves do)."""
     settings = settings or get_settings()
+    backend = backend if backend is not None else _default_backend(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.run_migrations_on_start:
             db.upgrade(settings.database_url)
+        loops: ControlLoops | None = None
+        if run_loops and app.state.queue is not None and backend is not None:
+            loops = ControlLoops(
+                app.state.engine, app.state.queue, backend, app.state.store, settings
+            )
+            loops.start()
+        app.state.loops = loops
         yield
+        if loops is not None:
+            loops.stop()
+        if app.state.redis is not None:
+            app.state.redis.close()
         app.state.engine.dispose()
 
     app = FastAPI(
@@ -108,6 +139,12 @@ def create_app(settings: Settings | None = None, backend: ComputeBackend | None 
     app.state.store = ArtifactStore(settings.storage_uri)
     app.state.catalog = Catalog.load(settings.catalog_path)
     app.state.backend = backend
+    app.state.redis = (
+        redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
+        if settings.redis_url
+        else None
+    )
+    app.state.queue = FairQueue(app.state.redis) if app.state.redis is not None else None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_upload_bytes)
     for router in (tenants_router, files_router, jobs_router, models_router):
@@ -126,6 +163,14 @@ def create_app(settings: Settings | None = None, backend: ComputeBackend | None 
             checks["database"] = "ok"
         except Exception as exc:  # readiness reports, it does not raise
             checks["database"] = f"error: {type(exc).__name__}"
+        if request.app.state.redis is not None:
+            try:
+                request.app.state.redis.ping()
+                checks["redis"] = "ok"
+            except Exception as exc:
+                checks["redis"] = f"error: {type(exc).__name__}"
+        if request.app.state.backend is not None:
+            checks["ray"] = "ok" if request.app.state.backend.ping() else "error: unreachable"
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

@@ -1,11 +1,22 @@
-"""The only module that talks to Ray. The service depends on the `ComputeBackend` protocol."""
+"""The only module that talks to Ray. The service depends on the `ComputeBackend` protocol.
+
+Ray is reached only through its Jobs API (the dashboard's HTTP address), never by joining
+the cluster: the control plane can then run anywhere the NetworkPolicy lets it reach the
+head's dashboard port, and tenants never reach Ray at all.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+import httpx
+
+log = logging.getLogger(__name__)
 
 RayJobState = Literal["PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED", "MISSING"]
+TERMINAL_RAY_STATES = frozenset({"STOPPED", "SUCCEEDED", "FAILED", "MISSING"})
 
 
 @dataclass(frozen=True)
@@ -13,18 +24,122 @@ class Capacity:
     cpus: float
     gpus: float
 
+    def __sub__(self, other: Capacity) -> Capacity:
+        return Capacity(self.cpus - other.cpus, self.gpus - other.gpus)
 
-class ComputeBackend(Protocol):
-    """What the control plane needs from a compute cluster."""
+    def fits(self, cpus: float, gpus: float) -> bool:
+        # A little slack: float sums of fractional CPUs must not refuse an exact fit.
+        return cpus <= self.cpus + 1e-9 and gpus <= self.gpus + 1e-9
 
-    def submit(self, job_id: str, entrypoint: str, env: dict[str, str]) -> None:
-        """Start `entrypoint` as the cluster job `job_id`; idempotent on job_id."""
+
+class CapacitySource(Protocol):
+    def total_capacity(self) -> Capacity:
+        """What the cluster can hold in all (the scheduler subtracts what its jobs use)."""
         ...
 
-    def stop(self, job_id: str) -> None:
+
+class ComputeBackend(CapacitySource, Protocol):
+    """What the control plane needs from a compute cluster."""
+
+    def submit(self, submission_id: str, entrypoint: str, env: dict[str, str]) -> None:
+        """Start `entrypoint` as the cluster job `submission_id`; idempotent on the id."""
+        ...
+
+    def stop(self, submission_id: str) -> None:
         """Ask the job to stop; returns before it has."""
         ...
 
-    def state(self, job_id: str) -> RayJobState: ...
+    def state(self, submission_id: str) -> RayJobState: ...
 
-    def free_capacity(self) -> Capacity: ...
+    def message(self, submission_id: str) -> str:
+        """Ray's own words on how the job ended ('' when it has none)."""
+        ...
+
+    def ping(self) -> bool: ...
+
+
+class RayJobsBackend:
+    """ComputeBackend over the Ray Jobs API (`JobSubmissionClient`)."""
+
+    def __init__(self, address: str, fixed_capacity: Capacity | None = None) -> None:
+        from ray.job_submission import JobSubmissionClient
+
+        self.address = address.rstrip("/")
+        self.client = JobSubmissionClient(self.address)
+        self.fixed_capacity = fixed_capacity
+
+    def _headers(self) -> dict[str, str]:
+        from ray._private.authentication.http_token_authentication import (
+            get_auth_headers_if_auth_enabled,
+        )
+
+        return dict(get_auth_headers_if_auth_enabled({}))
+
+    def submit(self, submission_id: str, entrypoint: str, env: dict[str, str]) -> None:
+        try:
+            self.client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=submission_id,
+                runtime_env={"env_vars": env},
+                # The driver only coordinates; the training workers reserve the resources.
+                entrypoint_num_cpus=0,
+            )
+        except RuntimeError as exc:
+            # A retried dispatch of the same submission: the first one went through.
+            if "already exists" not in str(exc):
+                raise
+
+    def stop(self, submission_id: str) -> None:
+        try:
+            self.client.stop_job(submission_id)
+        except RuntimeError as exc:
+            if "does not exist" not in str(exc):
+                raise
+
+    def state(self, submission_id: str) -> RayJobState:
+        try:
+            status = self.client.get_job_status(submission_id)
+        except RuntimeError as exc:
+            if "does not exist" in str(exc):
+                return "MISSING"
+            raise
+        return str(status.value if hasattr(status, "value") else status)  # type: ignore[return-value]
+
+    def message(self, submission_id: str) -> str:
+        try:
+            info = self.client.get_job_info(submission_id)
+        except RuntimeError:
+            return ""
+        return str(info.message or "")
+
+    def ping(self) -> bool:
+        try:
+            r = httpx.get(f"{self.address}/api/version", headers=self._headers(), timeout=3)
+            return r.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def total_capacity(self) -> Capacity:
+        if self.fixed_capacity is not None:
+            return self.fixed_capacity
+        r = httpx.get(
+            f"{self.address}/api/v0/nodes",
+            params={"detail": "1", "limit": "10000"},
+            headers=self._headers(),
+            timeout=10,
+        )
+        r.raise_for_status()
+        nodes: list[dict[str, Any]] = r.json()["data"]["result"]["result"]
+        cpus = gpus = 0.0
+        for node in nodes:
+            if node.get("state") != "ALIVE":
+                continue
+            total = node.get("resources_total") or {}
+            cpus += float(total.get("CPU", 0))
+            gpus += float(total.get("GPU", 0))
+        return Capacity(cpus, gpus)
+
+
+def submission_id(job_id: str, attempt: int) -> str:
+    """Ray submission ids are single-use, so a retried job gets a new one per attempt."""
+    return job_id if attempt <= 1 else f"{job_id}-attempt{attempt}"

@@ -28,6 +28,7 @@ def _service(request: Request, session: SessionDep, principal: TenantPrincipal) 
         catalog=state.catalog,
         store=state.store,
         backend=state.backend,
+        queue=state.queue,
     )
 
 

@@ -10,8 +10,10 @@ from sqlmodel import Session
 
 from service.common import new_id, now
 from service.config import Settings
+from service.db import on_commit
 from service.errors import BadRequest, NotFound, TooManyRequests
 from service.files.repository import FileRepository
+from service.jobs.queueing import dequeue_quietly, enqueue_quietly
 from service.jobs.repository import QUEUED_STATES, JobRepository
 from service.jobs.schemas import (
     CheckpointList,
@@ -27,7 +29,8 @@ from service.jobs.schemas import (
 )
 from service.jobs.state import TERMINAL, add_event, transition
 from service.models import Checkpoint, Job, JobEvent, StoredFile, Tenant
-from service.ray_backend import ComputeBackend
+from service.queue import FairQueue
+from service.ray_backend import ComputeBackend, submission_id
 from service.registry.catalog import Catalog, CatalogEntry
 from service.storage import ArtifactStore
 from service.tenants.service import effective_quotas
@@ -122,6 +125,7 @@ class JobService:
         catalog: Catalog,
         store: ArtifactStore,
         backend: ComputeBackend | None = None,
+        queue: FairQueue | None = None,
     ) -> None:
         self.session = session
         self.tenant = tenant
@@ -131,6 +135,7 @@ class JobService:
         self.catalog = catalog
         self.store = store
         self.backend = backend
+        self.queue = queue
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -273,6 +278,9 @@ class JobService:
         )
         # The files were validated line by line at upload, so this step is immediate.
         transition(self.session, job.id, "queued", message="Files validated; job queued")
+        if self.queue is not None:
+            queue = self.queue
+            on_commit(self.session, lambda: enqueue_quietly(queue, job))
         return job_out(job)
 
     def _entry(self, name: str) -> CatalogEntry:
@@ -465,6 +473,9 @@ class JobService:
             expected=("validating_files", "queued"),
             message="Job cancelled before it started",
         ):
+            if self.queue is not None:
+                queue = self.queue
+                on_commit(self.session, lambda: dequeue_quietly(queue, job))
             return job_out(self._get(job_id))
         # It started meanwhile (or was already running): stop it on the cluster.
         stopping = transition(
@@ -475,5 +486,5 @@ class JobService:
             message="Cancellation requested; stopping the training run",
         )
         if stopping and self.backend is not None:
-            self.backend.stop(job_id)
+            self.backend.stop(submission_id(job_id, job.attempts))
         return job_out(self._get(job_id))

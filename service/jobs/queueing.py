@@ -1,0 +1,44 @@
+"""How a job sits in the Redis queue: its place (priority, age) and what it will hold."""
+
+from __future__ import annotations
+
+import logging
+
+from service.models import Job
+from service.queue import FairQueue
+
+log = logging.getLogger(__name__)
+
+
+def job_cost(job: Job) -> tuple[float, float]:
+    """CPUs and GPUs a job holds while it runs (a search holds its concurrent trials)."""
+    res = job.resources or {}
+    workers = int(res.get("num_workers", 1))
+    cpus = workers * float(res.get("cpus_per_worker", 1.0))
+    gpus = workers * float(res.get("gpus_per_worker", 1.0)) if res.get("use_gpu") else 0.0
+    search = job.search or {}
+    if search:
+        concurrent = int(search.get("max_concurrent_trials") or 1)
+        cpus, gpus = cpus * concurrent, gpus * concurrent
+    return cpus, gpus
+
+
+def enqueue(queue: FairQueue, job: Job) -> None:
+    cpus, gpus = job_cost(job)
+    queue.enqueue(job.id, job.tenant_id, job.priority, job.created_at, cpus, gpus)
+
+
+def enqueue_quietly(queue: FairQueue, job: Job) -> None:
+    """After a commit: a Redis outage must not fail a request whose job is already stored;
+    the reconciler enqueues queued jobs that Redis lacks."""
+    try:
+        enqueue(queue, job)
+    except Exception:
+        log.warning("could not enqueue %s in Redis; the reconciler will", job.id, exc_info=True)
+
+
+def dequeue_quietly(queue: FairQueue, job: Job) -> None:
+    try:
+        queue.remove(job.id, job.tenant_id)
+    except Exception:
+        log.warning("could not dequeue %s from Redis; the reconciler will", job.id, exc_info=True)

@@ -1,0 +1,151 @@
+"""Redis fair-share queue primitives.
+
+Redis is plumbing, not truth: everything here can be rebuilt from the database (the
+reconciler does so). Layout:
+
+- ``tp:q:<tenant>``  sorted set of job ids; score orders by priority (high first), then age
+- ``tp:active``      set of tenants whose queue is not empty
+- ``tp:jobmeta``     hash job id -> JSON {"tenant", "cpus", "gpus"} for the scheduler's fit check
+- ``tp:leader``      the scheduler leader lock (a token with a TTL)
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+ACTIVE = "tp:active"
+META = "tp:jobmeta"
+LEADER = "tp:leader"
+# Priorities span -100..100 and creation times fit in 1e13 ms, so this score keeps both
+# in one float exactly (below 2**53).
+_PRIORITY_SPAN = 10**13
+
+
+def queue_key(tenant_id: str) -> str:
+    return f"tp:q:{tenant_id}"
+
+
+def score(priority: int, created_at: float) -> float:
+    return float((100 - priority) * _PRIORITY_SPAN + int(created_at * 1000))
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    job_id: str
+    tenant_id: str
+    cpus: float
+    gpus: float
+
+
+# Removing a tenant's last job and dropping it from the active set must be one step, or a
+# concurrent enqueue could leave a non-empty queue that the scheduler never looks at.
+_REMOVE = """
+local n = redis.call('zrem', KEYS[1], ARGV[1])
+redis.call('hdel', KEYS[2], ARGV[1])
+if redis.call('zcard', KEYS[1]) == 0 then redis.call('srem', KEYS[3], ARGV[2]) end
+return n
+"""
+_PRUNE = """
+for _, t in ipairs(ARGV) do
+  if redis.call('zcard', 'tp:q:' .. t) == 0 then redis.call('srem', KEYS[1], t) end
+end
+return 0
+"""
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class FairQueue:
+    """Needs a client made with decode_responses=True."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        # redis-py types every reply as a union over sync/async and bytes/str clients.
+        self.r: Any = client
+
+    def enqueue(
+        self,
+        job_id: str,
+        tenant_id: str,
+        priority: int,
+        created_at: float,
+        cpus: float,
+        gpus: float,
+    ) -> None:
+        meta = json.dumps({"tenant": tenant_id, "cpus": cpus, "gpus": gpus})
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zadd(queue_key(tenant_id), {job_id: score(priority, created_at)})
+        pipe.hset(META, job_id, meta)
+        pipe.sadd(ACTIVE, tenant_id)
+        pipe.execute()
+
+    def remove(self, job_id: str, tenant_id: str) -> bool:
+        removed = self.r.eval(_REMOVE, 3, queue_key(tenant_id), META, ACTIVE, job_id, tenant_id)
+        return bool(removed)
+
+    def heads(self) -> dict[str, QueuedJob]:
+        """The first job of every non-empty tenant queue, in three round trips."""
+        tenants = sorted(self.r.smembers(ACTIVE))
+        if not tenants:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for t in tenants:
+            pipe.zrange(queue_key(t), 0, 0)
+        firsts: list[list[str]] = pipe.execute()
+        ids = {t: f[0] for t, f in zip(tenants, firsts, strict=True) if f}
+        empty = [t for t in tenants if t not in ids]
+        if empty:
+            self.r.eval(_PRUNE, 1, ACTIVE, *empty)
+        if not ids:
+            return {}
+        metas = self.r.hmget(META, list(ids.values()))
+        out: dict[str, QueuedJob] = {}
+        for (tenant, job_id), raw in zip(ids.items(), metas, strict=True):
+            meta = json.loads(raw) if raw else {"cpus": 1.0, "gpus": 0.0}
+            out[tenant] = QueuedJob(job_id, tenant, float(meta["cpus"]), float(meta["gpus"]))
+        return out
+
+    def head(self, tenant_id: str) -> QueuedJob | None:
+        first = self.r.zrange(queue_key(tenant_id), 0, 0)
+        if not first:
+            return None
+        raw = self.r.hget(META, first[0])
+        meta = json.loads(raw) if raw else {"cpus": 1.0, "gpus": 0.0}
+        return QueuedJob(first[0], tenant_id, float(meta["cpus"]), float(meta["gpus"]))
+
+    def queued_ids(self) -> set[str]:
+        ids: set[str] = set()
+        for tenant in self.r.smembers(ACTIVE):
+            ids.update(self.r.zrange(queue_key(tenant), 0, -1))
+        return ids
+
+    def depth(self, tenant_id: str) -> int:
+        return int(self.r.zcard(queue_key(tenant_id)))
+
+    # -- leader lock ---------------------------------------------------------------------
+
+    def acquire_leader(self, token: str, ttl_ms: int) -> bool:
+        if self.r.set(LEADER, token, nx=True, px=ttl_ms):
+            return True
+        return bool(self.r.eval(_RENEW, 1, LEADER, token, ttl_ms))
+
+    def release_leader(self, token: str) -> None:
+        self.r.eval(_RELEASE, 1, LEADER, token)
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex

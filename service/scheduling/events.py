@@ -1,0 +1,204 @@
+"""Consumes the workers' Redis event stream into the database.
+
+At-least-once: entries are acknowledged only after their rows are committed, and each
+stored event's id derives from its stream entry id, so an entry seen twice (a replica
+died between commit and XACK) is stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from service.common import now
+from service.db import new_session
+from service.jobs.state import TERMINAL, add_event, transition
+from service.models import Checkpoint, FineTunedModel, Job, JobEvent, Tenant
+from service.registry.service import fine_tuned_model_id
+from workers.report import EVENTS_STREAM, EventRecord
+
+log = logging.getLogger(__name__)
+# Entries a dead consumer read but never acknowledged are taken over after this long.
+RECLAIM_IDLE_MS = 30_000
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def describe(record: EventRecord) -> str:
+    """The user-facing message for a worker event, in the style of OpenAI's events."""
+    d = record.data
+    if record.message:
+        return record.message
+    if record.type == "metrics":
+        return f"Step {d.get('step')}: training loss={_fmt(d.get('train_loss'))}"
+    if record.type == "eval":
+        text = f"Step {d.get('step')}: validation loss={_fmt(d.get('eval_loss'))}"
+        if "eval_accuracy" in d:
+            text += f", accuracy={_fmt(d['eval_accuracy'])}"
+        return text
+    if record.type == "checkpoint":
+        return f"Checkpoint saved at step {d.get('step')}"
+    if record.type == "result":
+        return "Training finished; the model is ready"
+    return f"{record.type}: {d}"
+
+
+class EventConsumer:
+    def __init__(self, engine: Engine, client: redis.Redis, group: str, consumer: str) -> None:
+        self.engine = engine
+        # redis-py types every reply as a union over sync/async and bytes/str clients.
+        self.r: Any = client
+        self.group = group
+        self.consumer = consumer
+        self._group_ready = False
+
+    def ensure_group(self) -> None:
+        try:
+            # From the stream's start: events written before the first consumer are kept.
+            self.r.xgroup_create(EVENTS_STREAM, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def poll(self, block_ms: int = 1000, count: int = 200) -> int:
+        """Store one batch of events; returns how many entries were handled."""
+        if not self._group_ready:
+            self.ensure_group()
+        try:
+            claimed = self.r.xautoclaim(
+                EVENTS_STREAM, self.group, self.consumer, RECLAIM_IDLE_MS, "0-0", count=count
+            )
+            entries: list[tuple[str, dict[str, str]]] = list(claimed[1])
+            if not entries:
+                reply = self.r.xreadgroup(
+                    self.group, self.consumer, {EVENTS_STREAM: ">"}, count=count, block=block_ms
+                )
+                entries = [e for _, batch in reply for e in batch] if reply else []
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis lost its data: the group goes with it
+                self._group_ready = False
+                return 0
+            raise
+        entries = [(eid, fields) for eid, fields in entries if fields]
+        if not entries:
+            return 0
+        with new_session(self.engine) as s:
+            for entry_id, fields in entries:
+                try:
+                    self.apply(s, entry_id, EventRecord.from_stream_fields(fields))
+                except ValueError:
+                    log.exception("dropping malformed event %s", entry_id)
+            s.commit()
+        self.r.xack(EVENTS_STREAM, self.group, *[eid for eid, _ in entries])
+        return len(entries)
+
+    def apply(self, s: Session, entry_id: str, record: EventRecord) -> None:
+        job = s.get(Job, record.job_id)
+        if job is None or job.tenant_id != record.tenant_id:
+            log.warning("event %s for unknown job %s", entry_id, record.job_id)
+            return
+        event_id = f"ftevent-{entry_id.replace('-', '_')}"
+        if s.exec(select(JobEvent.id).where(JobEvent.id == event_id)).first() is not None:
+            return  # seen before
+        kind = "metrics" if record.type in ("metrics", "eval") else "message"
+        event = add_event(
+            s,
+            job.id,
+            job.tenant_id,
+            describe(record),
+            level=record.level,
+            type_=kind,
+            data={"kind": record.type, **record.data},
+            created_at=record.created_at,
+        )
+        event.id = event_id
+        s.flush()
+        if record.type == "checkpoint":
+            self._checkpoint(s, job, record)
+        elif record.type == "result":
+            self._succeeded(s, job, record)
+        elif record.type == "status" and record.data.get("status") == "failed":
+            self._failed(s, job, record)
+
+    def _model_id(self, s: Session, job: Job) -> str:
+        tenant = s.get(Tenant, job.tenant_id)
+        name = tenant.name if tenant else job.tenant_id
+        return fine_tuned_model_id(job.model, name, job.suffix, job.id)
+
+    def _checkpoint(self, s: Session, job: Job, record: EventRecord) -> None:
+        step = int(record.data.get("step", 0))
+        existing = s.exec(
+            select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step_number == step)
+        ).first()
+        if existing is not None:
+            return
+        metrics = {k: v for k, v in record.data.items() if k != "checkpoint_uri"}
+        s.add(
+            Checkpoint(
+                id=f"ftckpt-{job.id.removeprefix('ftjob-')}-{step}",
+                job_id=job.id,
+                tenant_id=job.tenant_id,
+                step_number=step,
+                metrics={"step": step, **metrics},
+                uri=str(record.data.get("checkpoint_uri", "")),
+                fine_tuned_model_checkpoint=f"{self._model_id(s, job)}:ckpt-step-{step}",
+                created_at=record.created_at,
+            )
+        )
+        s.flush()
+
+    def _succeeded(self, s: Session, job: Job, record: EventRecord) -> None:
+        if job.status in TERMINAL:
+            return
+        model_id = self._model_id(s, job)
+        if s.get(FineTunedModel, model_id) is None:
+            s.add(
+                FineTunedModel(
+                    id=model_id,
+                    tenant_id=job.tenant_id,
+                    job_id=job.id,
+                    base_model=job.model,
+                    task=job.task,
+                    adapter_type=str((job.adapter or {}).get("type", "lora")),
+                    artifact_uri=str(record.data.get("artifact_uri", "")),
+                    created_at=now(),
+                )
+            )
+            s.flush()
+        trained = record.data.get("trained_tokens")
+        transition(
+            s,
+            job.id,
+            "succeeded",
+            expected=("running", "cancelling"),
+            message=f"The job has successfully completed; model {model_id} is ready",
+            data={"fine_tuned_model": model_id, "metrics": record.data.get("metrics", {})},
+            fine_tuned_model=model_id,
+            trained_tokens=int(trained) if trained is not None else None,
+        )
+
+    def _failed(self, s: Session, job: Job, record: EventRecord) -> None:
+        if job.status in TERMINAL:
+            return
+        if job.status == "cancelling":
+            # A run interrupted by a cancel reports a failure; the user asked for it.
+            transition(s, job.id, "cancelled", expected=("cancelling",), message="Job cancelled")
+            return
+        message = record.message or "Training failed"
+        transition(
+            s,
+            job.id,
+            "failed",
+            expected=("running", "cancelling"),
+            level="error",
+            message=f"The job failed: {message}",
+            error={"code": str(record.data.get("code", "training_failed")), "message": message,
+                   "param": record.data.get("param")},
+        )  # fmt: skip

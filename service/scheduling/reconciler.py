@@ -1,0 +1,133 @@
+"""Keeps the database, Redis and Ray in step; the database is the truth.
+
+- running/cancelling jobs: Ray's state decides how they end; a job whose Ray job is
+  gone is retried (a new attempt, with an event saying so) up to `max_attempts`.
+- queued jobs missing from Redis (Redis restarted or flushed) are enqueued again, and
+  Redis entries for jobs that are no longer queued are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sqlalchemy import Engine
+from sqlmodel import col, select
+
+from service.config import Settings
+from service.db import new_session
+from service.jobs.queueing import enqueue
+from service.jobs.state import transition
+from service.models import Job, JobEvent
+from service.queue import FairQueue
+from service.ray_backend import ComputeBackend, submission_id
+from service.scheduling.scheduler import Dispatcher
+
+log = logging.getLogger(__name__)
+# After Ray says a job succeeded, its result event may still be in flight to the consumer.
+RESULT_GRACE_S = 20.0
+
+
+class Reconciler:
+    def __init__(
+        self,
+        engine: Engine,
+        queue: FairQueue,
+        backend: ComputeBackend,
+        dispatcher: Dispatcher,
+        settings: Settings,
+    ) -> None:
+        self.engine = engine
+        self.queue = queue
+        self.backend = backend
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self._succeeded_seen: dict[str, float] = {}
+
+    def run_once(self) -> None:
+        self.reconcile_active()
+        self.reconcile_queue()
+
+    def reconcile_queue(self) -> None:
+        with new_session(self.engine) as s:
+            queued = {j.id: j for j in s.exec(select(Job).where(Job.status == "queued"))}
+        in_redis = self.queue.queued_ids()
+        for job_id in queued.keys() - in_redis:
+            enqueue(self.queue, queued[job_id])
+            log.info("re-enqueued %s (missing from Redis)", job_id)
+        stale = in_redis - queued.keys()
+        if stale:
+            with new_session(self.engine) as s:
+                rows = s.exec(select(Job).where(col(Job.id).in_(sorted(stale)))).all()
+            for job in rows:
+                # Re-read: only drop entries of jobs that really left the queued state.
+                if job.status != "queued":
+                    self.queue.remove(job.id, job.tenant_id)
+
+    def reconcile_active(self) -> None:
+        with new_session(self.engine) as s:
+            active = list(s.exec(select(Job).where(col(Job.status).in_(("running", "cancelling")))))
+        for job in active:
+            try:
+                self._reconcile_job(job)
+            except Exception:
+                log.exception("reconciling %s failed; will retry", job.id)
+
+    def _reconcile_job(self, job: Job) -> None:
+        sid = submission_id(job.id, job.attempts)
+        state = self.backend.state(sid)
+        age = time.time() - (job.updated_at or job.created_at)
+        if job.status == "cancelling":
+            if state in ("PENDING", "RUNNING"):
+                self.backend.stop(sid)
+                return
+            with new_session(self.engine) as s:
+                transition(
+                    s, job.id, "cancelled", expected=("cancelling",), message="Job cancelled"
+                )
+                s.commit()
+            return
+        if state in ("PENDING", "RUNNING"):
+            return
+        if state == "MISSING":
+            if age < self.settings.dispatch_grace_s:
+                return  # just dispatched; Ray may not list it yet
+            self.dispatcher.requeue_or_fail(
+                job.id, job.tenant_id, job.attempts, f"the Ray job {sid} was lost"
+            )
+            return
+        if state == "SUCCEEDED":
+            # Success is recorded by the result event; give it time to arrive.
+            first = self._succeeded_seen.setdefault(job.id, time.time())
+            if time.time() - first < RESULT_GRACE_S:
+                return
+            self._fail(
+                job, "finished_without_result", "the training run ended without reporting a model"
+            )
+            return
+        # FAILED or STOPPED without a cancel: a worker crash the run did not survive.
+        reason = self.backend.message(sid) or f"the Ray job ended {state}"
+        self._fail(job, "training_failed", f"{self._last_error(job.id) or reason}")
+
+    def _last_error(self, job_id: str) -> str | None:
+        with new_session(self.engine) as s:
+            stmt = (
+                select(JobEvent.message)
+                .where(JobEvent.job_id == job_id, JobEvent.level == "error")
+                .order_by(col(JobEvent.seq).desc())
+            )
+            return s.exec(stmt).first()
+
+    def _fail(self, job: Job, code: str, message: str) -> None:
+        self._succeeded_seen.pop(job.id, None)
+        with new_session(self.engine) as s:
+            transition(
+                s,
+                job.id,
+                "failed",
+                expected=("running",),
+                level="error",
+                message=f"The job failed: {message}",
+                error={"code": code, "message": message, "param": None},
+            )
+            s.commit()

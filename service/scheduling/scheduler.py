@@ -1,0 +1,272 @@
+"""The scheduler: weighted fair share across tenants, then priority, then age.
+
+Only the leader schedules (a Redis lock with a TTL; any replica can take over). A start
+is exactly-once: the database compare-and-set `queued -> running` decides who starts a
+job, and the Ray submission id is the job id (per attempt), which Ray never runs twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlmodel import col, select
+
+from service.config import Quotas, Settings
+from service.db import new_session
+from service.jobs.queueing import enqueue, job_cost
+from service.jobs.state import transition
+from service.models import Job, Tenant
+from service.queue import FairQueue, QueuedJob
+from service.ray_backend import Capacity, CapacitySource, ComputeBackend, submission_id
+from service.storage import ArtifactStore
+from service.tenants.service import effective_quotas
+
+log = logging.getLogger(__name__)
+ACTIVE_STATES = ("running", "cancelling")
+
+
+class DeficitRoundRobin:
+    """Deficit round robin with unit job cost: over time each tenant with queued work gets
+    starts in proportion to its weight, and a tenant with one job waits behind at most one
+    round of the others, however many jobs they queued."""
+
+    def __init__(self) -> None:
+        self.deficit: dict[str, float] = {}
+        self.current: str | None = None
+
+    def pick(
+        self,
+        heads: dict[str, QueuedJob],
+        weights: dict[str, float],
+        eligible: Callable[[QueuedJob], bool],
+    ) -> QueuedJob | None:
+        for gone in set(self.deficit) - set(heads):
+            del self.deficit[gone]
+        if not heads:
+            return None
+        cur = self.current
+        if cur in heads and self.deficit.get(cur, 0.0) >= 1 and eligible(heads[cur]):
+            self.deficit[cur] -= 1
+            return heads[cur]
+        order = sorted(heads)
+        # Quanta scaled so the lightest active tenant gets 1: one lap always yields a pick.
+        lightest = min(max(weights.get(t, 1.0), 1e-6) for t in order)
+        start = 0 if cur is None else next((i for i, t in enumerate(order) if t > cur), 0)
+        for k in range(len(order)):
+            tenant = order[(start + k) % len(order)]
+            quantum = max(weights.get(tenant, 1.0), 1e-6) / lightest
+            job = heads[tenant]
+            # Credit is granted only on a turn that is used, so a tenant blocked by its
+            # quota or by a full cluster banks nothing to burst with later.
+            if eligible(job):
+                self.deficit[tenant] = self.deficit.get(tenant, 0.0) + quantum - 1
+                self.current = tenant
+                return job
+        return None
+
+
+@dataclass
+class Usage:
+    """What a tenant's running jobs hold."""
+
+    running: int = 0
+    cpus: float = 0.0
+    gpus: float = 0.0
+
+
+@dataclass
+class ClusterView:
+    free: Capacity
+    usage: dict[str, Usage] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    quotas: dict[str, Quotas] = field(default_factory=dict)
+
+    def eligible(self, job: QueuedJob) -> bool:
+        if not self.free.fits(job.cpus, job.gpus):
+            return False
+        use = self.usage.get(job.tenant_id, Usage())
+        quotas = self.quotas.get(job.tenant_id)
+        if quotas is None:
+            return False  # the tenant is gone
+        if quotas.max_running_jobs is not None and use.running >= quotas.max_running_jobs:
+            return False
+        return quotas.max_gpus is None or use.gpus + job.gpus <= quotas.max_gpus
+
+    def hold(self, job: QueuedJob) -> None:
+        self.free = self.free - Capacity(job.cpus, job.gpus)
+        use = self.usage.setdefault(job.tenant_id, Usage())
+        use.running += 1
+        use.cpus += job.cpus
+        use.gpus += job.gpus
+
+
+class Dispatcher:
+    """Starts one job: compare-and-set in the database, then submit to the cluster."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        backend: ComputeBackend,
+        queue: FairQueue,
+        store: ArtifactStore,
+        settings: Settings,
+    ) -> None:
+        self.engine = engine
+        self.backend = backend
+        self.queue = queue
+        self.store = store
+        self.settings = settings
+
+    def entrypoint(self, job_id: str, spec_uri: str) -> str:
+        s = self.settings
+        parts = [s.worker_python, "-m", "workers.run_job", job_id, "--spec-uri", spec_uri]
+        if s.redis_url:
+            parts += ["--redis-url", s.redis_url]
+        parts += ["--models-dir", str(s.resolved_models_dir)]
+        return shlex.join(parts)
+
+    def env(self) -> dict[str, str]:
+        # SIGINT rather than SIGTERM on cancel, so Tune and Train can save their state.
+        return {**self.settings.worker_env, "RAY_JOB_STOP_SIGNAL": "SIGINT"}
+
+    def start(self, job_id: str) -> bool:
+        with new_session(self.engine) as s:
+            job = s.get(Job, job_id)
+            if job is None or job.status != "queued":
+                return False
+            attempt = job.attempts + 1
+            spec_key = f"{job.tenant_id}/jobs/{job_id}/spec.json"
+            self.store.write_bytes(spec_key, _spec_bytes(job))
+            if not transition(
+                s,
+                job_id,
+                "running",
+                expected=("queued",),
+                message=f"Job started on the cluster (attempt {attempt})",
+                data={"attempt": attempt, "submission_id": submission_id(job_id, attempt)},
+                attempts=attempt,
+            ):
+                return False
+            s.commit()
+            tenant_id = job.tenant_id
+        try:
+            self.backend.submit(
+                submission_id(job_id, attempt),
+                self.entrypoint(job_id, self.store.uri_for(spec_key)),
+                self.env(),
+            )
+        except Exception as exc:
+            log.exception("submitting %s to the cluster failed", job_id)
+            self.requeue_or_fail(job_id, tenant_id, attempt, f"submitting to Ray failed: {exc}")
+            return False
+        return True
+
+    def requeue_or_fail(self, job_id: str, tenant_id: str, attempt: int, why: str) -> None:
+        with new_session(self.engine) as s:
+            if attempt < self.settings.max_attempts:
+                moved = transition(
+                    s,
+                    job_id,
+                    "queued",
+                    expected=("running",),
+                    level="warn",
+                    message=f"{why}; the job is queued again (attempt {attempt} of "
+                    f"{self.settings.max_attempts})",
+                )
+                s.commit()
+                job = s.get(Job, job_id)
+                if moved and job is not None:
+                    enqueue(self.queue, job)
+            else:
+                transition(
+                    s,
+                    job_id,
+                    "failed",
+                    expected=("running", "cancelling"),
+                    level="error",
+                    message=f"{why}; giving up after {attempt} attempts",
+                    error={"code": "dispatch_failed", "message": why, "param": None},
+                )
+                s.commit()
+
+
+def _spec_bytes(job: Job) -> bytes:
+    return json.dumps(job.spec).encode()
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        queue: FairQueue,
+        capacity: CapacitySource,
+        dispatcher: Dispatcher,
+        settings: Settings,
+        token: str,
+    ) -> None:
+        self.engine = engine
+        self.queue = queue
+        self.capacity = capacity
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.token = token
+        self.drr = DeficitRoundRobin()
+        self.is_leader = False
+
+    def view(self) -> ClusterView:
+        total = self.capacity.total_capacity()
+        view = ClusterView(free=total)
+        with new_session(self.engine) as s:
+            for tenant in s.exec(select(Tenant)):
+                view.weights[tenant.id] = tenant.weight
+                view.quotas[tenant.id] = effective_quotas(tenant, self.settings)
+            for job in s.exec(select(Job).where(col(Job.status).in_(ACTIVE_STATES))):
+                cpus, gpus = job_cost(job)
+                view.hold(QueuedJob(job.id, job.tenant_id, cpus, gpus))
+        return view
+
+    def tick(self) -> list[str]:
+        """Start every job that fits now, fairly; returns the ids started."""
+        self.is_leader = self.queue.acquire_leader(
+            self.token, int(self.settings.leader_ttl_s * 1000)
+        )
+        if not self.is_leader:
+            return []
+        heads = self.queue.heads()
+        if not heads:
+            return []
+        view = self.view()
+        started: list[str] = []
+        while heads:
+            job = self.drr.pick(heads, view.weights, view.eligible)
+            if job is None:
+                break
+            if self.dispatcher.start(job.job_id):
+                view.hold(job)
+                started.append(job.job_id)
+            # Started, or no longer queued (cancelled, started by another replica): either
+            # way it leaves the queue. A failed submit re-enqueues it itself.
+            if not self._is_queued(job.job_id):
+                self.queue.remove(job.job_id, job.tenant_id)
+            head = self.queue.head(job.tenant_id)
+            if head is None:
+                heads.pop(job.tenant_id, None)
+            elif head.job_id == job.job_id:
+                heads.pop(job.tenant_id, None)  # still queued after a failed submit: next tick
+            else:
+                heads[job.tenant_id] = head
+        return started
+
+    def _is_queued(self, job_id: str) -> bool:
+        with new_session(self.engine) as s:
+            job = s.get(Job, job_id)
+            return job is not None and job.status == "queued"
+
+    def resign(self) -> None:
+        self.queue.release_leader(self.token)
+        self.is_leader = False

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+import redis
+
+from service.config import Settings
+from service.queue import FairQueue
+from service.ray_backend import Capacity, RayJobState
+from tests.fixtures.redis_server import RedisServer
+
+
+@pytest.fixture
+def settings(settings: Settings, redis_server: RedisServer) -> Settings:
+    return settings.model_copy(update={"redis_url": redis_server.url})
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def queue(redis_client: redis.Redis) -> FairQueue:
+    return FairQueue(redis_client)
+
+
+@dataclass
+class FixedCluster:
+    """A compute backend for scheduler tests: capacity the test controls, submissions
+    recorded. The scheduling logic, Redis and the database under it are all real; what a
+    started job then does on Ray is not what these tests are about."""
+
+    capacity: Capacity = field(default_factory=lambda: Capacity(1, 0))
+    submitted: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def submit(self, submission_id: str, entrypoint: str, env: dict[str, str]) -> None:
+        with self.lock:
+            self.submitted.append(submission_id)
+
+    def stop(self, submission_id: str) -> None:
+        pass
+
+    def state(self, submission_id: str) -> RayJobState:
+        return "RUNNING" if submission_id in self.submitted else "MISSING"
+
+    def message(self, submission_id: str) -> str:
+        return ""
+
+    def ping(self) -> bool:
+        return True
+
+    def total_capacity(self) -> Capacity:
+        return self.capacity
+
+
+@pytest.fixture
+def cluster() -> FixedCluster:
+    return FixedCluster()
