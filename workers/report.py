@@ -1,0 +1,218 @@
+"""Job events from the workers to the control plane: the record format and its sinks.
+
+This module is a shared contract (the control plane imports it), so it imports neither
+torch nor ray, and redis only when a Redis sink is used.
+
+Redis layout
+------------
+All jobs write to one stream, ``tuneplane:events`` (`EVENTS_STREAM`), trimmed to about
+`STREAM_MAXLEN` entries (the control plane persists events to its database; the stream is
+transport, not storage). Each entry has four string fields:
+
+- ``job_id``:    the job the event belongs to (lets a consumer route without parsing)
+- ``tenant_id``: the job's tenant
+- ``type``:      `EventType` (``status``, ``metrics``, ``eval``, ``checkpoint``,
+                 ``message``, ``result``)
+- ``record``:    the whole `EventRecord` as JSON (``EventRecord.model_validate_json``)
+
+Consumers read it with ``XREADGROUP GROUP <group> <consumer> STREAMS tuneplane:events >``
+and ``XACK`` once an event is stored; the stream entry id orders events of one job.
+
+Event types and their ``data``:
+
+- ``status``:     ``{"status": "preparing" | "training" | "saving" | "succeeded" | "failed"}``
+- ``metrics``:    one per optimizer step: ``step``, ``epoch``, ``train_loss``,
+                  ``learning_rate``, ``tokens_per_second``, ``trained_tokens``
+- ``eval``:       ``step``, ``eval_loss`` and, for classification, ``eval_accuracy``
+- ``checkpoint``: ``step``, ``checkpoint_uri`` and the metrics reported with it
+- ``message``:    free text for the user (e.g. a worker was lost and training resumed)
+- ``result``:     the last event of a successful job: ``artifact_uri``, ``trained_tokens``,
+                  ``steps``, ``metrics`` (final train/eval metrics)
+
+A failed job's last event is a ``status`` event ``{"status": "failed"}`` with
+level ``error`` whose ``message`` says what went wrong and what to change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import IO, Any, Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+EVENTS_STREAM = "tuneplane:events"
+STREAM_MAXLEN = 1_000_000
+
+EventType = Literal["status", "metrics", "eval", "checkpoint", "message", "result"]
+EventLevel = Literal["info", "warn", "error"]
+JobStatus = Literal["preparing", "training", "saving", "succeeded", "failed"]
+
+logger = logging.getLogger(__name__)
+
+
+class EventRecord(BaseModel):
+    job_id: str
+    tenant_id: str
+    type: EventType
+    level: EventLevel = "info"
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+    created_at: float = Field(default_factory=time.time)
+
+    def stream_fields(self) -> dict[str, str]:
+        return {
+            "job_id": self.job_id,
+            "tenant_id": self.tenant_id,
+            "type": self.type,
+            "record": self.model_dump_json(),
+        }
+
+    @classmethod
+    def from_stream_fields(cls, fields: dict[Any, Any]) -> EventRecord:
+        raw = fields.get("record", fields.get(b"record"))
+        if raw is None:
+            raise ValueError("stream entry has no 'record' field")
+        return cls.model_validate_json(raw)
+
+
+class EventSink(Protocol):
+    def emit(self, record: EventRecord) -> None: ...
+
+
+class RedisEventSink:
+    """XADDs records to the shared stream. Picklable: it connects lazily in each process."""
+
+    def __init__(self, url: str, stream: str = EVENTS_STREAM) -> None:
+        self.url = url
+        self.stream = stream
+        self._client: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "stream": self.stream, "_client": None}
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            import redis
+
+            self._client = redis.Redis.from_url(self.url, socket_timeout=10)
+        return self._client
+
+    def emit(self, record: EventRecord) -> None:
+        self._redis().xadd(
+            self.stream,
+            record.stream_fields(),
+            maxlen=STREAM_MAXLEN,
+            approximate=True,
+        )
+
+
+class JsonLinesSink:
+    """Appends records as JSON lines to a file (or writes them to a text stream).
+
+    Used when a job runs without Redis (its events then end up in the Ray job's log) and
+    by tests that run training without the control plane.
+    """
+
+    def __init__(self, path: str | None = None, stream: IO[str] | None = None) -> None:
+        self.path = path
+        self._stream = stream
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A process-local stream cannot travel; a copy elsewhere writes to its own stdout.
+        return {"path": self.path, "_stream": None}
+
+    def emit(self, record: EventRecord) -> None:
+        line = record.model_dump_json() + "\n"
+        if self.path is not None:
+            # One write call per line: appends from several processes do not interleave.
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+            return
+        out = self._stream if self._stream is not None else sys.stdout
+        out.write(line)
+        out.flush()
+
+
+def read_json_lines(path: str) -> list[EventRecord]:
+    with open(path, encoding="utf-8") as f:
+        return [EventRecord.model_validate_json(line) for line in f if line.strip()]
+
+
+class Reporter:
+    """Builds the records of one job and hands them to a sink.
+
+    Losing an event must not kill a training run, so `emit` logs sink errors and goes on;
+    `strict=True` (used for the final result) raises them instead.
+    """
+
+    def __init__(self, job_id: str, tenant_id: str, sink: EventSink) -> None:
+        self.job_id = job_id
+        self.tenant_id = tenant_id
+        self.sink = sink
+
+    def emit(
+        self,
+        type: EventType,
+        message: str = "",
+        data: dict[str, Any] | None = None,
+        level: EventLevel = "info",
+        strict: bool = False,
+    ) -> EventRecord:
+        record = EventRecord(
+            job_id=self.job_id,
+            tenant_id=self.tenant_id,
+            type=type,
+            level=level,
+            message=message,
+            data=_jsonable(data or {}),
+        )
+        try:
+            self.sink.emit(record)
+        except Exception:
+            if strict:
+                raise
+            logger.warning("could not send a %s event for job %s", type, self.job_id, exc_info=True)
+        return record
+
+    def status(
+        self, status: JobStatus, message: str = "", level: EventLevel = "info"
+    ) -> EventRecord:
+        return self.emit(
+            "status", message or f"job {status}", {"status": status}, level=level, strict=True
+        )
+
+    def metrics(self, data: dict[str, Any]) -> EventRecord:
+        return self.emit("metrics", f"step {data.get('step')}", data)
+
+    def eval(self, data: dict[str, Any]) -> EventRecord:
+        return self.emit("eval", f"evaluation at step {data.get('step')}", data)
+
+    def checkpoint(self, data: dict[str, Any]) -> EventRecord:
+        return self.emit("checkpoint", f"checkpoint at step {data.get('step')}", data)
+
+    def message(self, text: str, level: EventLevel = "info", **data: Any) -> EventRecord:
+        return self.emit("message", text, data, level=level)
+
+    def result(self, data: dict[str, Any]) -> EventRecord:
+        return self.emit("result", "fine-tuning finished", data, strict=True)
+
+    def failed(self, message: str, **data: Any) -> EventRecord:
+        return self.emit(
+            "status", message, {"status": "failed", **data}, level="error", strict=True
+        )
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    # Round-trip through json so numpy/torch scalars or paths never reach the sink raw.
+    return dict(json.loads(json.dumps(data, default=_default)))
+
+
+def _default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

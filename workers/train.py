@@ -1,0 +1,679 @@
+"""Fine-tuning on Ray Train: the per-worker recipe and the TorchTrainer that runs it.
+
+One explicit recipe, torchtune style: `FineTuneRecipe.setup()` (seed, model, adapter,
+optimizer, schedule, restore), `.train()` (epochs of accumulated micro-batches, periodic
+evaluation and checkpoints), `.save()` (a checkpoint reported to Ray Train) and
+`.cleanup()`. The same code runs on one CPU worker or many GPU workers: Ray Train picks
+the device and the process group (gloo on CPU, NCCL on GPU) and wraps the model in DDP.
+
+A checkpoint directory holds no pickle:
+
+- ``model/``: ``save_pretrained`` output, the LoRA adapter (``adapter_model.safetensors``,
+  ``adapter_config.json``) or the whole model (``model.safetensors``, ``config.json``)
+- ``optimizer.safetensors``: the AdamW moment tensors
+- ``trainer_state.json``: step, epoch, position in the epoch, scheduler and optimizer
+  hyperparameters, metrics so far
+
+Ray Train keeps the newest `num_checkpoints_to_keep` and, when a worker is lost, restarts
+the workers (up to `max_failures` times), which resume from the newest one through
+`ray.train.get_checkpoint()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2.api.callback import UserCallback
+from torch import nn
+
+from workers.data import IGNORE_INDEX, JobData, StepPlan, collate, load_tokenizer, pad_token_id
+from workers.report import Reporter
+from workers.spec import JobSpec, LoraAdapter
+from workers.tiny import resolve_model_source
+
+# LoRA targets when the job does not name them: the attention projections, as in the LoRA
+# paper; architectures not listed fall back to peft's own table.
+DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+}
+# Modules stored in GPT-2's Conv1D layout (weight transposed), which LoRA must know about.
+_CONV1D_ARCHITECTURES = frozenset({"gpt2"})
+
+MODEL_DIR = "model"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"
+PROBE_FILE = "probe_logits.safetensors"
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Test-only: worker `rank` exits abruptly right after the checkpoint at `after_step`.
+
+    `marker` is a file created before exiting so the fault happens once, not again on
+    every restart.
+    """
+
+    rank: int
+    after_step: int
+    marker: str
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Everything a worker needs, built by the driver and shipped with the trainer."""
+
+    spec: JobSpec
+    models_dir: str
+    plan: StepPlan
+    has_validation: bool
+    reporter: Reporter | None = None
+    # Diagnostics for tests: logits of this text are saved with the final checkpoint.
+    probe_text: str | None = None
+    fault: FaultInjection | None = None
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    epoch: int = 0
+    # Micro-batches of `epoch` already trained on, skipped when resuming mid-epoch.
+    micro_batches_done: int = 0
+    trained_tokens: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def lr_lambda(step: int, warmup_steps: int, total_steps: int, kind: str) -> float:
+    """Multiplier of the peak learning rate at `step` (LambdaLR convention)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, progress))
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+def load_base_model(spec: JobSpec, source: str) -> nn.Module:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if spec.task == "sequence_classification":
+        labels = spec.labels or []
+        # A base model's head (if any) has another size; it is replaced by a fresh one.
+        return AutoModelForSequenceClassification.from_pretrained(
+            source,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+        )
+    return AutoModelForCausalLM.from_pretrained(source)
+
+
+def lora_targets(adapter: LoraAdapter, model_type: str) -> list[str] | None:
+    if adapter.target_modules:
+        return list(adapter.target_modules)
+    return DEFAULT_LORA_TARGETS.get(model_type)
+
+
+def apply_lora(model: nn.Module, spec: JobSpec, adapter: LoraAdapter) -> nn.Module:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
+    config = LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=lora_targets(adapter, model_type),
+        fan_in_fan_out=model_type in _CONV1D_ARCHITECTURES,
+        # SEQ_CLS makes peft train and save the new classification head with the adapter.
+        task_type=(
+            TaskType.SEQ_CLS if spec.task == "sequence_classification" else TaskType.CAUSAL_LM
+        ),
+    )
+    return get_peft_model(model, config)
+
+
+def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over the positions whose label is not masked."""
+    shifted = logits[:, :-1, :].float()
+    targets = labels[:, 1:]
+    return nn.functional.cross_entropy(
+        shifted.reshape(-1, shifted.size(-1)),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def count_targets(labels: torch.Tensor, task: str) -> int:
+    if task == "sequence_classification":
+        return int(labels.numel())
+    return int((labels[:, 1:] != IGNORE_INDEX).sum().item())
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> dict[str, Any]:
+    """Writes the moment tensors as safetensors; returns the JSON-able rest."""
+    from safetensors.torch import save_file
+
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                # safetensors keeps shape-[] tensors, but a copy makes them contiguous
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous().clone()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    save_file(tensors, str(directory / OPTIMIZER_FILE))
+    return {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def load_optimizer(
+    optimizer: torch.optim.Optimizer, directory: Path, saved: dict[str, Any]
+) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(directory / OPTIMIZER_FILE))
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in saved.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    assert isinstance(inner, nn.Module)
+    return inner
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return [float(x) for x in tensor.tolist()]
+
+
+def _with_last(items: Iterator[Any]) -> Iterator[tuple[Any, bool]]:
+    """Yields (item, is_last): the end of an epoch is known when its last batch arrives."""
+    previous: Any = None
+    has_previous = False
+    for item in items:
+        if has_previous:
+            yield previous, False
+        previous, has_previous = item, True
+    if has_previous:
+        yield previous, True
+
+
+class FineTuneRecipe:
+    """Per-worker fine-tuning: setup / train / save / cleanup."""
+
+    def __init__(self, config: LoopConfig) -> None:
+        self.config = config
+        self.spec = config.spec
+        self.plan = config.plan
+        self.state = TrainerState()
+        # Step losses since the last checkpoint, averaged into its train_loss.
+        self._recent_losses: list[float] = []
+
+    # ---------------------------------------------------------------- setup
+
+    def setup(self) -> None:
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.reporter = self.config.reporter if self.rank == 0 else None
+        self._seed(self.spec.seed)
+        self.device = ray.train.torch.get_device()
+        # bf16 autocast on GPU only: CPU autocast is slow and tests want exact fp32 numbers.
+        self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
+        self.source = resolve_model_source(
+            self.spec.base_model.source, Path(self.config.models_dir)
+        )
+        self.tokenizer = load_tokenizer(self.spec.base_model.source, self.config.models_dir)
+        self.pad_id = pad_token_id(self.tokenizer)
+
+        checkpoint = ray.train.get_checkpoint()
+        with contextlib.ExitStack() as stack:
+            restore_dir = (
+                Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
+            )
+            model = self._load_model(restore_dir)
+            self.model = ray.train.torch.prepare_model(
+                model, parallel_strategy_kwargs={"find_unused_parameters": False}
+            )
+            self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = self._optimizer()
+            warmup = math.ceil(self.spec.training.warmup_ratio * self.plan.total_steps)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer,
+                lambda step: lr_lambda(
+                    step, warmup, self.plan.total_steps, self.spec.training.lr_scheduler
+                ),
+            )
+            if restore_dir is not None:
+                self._restore_state(restore_dir)
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.validation = (
+            ray.train.get_dataset_shard("validation") if self.config.has_validation else None
+        )
+
+    def _seed(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _load_model(self, restore_dir: Path | None) -> nn.Module:
+        adapter = self.spec.adapter
+        if isinstance(adapter, LoraAdapter):
+            model = apply_lora(load_base_model(self.spec, self.source), self.spec, adapter)
+            if restore_dir is not None:
+                from peft import set_peft_model_state_dict
+                from safetensors.torch import load_file
+
+                weights = load_file(str(restore_dir / MODEL_DIR / "adapter_model.safetensors"))
+                set_peft_model_state_dict(model, weights)
+            return model
+        # Full fine-tune: a checkpoint holds the whole model, loaded in place of the base.
+        source = str(restore_dir / MODEL_DIR) if restore_dir is not None else self.source
+        return load_base_model(self.spec, source)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        # No weight decay on biases and norms (1-d tensors), as is usual for transformers.
+        decay = [p for p in self.trainable if p.ndim >= 2]
+        no_decay = [p for p in self.trainable if p.ndim < 2]
+        return torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.spec.training.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.spec.training.learning_rate,
+        )
+
+    def _restore_state(self, directory: Path) -> None:
+        saved = json.loads((directory / STATE_FILE).read_text())
+        load_optimizer(self.optimizer, directory, saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = TrainerState(
+            step=saved["step"],
+            epoch=saved["epoch"],
+            micro_batches_done=saved["micro_batches_done"],
+            trained_tokens=saved["trained_tokens"],
+            metrics=saved.get("metrics", {}),
+        )
+        if self.reporter:
+            self.reporter.message(
+                f"resumed from the checkpoint at step {self.state.step}",
+                level="warn",
+                resumed_from_step=self.state.step,
+            )
+
+    # ---------------------------------------------------------------- train
+
+    def train(self) -> None:
+        training = self.spec.training
+        if self.state.step == 0 and self.validation is not None:
+            self.evaluate()  # the base model's score, to compare the fine-tuned one with
+        while self.state.epoch < training.n_epochs:
+            skip = self.state.micro_batches_done
+            window: list[dict[str, np.ndarray]] = []
+            seen = 0
+            for index, (batch, is_last) in enumerate(_with_last(self._micro_batches())):
+                seen += 1
+                if index < skip:
+                    continue
+                window.append(batch)
+                if len(window) == training.gradient_accumulation_steps or is_last:
+                    self._optimizer_step(window)
+                    window = []
+                    if is_last:
+                        self.state.epoch += 1
+                        self.state.micro_batches_done = 0
+                    self._after_step(end_of_epoch=is_last)
+            if seen <= skip:
+                raise RuntimeError(
+                    f"worker {self.rank} got {seen} batches in epoch {self.state.epoch + 1}, "
+                    f"expected more than {skip}"
+                )
+
+    def _micro_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        assert self.train_shard is not None
+        yield from self.train_shard.iter_batches(
+            batch_size=self.plan.micro_batch_size, batch_format="numpy", prefetch_batches=2
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _forward_loss(
+        self, model: nn.Module, tensors: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed loss of a batch and its logits."""
+        with self._autocast():
+            logits = model(
+                input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]
+            ).logits
+        if self.spec.task == "sequence_classification":
+            loss = nn.functional.cross_entropy(logits.float(), tensors["labels"], reduction="sum")
+        else:
+            loss = causal_lm_loss_sum(logits, tensors["labels"])
+        return loss, logits
+
+    def _optimizer_step(self, window: list[dict[str, np.ndarray]]) -> None:
+        started = time.perf_counter()
+        self.model.train()
+        batches = [
+            {k: v.to(self.device) for k, v in collate(b, self.pad_id, self.spec.task).items()}
+            for b in window
+        ]
+        # Normalising by the targets of the whole window makes accumulation equal to one
+        # big batch, however the tokens are spread over the micro-batches.
+        targets = sum(count_targets(b["labels"], self.spec.task) for b in batches)
+        loss_total = 0.0
+        tokens = 0
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            sync = (
+                self.model.no_sync()
+                if isinstance(self.model, nn.parallel.DistributedDataParallel) and not last
+                else contextlib.nullcontext()
+            )
+            with sync:
+                loss, _ = self._forward_loss(self.model, batch)
+                (loss / max(1, targets)).backward()
+            loss_total += float(loss.detach())
+            tokens += int(batch["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.training.max_grad_norm)
+        learning_rate = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        loss_sum, target_count, token_count = _all_reduce(
+            [loss_total, float(targets), float(tokens)], self.device
+        )
+        elapsed = time.perf_counter() - started
+        self.state.step += 1
+        self.state.micro_batches_done += len(window)
+        self.state.trained_tokens += int(token_count)
+        self._recent_losses.append(loss_sum / max(1.0, target_count))
+        if self.reporter:
+            self.reporter.metrics(
+                {
+                    "step": self.state.step,
+                    "epoch": self.state.epoch + 1,
+                    "train_loss": loss_sum / max(1.0, target_count),
+                    "learning_rate": learning_rate,
+                    "tokens_per_second": token_count / max(elapsed, 1e-9),
+                    "trained_tokens": self.state.trained_tokens,
+                    "total_steps": self.plan.total_steps,
+                }
+            )
+
+    def _after_step(self, end_of_epoch: bool) -> None:
+        training = self.spec.training
+        step = self.state.step
+        last = end_of_epoch and self.state.epoch >= training.n_epochs
+        every_eval, every_checkpoint = training.eval_every_steps, training.checkpoint_every_steps
+        if self.validation is not None and (
+            last
+            or (every_eval is not None and step % every_eval == 0)
+            or (every_eval is None and end_of_epoch)
+        ):
+            self.evaluate()
+        if (
+            last
+            or (every_checkpoint is not None and step % every_checkpoint == 0)
+            or (every_checkpoint is None and end_of_epoch)
+        ):
+            self.save(final=last)
+            self._maybe_inject_fault()
+
+    # ---------------------------------------------------------------- evaluate
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss (and accuracy) on the validation data, split over the workers by batch."""
+        assert self.validation is not None
+        # The bare module: DDP's forward would sync buffers, and the workers may run
+        # different numbers of evaluation batches.
+        model = _unwrap(self.model)
+        model.eval()
+        loss_sum = targets = correct = examples = 0.0
+        batches = self.validation.iter_batches(
+            batch_size=max(self.plan.micro_batch_size, 8), batch_format="numpy"
+        )
+        for index, raw in enumerate(batches):
+            if index % self.world_size != self.rank:
+                continue
+            batch = {
+                k: v.to(self.device) for k, v in collate(raw, self.pad_id, self.spec.task).items()
+            }
+            loss, logits = self._forward_loss(model, batch)
+            loss_sum += float(loss)
+            targets += count_targets(batch["labels"], self.spec.task)
+            if self.spec.task == "sequence_classification":
+                correct += float((logits.argmax(-1) == batch["labels"]).sum())
+                examples += batch["labels"].numel()
+        loss_sum, targets, correct, examples = _all_reduce(
+            [loss_sum, targets, correct, examples], self.device
+        )
+        metrics = {"eval_loss": loss_sum / max(1.0, targets)}
+        if self.spec.task == "sequence_classification":
+            metrics["eval_accuracy"] = correct / max(1.0, examples)
+        self.state.metrics.update(metrics)
+        if self.reporter:
+            self.reporter.eval({"step": self.state.step, **metrics})
+        return metrics
+
+    # ---------------------------------------------------------------- save
+
+    def _report_metrics(self) -> dict[str, float]:
+        metrics: dict[str, float] = dict(self.state.metrics)
+        if self._recent_losses:
+            metrics["train_loss"] = sum(self._recent_losses) / len(self._recent_losses)
+        metrics.update(
+            step=self.state.step,
+            epoch=self.state.epoch,
+            trained_tokens=self.state.trained_tokens,
+            learning_rate=float(self.scheduler.get_last_lr()[0]),
+            total_steps=self.plan.total_steps,
+        )
+        return metrics
+
+    def save(self, final: bool = False) -> None:
+        """Reports a checkpoint; rank 0 writes it, the other workers report none."""
+        metrics = self._report_metrics()
+        self._recent_losses = []
+        self.state.metrics["train_loss"] = metrics.get("train_loss", float("nan"))
+        name = f"checkpoint-{self.state.step:07d}"
+        with tempfile.TemporaryDirectory(prefix="tuneplane-ckpt-") as tmp:
+            directory = Path(tmp)
+            checkpoint = None
+            if self.rank == 0:
+                self._write_checkpoint(directory, metrics, final)
+                checkpoint = Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+    def _write_checkpoint(self, directory: Path, metrics: dict[str, float], final: bool) -> None:
+        model = _unwrap(self.model)
+        model.save_pretrained(directory / MODEL_DIR)  # type: ignore[operator]
+        optimizer = save_optimizer(self.optimizer, directory)
+        state = {
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "micro_batches_done": self.state.micro_batches_done,
+            "trained_tokens": self.state.trained_tokens,
+            "metrics": metrics,
+            "scheduler": self.scheduler.state_dict(),
+            "optimizer": optimizer,
+            "final": final,
+        }
+        (directory / STATE_FILE).write_text(json.dumps(state))
+        if final and self.config.probe_text is not None:
+            self._write_probe(model, directory)
+
+    @torch.no_grad()
+    def _write_probe(self, model: nn.Module, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        model.eval()
+        encoded = self.tokenizer(self.config.probe_text, return_tensors="pt")
+        logits = model(
+            input_ids=encoded["input_ids"].to(self.device),
+            attention_mask=encoded["attention_mask"].to(self.device),
+        ).logits
+        save_file({"logits": logits.float().cpu().contiguous()}, str(directory / PROBE_FILE))
+
+    def _maybe_inject_fault(self) -> None:
+        fault = self.config.fault
+        if fault is None or fault.rank != self.rank or fault.after_step != self.state.step:
+            return
+        if os.path.exists(fault.marker):
+            return
+        # ray.train.report hands the checkpoint to the controller asynchronously; wait
+        # until it is registered so "after the checkpoint" means the run can resume there.
+        ray.train.get_all_reported_checkpoints()
+        Path(fault.marker).write_text(str(self.state.step))
+        os._exit(1)  # a hard crash: no exception, no cleanup, like a killed process
+
+    # ---------------------------------------------------------------- cleanup
+
+    def cleanup(self) -> None:
+        self.train_shard = None
+        self.validation = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    recipe = FineTuneRecipe(config["loop"])
+    recipe.setup()
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+
+
+class TrainEventsCallback(UserCallback):
+    """Runs on the Ray Train controller: checkpoint and worker-failure events."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+
+    def after_report(
+        self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None
+    ) -> None:
+        if checkpoint is None:
+            return
+        rank0 = metrics[0] if metrics else {}
+        self.reporter.checkpoint(
+            {"step": rank0.get("step"), "checkpoint_uri": checkpoint.path, "metrics": rank0}
+        )
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        for rank, error in sorted(worker_exceptions.items()):
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            self.reporter.message(
+                f"training worker {rank} failed ({type(error).__name__}: {first_line[:300]}); "
+                "Ray Train restarts the workers from the last checkpoint if retries remain",
+                level="warn",
+                rank=rank,
+            )
+
+
+def storage_path(output_uri: str) -> tuple[str, Any]:
+    """Ray Train storage under the job's output URI: a path and a pyarrow filesystem."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = fsspec.core.url_to_fs(output_uri.rstrip("/") + "/ray")
+    if isinstance(fs, LocalFileSystem):
+        return path, None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return path, PyFileSystem(FSSpecHandler(fs))
+
+
+def build_trainer(
+    spec: JobSpec,
+    data: JobData,
+    plan: StepPlan,
+    *,
+    models_dir: str,
+    reporter: Reporter | None = None,
+    probe_text: str | None = None,
+    fault: FaultInjection | None = None,
+) -> TorchTrainer:
+    from ray.train import DataConfig
+
+    resources = spec.resources
+    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
+    if resources.use_gpu:
+        per_worker["GPU"] = resources.gpus_per_worker
+    datasets: dict[str, Any] = {"train": data.train}
+    if data.validation is not None:
+        datasets["validation"] = data.validation
+    path, filesystem = storage_path(spec.output_uri)
+    loop = LoopConfig(
+        spec=spec,
+        models_dir=models_dir,
+        plan=plan,
+        has_validation=data.validation is not None,
+        reporter=reporter,
+        probe_text=probe_text,
+        fault=fault,
+    )
+    callbacks: list[Any] = [TrainEventsCallback(reporter)] if reporter is not None else []
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"loop": loop},
+        # NCCL between GPUs; gloo on CPU, where NCCL does not exist.
+        torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=resources.num_workers,
+            use_gpu=resources.use_gpu,
+            resources_per_worker=per_worker,
+        ),
+        run_config=RunConfig(
+            name="train",
+            storage_path=path,
+            storage_filesystem=filesystem,
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.training.num_checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=spec.training.max_failures),
+            callbacks=callbacks,
+        ),
+        datasets=datasets,
+        # Validation is not split: each worker evaluates every world_size-th batch of it,
+        # so no example is dropped to even out the parts.
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
