@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from service.config import get_settings
+from service.config import Settings, get_settings
+from service.stack import free_port
 
 app = typer.Typer(help="Tuneplane: self-hosted fine-tuning with an OpenAI-compatible API.")
 db_app = typer.Typer(help="Database schema.")
@@ -50,44 +51,73 @@ def serve(
     uvicorn.run("service.main:create_app", factory=True, host=host, port=port)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="Interface for the API.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for the API.")] = 8000,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Database, artifacts, logs (default TUNEPLANE_DATA_DIR).")
+    ] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray head.")] = None,
+) -> None:
+    """Run the whole stack: database, Redis, a local Ray head and the API; Ctrl-C stops all.
+
+    Set TUNEPLANE_DATABASE_URL, _REDIS_URL, _RAY_ADDRESS or _STORAGE_URI to use an
+    external one instead of starting it here."""
+    from service.stack import run_up
+
+    settings = Settings(data_dir=data_dir) if data_dir is not None else get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.admin_key:
+        key_file = settings.data_dir / "admin_key"
+        if not key_file.exists():
+            key_file.write_text(secrets.token_urlsafe(32))
+            key_file.chmod(0o600)
+        settings = settings.model_copy(update={"admin_key": key_file.read_text().strip()})
+        console.print(f"admin key (from {key_file}): {settings.admin_key}")
+    run_up(settings, host, port, num_cpus)
 
 
 @contextmanager
-def _api_server(data_dir: Path, admin_key: str) -> Iterator[str]:
-    """The API under uvicorn in a child process; stopped however the block ends."""
-    port = _free_port()
-    env = {**os.environ, "TUNEPLANE_DATA_DIR": str(data_dir), "TUNEPLANE_ADMIN_KEY": admin_key}
-    log = (data_dir / "api.log").open("w")
+def _stack_process(data_dir: Path, admin_key: str) -> Iterator[str]:
+    """`tuneplane up` in a child process; stopped with SIGINT, as a user would."""
+    port = free_port()
+    env = {**os.environ, "TUNEPLANE_ADMIN_KEY": admin_key}
+    log = (data_dir / "up.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app",
-         "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "up",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"API server exited; see {data_dir / 'api.log'}")
+                raise RuntimeError(f"the stack exited; see {data_dir / 'up.log'}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("API server did not become ready in 60 s")
-            time.sleep(0.2)
+                raise RuntimeError(f"the stack was not ready in 180 s; see {data_dir / 'up.log'}")
+            time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
@@ -100,19 +130,55 @@ def _check(r: httpx.Response) -> Any:
     return r.json()
 
 
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def _follow(api: httpx.Client, job_id: str, timeout_s: float) -> tuple[dict[str, Any], list[Any]]:
+    """Print the job's events as they come until it ends; returns the job and its events."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        params: dict[str, Any] = {"limit": 100}
+        fresh: list[dict[str, Any]] = []
+        after = seen[-1]["id"] if seen else None
+        # Events come newest first; page back to the last one already shown.
+        page = _check(api.get(f"/v1/fine_tuning/jobs/{job_id}/events", params=params))["data"]
+        for e in page:
+            if e["id"] == after:
+                break
+            fresh.append(e)
+        for e in reversed(fresh):
+            seen.append(e)
+            if e["type"] != "metrics" or e["data"].get("kind") == "eval":
+                console.print(f"  \\[{e['level']}] {escape(e['message'])}")
+            elif int(e["data"].get("step", 0)) % 10 == 0:
+                console.print(f"  {escape(e['message'])}")
+        job = _check(api.get(f"/v1/fine_tuning/jobs/{job_id}"))
+        if job["status"] in TERMINAL:
+            return job, seen
+        if time.monotonic() > deadline:
+            console.print(f"[red]job still {job['status']} after {timeout_s:.0f} s")
+            raise typer.Exit(1)
+        time.sleep(1)
+
+
 @app.command()
 def demo(
     data_dir: Annotated[
         Path | None, typer.Option(help="Keep the demo's data here (default: a temp dir).")
     ] = None,
 ) -> None:
-    """Start the API, create a tenant, upload the demo data, submit a fine-tuning job."""
+    """Start the stack, create a tenant, upload the demo data, fine-tune tiny-gpt2 with
+    LoRA, follow the job to its end and print the outcome, then stop the stack."""
     workdir = data_dir or Path(tempfile.mkdtemp(prefix="tuneplane-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     admin_key = secrets.token_urlsafe(24)
     console.rule("Tuneplane demo")
-    with _api_server(workdir, admin_key) as url:
-        console.print(f"API up at {url} (data in {workdir})")
+    started = time.monotonic()
+    with _stack_process(workdir, admin_key) as url:
+        console.print(
+            f"stack up at {url} in {time.monotonic() - started:.0f} s (data in {workdir})"
+        )
         admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_key}"})
         created = _check(admin.post("/v1/admin/tenants", json={"name": "demo-team"}))
         console.print(f"tenant [bold]{created['tenant']['name']}[/] created; API key issued")
@@ -144,29 +210,36 @@ def demo(
                     "suffix": "demo",
                     "method": {
                         "type": "supervised",
-                        "supervised": {"hyperparameters": {"n_epochs": 3}},
+                        "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}},
                     },
                     "adapter": {"type": "lora", "r": 8},
                 },
             )
         )
-        job = _check(api.get(f"/v1/fine_tuning/jobs/{job['id']}"))
-        events = _check(api.get(f"/v1/fine_tuning/jobs/{job['id']}/events"))["data"]
+        console.print(f"submitted fine-tuning job {job['id']} ({job['status']})")
+        job, events = _follow(api, job["id"], timeout_s=600)
+        losses = [e["data"]["train_loss"] for e in events if e["data"] and "train_loss" in e["data"]
+                  and e["data"].get("kind") == "metrics"]  # fmt: skip
+        evals = [e["data"]["eval_loss"] for e in events if e["data"] and "eval_loss" in e["data"]]
         table = Table(title=f"fine-tuning job {job['id']}")
-        table.add_column("field")
-        table.add_column("value")
-        for key in ("status", "model", "training_file", "validation_file", "seed"):
-            table.add_row(key, str(job[key]))
-        table.add_row("adapter", str(job["adapter"]))
-        hp = job["hyperparameters"]
-        table.add_row("hyperparameters", f"epochs={hp['n_epochs']} batch={hp['batch_size']} "
-                      f"lr={hp['learning_rate']:g}")  # fmt: skip
+        table.add_column("")
+        table.add_column("")
+        table.add_row("status", job["status"])
+        table.add_row("model", str(job["fine_tuned_model"]))
+        if losses:
+            table.add_row(
+                "training loss", f"{losses[0]:.4f} at the start -> {losses[-1]:.4f} at the end"
+            )
+        if evals:
+            table.add_row("validation loss", f"{evals[0]:.4f} -> {evals[-1]:.4f}")
+        table.add_row("trained tokens", str(job["trained_tokens"]))
+        if job["error"]:
+            table.add_row("error", job["error"]["message"])
+        table.add_row("wall time", f"{time.monotonic() - started:.0f} s")
         console.print(table)
-        for e in reversed(events):
-            console.print(f"  event \\[{e['level']}] {escape(e['message'])}")
-    console.print(
-        f"[bold green]job {job['id']} is {job['status']}[/]. The API server has been stopped."
-    )
+    console.print("the stack has been stopped")
+    if job["status"] != "succeeded":
+        raise typer.Exit(1)
 
 
 def main() -> None:

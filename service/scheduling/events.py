@@ -50,8 +50,16 @@ def describe(record: EventRecord) -> str:
 
 
 class EventConsumer:
-    def __init__(self, engine: Engine, client: redis.Redis, group: str, consumer: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        client: redis.Redis,
+        group: str,
+        consumer: str,
+        reclaim_idle_ms: int = RECLAIM_IDLE_MS,
+    ) -> None:
         self.engine = engine
+        self.reclaim_idle_ms = reclaim_idle_ms
         # redis-py types every reply as a union over sync/async and bytes/str clients.
         self.r: Any = client
         self.group = group
@@ -73,7 +81,7 @@ class EventConsumer:
             self.ensure_group()
         try:
             claimed = self.r.xautoclaim(
-                EVENTS_STREAM, self.group, self.consumer, RECLAIM_IDLE_MS, "0-0", count=count
+                EVENTS_STREAM, self.group, self.consumer, self.reclaim_idle_ms, "0-0", count=count
             )
             entries: list[tuple[str, dict[str, str]]] = list(claimed[1])
             if not entries:

