@@ -248,6 +248,9 @@ def read_tokenized(uri: str, options: TokenizeOptions) -> ray.data.Dataset:
     """
     import ray.data
 
+    # A DataError raised while tokenizing must reach the job as itself (its message is
+    # for the user), not wrapped in Ray Data's UserCodeException.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     path, filesystem = _arrow_path(uri)
     ds = ray.data.read_text(path, filesystem=filesystem)
     ds = ds.map_batches(

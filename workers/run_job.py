@@ -34,7 +34,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = (DataError, DataFormatError)
 
 
 class JobError(Exception):
-    """A failure with a message for the user."""
+    """A failure with a message for the user; `code` goes into the failed event."""
+
+    def __init__(self, message: str, code: str = "training_failed") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def load_spec(spec_uri: str) -> JobSpec:
@@ -79,8 +83,8 @@ def publish(spec: JobSpec, checkpoint_dir: Path, models_dir: str, metrics: dict[
     return target
 
 
-def user_message(error: BaseException) -> str | None:
-    """The user-facing message inside a (possibly Ray-wrapped) exception, if there is one."""
+def user_message(error: BaseException) -> tuple[str, str] | None:
+    """The user-facing (message, code) inside a possibly Ray-wrapped exception, if any."""
     seen: set[int] = set()
     pending: list[BaseException] = [error]
     while pending:
@@ -88,8 +92,10 @@ def user_message(error: BaseException) -> str | None:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, (JobError, *USER_ERRORS)):
-            return str(current)
+        if isinstance(current, JobError):
+            return str(current), current.code
+        if isinstance(current, USER_ERRORS):
+            return str(current), "invalid_data"
         for attr in ("worker_failures",):
             failures = getattr(current, attr, None)
             if isinstance(failures, dict):
@@ -115,7 +121,8 @@ def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> dict[str, Any]:
     if spec.search is not None:
         raise JobError(
             "hyperparameter search (the job's 'search') is not supported yet; "
-            "submit the job without it"
+            "submit the job without it",
+            code="unsupported",
         )
     if not ray.is_initialized():
         # Under Ray Jobs this connects to the job's cluster (RAY_ADDRESS is set).
@@ -123,8 +130,13 @@ def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> dict[str, Any]:
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         resolve_model_source(spec.base_model.source, Path(models_dir))
-    except ValueError as exc:
-        raise JobError(f"base model {spec.base_model.name!r} cannot be built: {exc}") from exc
+        load_tokenizer(spec.base_model.source, models_dir)
+    except (OSError, ValueError) as exc:
+        raise JobError(
+            f"base model {spec.base_model.name!r} ({spec.base_model.source}) cannot be "
+            f"loaded: {exc}",
+            code="invalid_model",
+        ) from exc
 
     data = load_job_data(spec, models_dir)
     plan = plan_steps(spec, data.train_examples)
@@ -183,20 +195,20 @@ def main(argv: list[str] | None = None) -> int:
     sink = RedisEventSink(args.redis_url) if args.redis_url else JsonLinesSink(stream=sys.stdout)
     reporter = Reporter(args.job_id, spec.tenant_id, sink)
     if spec.job_id != args.job_id:
-        reporter.failed(f"the spec is for job {spec.job_id}, not {args.job_id}")
+        reporter.failed(f"the spec is for job {spec.job_id}, not {args.job_id}", code="bad_spec")
         return 1
     models_dir = str(Path(args.models_dir) if args.models_dir else default_models_dir())
     try:
         run(spec, reporter, models_dir)
     except Exception as exc:
-        message = user_message(exc)
         logger.exception("job %s failed", args.job_id)
-        if message is None:
-            message = (
-                f"training failed with an internal error ({type(exc).__name__}: "
-                f"{_first_line(exc)}); retry the job, and report it if it fails again"
-            )
-        reporter.failed(message, error_type=type(exc).__name__)
+        found = user_message(exc)
+        message, code = found or (
+            f"training failed with an internal error ({type(exc).__name__}: "
+            f"{_first_line(exc)}); retry the job, and report it if it fails again",
+            "training_failed",
+        )
+        reporter.failed(message, code=code, error_type=type(exc).__name__)
         return 1
     return 0
 

@@ -1,0 +1,161 @@
+"""`python -m workers.run_job` end to end: a subprocess joins the session's Ray cluster
+and streams its events to a real Redis server, as under the control plane."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.fixtures.ray_cluster import RayCluster
+from tests.fixtures.redis_server import RedisServer
+from tests.workers.factories import (
+    classification_rows,
+    make_spec,
+    prompt_completion_rows,
+    write_jsonl,
+)
+from workers.report import EVENTS_STREAM, EventRecord
+from workers.spec import JobSpec
+
+pytestmark = pytest.mark.ray
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_job(
+    spec: JobSpec, tmp: Path, cluster: RayCluster, redis_url: str, models_dir: Path
+) -> subprocess.CompletedProcess[str]:
+    spec_path = tmp / "spec.json"
+    spec_path.write_text(spec.model_dump_json())
+    command = [
+        sys.executable,
+        "-m",
+        "workers.run_job",
+        spec.job_id,
+        "--spec-uri",
+        f"file://{spec_path}",
+        "--redis-url",
+        redis_url,
+        "--models-dir",
+        str(models_dir),
+    ]
+    env = {**os.environ, **cluster.env}
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def job_events(redis_url: str, job_id: str) -> list[EventRecord]:
+    client: Any = redis.Redis.from_url(redis_url, decode_responses=True)
+    return [
+        EventRecord.from_stream_fields(fields)
+        for _, fields in client.xrange(EVENTS_STREAM)
+        if fields["job_id"] == job_id
+    ]
+
+
+def test_run_job_trains_publishes_and_streams_events(
+    ray_cluster: RayCluster, redis_server: RedisServer, models_dir: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(
+        tmp_path,
+        job_id="ftjob-e2e",
+        validation_file_uri=write_jsonl(tmp_path / "val.jsonl", prompt_completion_rows(24, 1)),
+        training={
+            "n_epochs": 2,
+            "batch_size": 16,
+            "learning_rate": 3e-2,
+            "max_length": 64,
+            "warmup_ratio": 0.1,
+            "lr_scheduler": "cosine",
+        },
+    )
+    done = run_job(spec, tmp_path, ray_cluster, redis_server.url, models_dir)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    events = job_events(redis_server.url, "ftjob-e2e")
+    assert {e.tenant_id for e in events} == {"tenant-test"}
+    statuses = [e.data["status"] for e in events if e.type == "status"]
+    assert statuses == ["preparing", "training", "saving", "succeeded"]
+    steps = [e.data for e in events if e.type == "metrics"]
+    assert [m["step"] for m in steps] == list(range(1, 13))  # 96 examples, 16 a step, 2 epochs
+    for metrics in steps:
+        assert metrics["train_loss"] > 0 and metrics["tokens_per_second"] > 0
+        assert "learning_rate" in metrics
+    assert steps[0]["learning_rate"] < steps[1]["learning_rate"], "warm-up"
+    evals = [e.data for e in events if e.type == "eval"]
+    assert [e["step"] for e in evals] == [0, 6, 12]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    checkpoints = [e.data for e in events if e.type == "checkpoint"]
+    assert [c["step"] for c in checkpoints] == [6, 12]
+    assert Path(checkpoints[-1]["checkpoint_uri"], "model", "adapter_model.safetensors").is_file()
+
+    [result] = [e for e in events if e.type == "result"]
+    artifact = Path(tmp_path / "output" / "model")
+    assert result.data["artifact_uri"] == str(artifact)
+    assert result.data["trained_tokens"] == steps[-1]["trained_tokens"] > 0
+    assert result.data["steps"] == 12
+    assert result.data["metrics"]["eval_loss"] == evals[-1]["eval_loss"]
+    assert events.index(result) == len(events) - 2, "the result comes just before success"
+
+    names = {p.name for p in artifact.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= names
+    manifest = json.loads((artifact / "tuneplane.json").read_text())
+    assert manifest["base_model"]["source"] == "tiny:tiny-gpt2"
+    assert manifest["adapter"] == "lora"
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(artifact)
+    base = AutoModelForCausalLM.from_pretrained(models_dir / "tiny-gpt2")
+    model = PeftModel.from_pretrained(base, str(artifact)).eval()
+    assert model(**tokenizer("red ->", return_tensors="pt")).logits.shape[-1] == len(tokenizer)
+
+
+def test_run_job_fails_with_a_message_the_user_can_act_on(
+    ray_cluster: RayCluster, redis_server: RedisServer, models_dir: Path, tmp_path: Path
+) -> None:
+    validation = [*classification_rows(8, 1), {"text": "a kiwi", "label": "vegetable"}]
+    spec = make_spec(
+        tmp_path,
+        job_id="ftjob-bad-label",
+        base_model={"name": "tiny-bert", "source": "tiny:tiny-bert"},
+        task="sequence_classification",
+        data_format="classification",
+        labels=["animal", "color", "fruit", "number"],
+        training_file_uri=write_jsonl(tmp_path / "train.jsonl", classification_rows(16, 0)),
+        validation_file_uri=write_jsonl(tmp_path / "val.jsonl", validation),
+    )
+    done = run_job(spec, tmp_path, ray_cluster, redis_server.url, models_dir)
+    assert done.returncode == 1
+
+    events = job_events(redis_server.url, "ftjob-bad-label")
+    last = events[-1]
+    assert (last.type, last.level, last.data["status"]) == ("status", "error", "failed")
+    assert last.data["code"] == "invalid_data"
+    assert "label 'vegetable' in the validation file is not one of the job's labels" in (
+        last.message
+    )
+    assert not any(e.type == "result" for e in events)
+
+
+def test_run_job_refuses_a_search_for_now(
+    redis_server: RedisServer, ray_cluster: RayCluster, models_dir: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(
+        tmp_path,
+        job_id="ftjob-search",
+        search={"space": {"learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
+    )
+    done = run_job(spec, tmp_path, ray_cluster, redis_server.url, models_dir)
+    assert done.returncode == 1
+    last = job_events(redis_server.url, "ftjob-search")[-1]
+    assert last.data == {"status": "failed", "code": "unsupported", "error_type": "JobError"}
+    assert "not supported yet" in last.message
