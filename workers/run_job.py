@@ -115,7 +115,7 @@ def _first_line(error: BaseException) -> str:
 def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> dict[str, Any]:
     import ray
 
-    from workers.train import build_trainer
+    from workers.train import build_trainer, checkpoint_uri, run_storage_uri
 
     reporter.status("preparing", "preparing the base model and the data")
     if spec.search is not None:
@@ -168,7 +168,7 @@ def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> dict[str, Any]:
         "trained_tokens": int(metrics.get("trained_tokens", 0)),
         "steps": int(metrics.get("step", 0)),
         "metrics": metrics,
-        "checkpoint_uri": result.checkpoint.path,
+        "checkpoint_uri": checkpoint_uri(run_storage_uri(spec.output_uri), result.checkpoint.path),
         "lora": spec.adapter.model_dump() if isinstance(spec.adapter, LoraAdapter) else None,
     }
     reporter.result(outcome)

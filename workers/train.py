@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -587,8 +587,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 class TrainEventsCallback(UserCallback):
     """Runs on the Ray Train controller: checkpoint and worker-failure events."""
 
-    def __init__(self, reporter: Reporter) -> None:
+    def __init__(self, reporter: Reporter, storage_uri: str) -> None:
         self.reporter = reporter
+        self.storage_uri = storage_uri
 
     def after_report(
         self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None
@@ -597,7 +598,11 @@ class TrainEventsCallback(UserCallback):
             return
         rank0 = metrics[0] if metrics else {}
         self.reporter.checkpoint(
-            {"step": rank0.get("step"), "checkpoint_uri": checkpoint.path, "metrics": rank0}
+            {
+                "step": rank0.get("step"),
+                "checkpoint_uri": checkpoint_uri(self.storage_uri, checkpoint.path),
+                "metrics": rank0,
+            }
         )
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
@@ -609,6 +614,20 @@ class TrainEventsCallback(UserCallback):
                 level="warn",
                 rank=rank,
             )
+
+
+RUN_NAME = "train"
+
+
+def run_storage_uri(output_uri: str) -> str:
+    """Where Ray Train keeps a job's run (its checkpoints), as a URI of the artifact store."""
+    return f"{output_uri.rstrip('/')}/ray/{RUN_NAME}"
+
+
+def checkpoint_uri(storage_uri: str, checkpoint_path: str) -> str:
+    # Ray gives a filesystem path without the scheme (e.g. "bucket/key" for s3); users
+    # and the control plane need the artifact-store URI.
+    return f"{storage_uri}/{PurePosixPath(checkpoint_path).name}"
 
 
 def storage_path(output_uri: str) -> tuple[str, Any]:
@@ -653,7 +672,9 @@ def build_trainer(
         probe_text=probe_text,
         fault=fault,
     )
-    callbacks: list[Any] = [TrainEventsCallback(reporter)] if reporter is not None else []
+    callbacks: list[Any] = []
+    if reporter is not None:
+        callbacks.append(TrainEventsCallback(reporter, run_storage_uri(spec.output_uri)))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"loop": loop},
@@ -665,7 +686,7 @@ def build_trainer(
             resources_per_worker=per_worker,
         ),
         run_config=RunConfig(
-            name="train",
+            name=RUN_NAME,
             storage_path=path,
             storage_filesystem=filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.training.num_checkpoints_to_keep),

@@ -66,6 +66,7 @@ def test_run_job_trains_publishes_and_streams_events(
     spec = make_spec(
         tmp_path,
         job_id="ftjob-e2e",
+        output_uri=f"file://{tmp_path}/output",
         validation_file_uri=write_jsonl(tmp_path / "val.jsonl", prompt_completion_rows(24, 1)),
         training={
             "n_epochs": 2,
@@ -94,11 +95,16 @@ def test_run_job_trains_publishes_and_streams_events(
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
     checkpoints = [e.data for e in events if e.type == "checkpoint"]
     assert [c["step"] for c in checkpoints] == [6, 12]
-    assert Path(checkpoints[-1]["checkpoint_uri"], "model", "adapter_model.safetensors").is_file()
+    last_checkpoint = checkpoints[-1]["checkpoint_uri"]
+    assert last_checkpoint == f"file://{tmp_path}/output/ray/train/checkpoint-0000012"
+    assert Path(
+        last_checkpoint.removeprefix("file://"), "model", "adapter_model.safetensors"
+    ).is_file()
 
     [result] = [e for e in events if e.type == "result"]
     artifact = Path(tmp_path / "output" / "model")
-    assert result.data["artifact_uri"] == str(artifact)
+    assert result.data["artifact_uri"] == f"file://{artifact}"
+    assert result.data["checkpoint_uri"] == last_checkpoint
     assert result.data["trained_tokens"] == steps[-1]["trained_tokens"] > 0
     assert result.data["steps"] == 12
     assert result.data["metrics"]["eval_loss"] == evals[-1]["eval_loss"]
