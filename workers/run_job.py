@@ -200,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = str(Path(args.models_dir) if args.models_dir else default_models_dir())
     try:
         run(spec, reporter, models_dir)
+    except KeyboardInterrupt:
+        # Ray's stop_job sends SIGINT (the control plane's cancel).
+        _report_failure(reporter, "the job was stopped before it finished", "stopped")
+        return 130
     except Exception as exc:
         logger.exception("job %s failed", args.job_id)
         found = user_message(exc)
@@ -208,9 +212,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{_first_line(exc)}); retry the job, and report it if it fails again",
             "training_failed",
         )
-        reporter.failed(message, code=code, error_type=type(exc).__name__)
+        _report_failure(reporter, message, code, error_type=type(exc).__name__)
         return 1
     return 0
+
+
+def _report_failure(reporter: Reporter, message: str, code: str, **data: Any) -> None:
+    try:
+        reporter.failed(message, code=code, **data)
+    except Exception:
+        # The event sink itself may be what failed; the exit code still tells the story.
+        logger.exception("could not report the failure of job %s", reporter.job_id)
 
 
 if __name__ == "__main__":

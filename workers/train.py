@@ -242,6 +242,7 @@ class FineTuneRecipe:
         self.state = TrainerState()
         # Step losses since the last checkpoint, averaged into its train_loss.
         self._recent_losses: list[float] = []
+        self._clock = time.perf_counter()
 
     # ---------------------------------------------------------------- setup
 
@@ -341,6 +342,7 @@ class FineTuneRecipe:
         training = self.spec.training
         if self.state.step == 0 and self.validation is not None:
             self.evaluate()  # the base model's score, to compare the fine-tuned one with
+        self._clock = time.perf_counter()
         while self.state.epoch < training.n_epochs:
             skip = self.state.micro_batches_done
             window: list[dict[str, np.ndarray]] = []
@@ -357,6 +359,8 @@ class FineTuneRecipe:
                         self.state.epoch += 1
                         self.state.micro_batches_done = 0
                     self._after_step(end_of_epoch=is_last)
+                    # Throughput counts fetching and training, not evaluation or saving.
+                    self._clock = time.perf_counter()
             if seen <= skip:
                 raise RuntimeError(
                     f"worker {self.rank} got {seen} batches in epoch {self.state.epoch + 1}, "
@@ -389,7 +393,6 @@ class FineTuneRecipe:
         return loss, logits
 
     def _optimizer_step(self, window: list[dict[str, np.ndarray]]) -> None:
-        started = time.perf_counter()
         self.model.train()
         batches = [
             {k: v.to(self.device) for k, v in collate(b, self.pad_id, self.spec.task).items()}
@@ -421,7 +424,7 @@ class FineTuneRecipe:
         loss_sum, target_count, token_count = _all_reduce(
             [loss_total, float(targets), float(tokens)], self.device
         )
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - self._clock
         self.state.step += 1
         self.state.micro_batches_done += len(window)
         self.state.trained_tokens += int(token_count)
