@@ -200,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = str(Path(args.models_dir) if args.models_dir else default_models_dir())
     try:
         run(spec, reporter, models_dir)
-    except KeyboardInterrupt:
-        # Ray's stop_job sends SIGINT (the control plane's cancel).
+    except (KeyboardInterrupt, SystemExit):
+        # Ray's stop_job sends SIGINT (the control plane's cancel); during fit() Ray
+        # Train's own handler aborts the run and leaves through sys.exit.
         _report_failure(reporter, "the job was stopped before it finished", "stopped")
         return 130
     except Exception as exc:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +167,41 @@ def test_run_job_refuses_a_search_for_now(
     last = job_events(redis_server.url, "ftjob-search")[-1]
     assert last.data == {"status": "failed", "code": "unsupported", "error_type": "JobError"}
     assert "not supported yet" in last.message
+
+
+def test_a_stopped_job_reports_that_it_was_stopped(
+    ray_cluster: RayCluster, redis_server: RedisServer, models_dir: Path, tmp_path: Path
+) -> None:
+    """Ray's stop_job (the control plane's cancel) interrupts the entrypoint with SIGINT."""
+    spec = make_spec(
+        tmp_path,
+        job_id="ftjob-stopped",
+        training={"n_epochs": 200, "batch_size": 16, "learning_rate": 1e-2, "max_length": 64},
+    )
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(spec.model_dump_json())
+    command = [
+        *(sys.executable, "-m", "workers.run_job", spec.job_id),
+        *("--spec-uri", str(spec_path), "--redis-url", redis_server.url),
+        *("--models-dir", str(models_dir)),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env={**os.environ, **ray_cluster.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(e.type == "metrics" for e in job_events(redis_server.url, spec.job_id)):
+            assert process.poll() is None and time.monotonic() < deadline, "training never began"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+    last = job_events(redis_server.url, spec.job_id)[-1]
+    assert (last.type, last.level) == ("status", "error")
+    assert last.data == {"status": "failed", "code": "stopped"}
