@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # Override Ray's live totals, e.g. for an autoscaling cluster whose GPU nodes start at 0.
     cluster_cpus: float | None = Field(None, ge=0)
     cluster_gpus: float | None = Field(None, ge=0)
+    # Held back from the scheduler's view of Ray: Ray Data's tokenize tasks and the job
+    # drivers need a CPU while training workers hold the rest.
+    reserved_cpus: float = Field(1.0, ge=0)
     # The interpreter that runs `-m workers.run_job` on the Ray head.
     worker_python: str = "python"
     scheduler_interval_s: float = Field(0.5, gt=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,13 +14,18 @@ from sqlalchemy import Engine, event
 from sqlmodel import Session, create_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
+            pool_pre_ping=True,
         )
+
+        _serialize_sqlite_writers(engine)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -32,6 +38,30 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _serialize_sqlite_writers(engine: Engine) -> None:
+    """One writing transaction at a time per process, queued on a lock.
+
+    SQLite allows one writer; the others poll with sleeps of up to 100 ms, which under
+    concurrent submits turns into a long latency tail. A writer here waits on a lock that
+    wakes it the moment the previous writer's connection goes back to the pool. Reads are
+    not affected (WAL), and another process still meets SQLite's own busy handling.
+    """
+    lock = threading.Lock()
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _take(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if conn.info.get("tp_writer"):
+            return
+        if statement.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
+            # Bounded: a thread that writes on two connections at once must not hang.
+            conn.info["tp_writer"] = lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S)
+
+    @event.listens_for(engine, "checkin")
+    def _release(dbapi_conn: Any, record: Any) -> None:
+        if record.info.pop("tp_writer", False):
+            lock.release()
 
 
 def alembic_config(url: str) -> Config:

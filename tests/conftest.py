@@ -13,4 +13,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.app",
     "tests.fixtures.ray_cluster",
     "tests.fixtures.redis_server",
+    "tests.fixtures.stack",
 ]

@@ -245,10 +245,12 @@ class JobService:
             else 1.0,
             **training_config.model_dump(exclude={"n_epochs", "batch_size"}),
         }
+        # Files are validated line by line when they are uploaded, so a job that passed the
+        # checks above is born queued: it never waits in validating_files.
         job = Job(
             id=job_id,
             tenant_id=self.tenant.id,
-            status="validating_files",
+            status="queued",
             model=entry.name,
             task=task,
             training_file=training.id,
@@ -267,17 +269,18 @@ class JobService:
             created_at=ts,
             updated_at=ts,
         )
-        self.repo.add(job)
         add_event(
             self.session,
             job.id,
             self.tenant.id,
-            f"Validating training file: {training.id}"
-            + (f" and validation file: {validation.id}" if validation else ""),
+            f"Validated training file {training.id}"
+            + (f" and validation file {validation.id}" if validation else "")
+            + "; job queued",
+            type_="status",
+            data={"status": "queued"},
             created_at=ts,
         )
-        # The files were validated line by line at upload, so this step is immediate.
-        transition(self.session, job.id, "queued", message="Files validated; job queued")
+        self.repo.add(job)
         if self.queue is not None:
             queue = self.queue
             on_commit(self.session, lambda: enqueue_quietly(queue, job))

@@ -11,6 +11,8 @@ from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.orm.util import identity_key
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from service.common import new_id, now
@@ -91,7 +93,15 @@ def transition(
     result = session.exec(stmt)
     if result.rowcount != 1:
         return False
-    tenant_id = session.exec(select(Job.tenant_id).where(Job.id == job_id)).one()
+    loaded = session.identity_map.get(identity_key(Job, job_id))
+    if isinstance(loaded, Job):
+        # The row is known to hold exactly these values now: update the loaded object in
+        # place rather than reading the row back.
+        for key, value in values.items():
+            set_committed_value(loaded, key, value)
+        tenant_id = loaded.tenant_id
+    else:
+        tenant_id = session.exec(select(Job.tenant_id).where(Job.id == job_id)).one()
     add_event(
         session,
         job_id,
@@ -103,8 +113,4 @@ def transition(
         created_at=ts,
     )
     session.flush()
-    # Objects already loaded in this session must not show the old status.
-    for obj in list(session.identity_map.values()):
-        if isinstance(obj, Job) and obj.id == job_id:
-            session.refresh(obj)
     return True

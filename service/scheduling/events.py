@@ -33,10 +33,11 @@ def _fmt(value: Any) -> str:
 def describe(record: EventRecord) -> str:
     """The user-facing message for a worker event, in the style of OpenAI's events."""
     d = record.data
-    if record.message:
-        return record.message
     if record.type == "metrics":
-        return f"Step {d.get('step')}: training loss={_fmt(d.get('train_loss'))}"
+        text = f"Step {d.get('step')}: training loss={_fmt(d.get('train_loss'))}"
+        if "learning_rate" in d:
+            text += f", learning rate={d['learning_rate']:.2e}"
+        return text
     if record.type == "eval":
         text = f"Step {d.get('step')}: validation loss={_fmt(d.get('eval_loss'))}"
         if "eval_accuracy" in d:
@@ -44,9 +45,56 @@ def describe(record: EventRecord) -> str:
         return text
     if record.type == "checkpoint":
         return f"Checkpoint saved at step {d.get('step')}"
+    if record.message:
+        return record.message
     if record.type == "result":
         return "Training finished; the model is ready"
     return f"{record.type}: {d}"
+
+
+def model_id_of(s: Session, job: Job) -> str:
+    tenant = s.get(Tenant, job.tenant_id)
+    name = tenant.name if tenant else job.tenant_id
+    return fine_tuned_model_id(job.model, name, job.suffix, job.id)
+
+
+def complete_job(
+    s: Session,
+    job: Job,
+    *,
+    artifact_uri: str,
+    trained_tokens: int | None,
+    metrics: dict[str, Any],
+    note: str = "",
+) -> bool:
+    """Register the job's model and mark it succeeded (once, however often it is called)."""
+    if job.status in TERMINAL:
+        return False
+    model_id = model_id_of(s, job)
+    if s.get(FineTunedModel, model_id) is None:
+        s.add(
+            FineTunedModel(
+                id=model_id,
+                tenant_id=job.tenant_id,
+                job_id=job.id,
+                base_model=job.model,
+                task=job.task,
+                adapter_type=str((job.adapter or {}).get("type", "lora")),
+                artifact_uri=artifact_uri,
+                created_at=now(),
+            )
+        )
+        s.flush()
+    return transition(
+        s,
+        job.id,
+        "succeeded",
+        expected=("running", "cancelling"),
+        message=f"The job has successfully completed; model {model_id} is ready{note}",
+        data={"fine_tuned_model": model_id, "metrics": metrics},
+        fine_tuned_model=model_id,
+        trained_tokens=trained_tokens,
+    )
 
 
 class EventConsumer:
@@ -135,11 +183,6 @@ class EventConsumer:
         elif record.type == "status" and record.data.get("status") == "failed":
             self._failed(s, job, record)
 
-    def _model_id(self, s: Session, job: Job) -> str:
-        tenant = s.get(Tenant, job.tenant_id)
-        name = tenant.name if tenant else job.tenant_id
-        return fine_tuned_model_id(job.model, name, job.suffix, job.id)
-
     def _checkpoint(self, s: Session, job: Job, record: EventRecord) -> None:
         step = int(record.data.get("step", 0))
         existing = s.exec(
@@ -156,40 +199,20 @@ class EventConsumer:
                 step_number=step,
                 metrics={"step": step, **metrics},
                 uri=str(record.data.get("checkpoint_uri", "")),
-                fine_tuned_model_checkpoint=f"{self._model_id(s, job)}:ckpt-step-{step}",
+                fine_tuned_model_checkpoint=f"{model_id_of(s, job)}:ckpt-step-{step}",
                 created_at=record.created_at,
             )
         )
         s.flush()
 
     def _succeeded(self, s: Session, job: Job, record: EventRecord) -> None:
-        if job.status in TERMINAL:
-            return
-        model_id = self._model_id(s, job)
-        if s.get(FineTunedModel, model_id) is None:
-            s.add(
-                FineTunedModel(
-                    id=model_id,
-                    tenant_id=job.tenant_id,
-                    job_id=job.id,
-                    base_model=job.model,
-                    task=job.task,
-                    adapter_type=str((job.adapter or {}).get("type", "lora")),
-                    artifact_uri=str(record.data.get("artifact_uri", "")),
-                    created_at=now(),
-                )
-            )
-            s.flush()
         trained = record.data.get("trained_tokens")
-        transition(
+        complete_job(
             s,
-            job.id,
-            "succeeded",
-            expected=("running", "cancelling"),
-            message=f"The job has successfully completed; model {model_id} is ready",
-            data={"fine_tuned_model": model_id, "metrics": record.data.get("metrics", {})},
-            fine_tuned_model=model_id,
+            job,
+            artifact_uri=str(record.data.get("artifact_uri", "")),
             trained_tokens=int(trained) if trained is not None else None,
+            metrics=dict(record.data.get("metrics") or {}),
         )
 
     def _failed(self, s: Session, job: Job, record: EventRecord) -> None:

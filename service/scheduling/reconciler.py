@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
+import fsspec
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
@@ -21,9 +23,12 @@ from service.jobs.state import transition
 from service.models import Job, JobEvent
 from service.queue import FairQueue
 from service.ray_backend import ComputeBackend, submission_id
+from service.scheduling.events import complete_job
 from service.scheduling.scheduler import Dispatcher
 
 log = logging.getLogger(__name__)
+# What workers.run_job publishes under the job's output_uri before reporting its result.
+ARTIFACT_MANIFEST = "model/tuneplane.json"
 # After Ray says a job succeeded, its result event may still be in flight to the consumer.
 RESULT_GRACE_S = 20.0
 
@@ -108,6 +113,33 @@ class Reconciler:
         # FAILED or STOPPED without a cancel: a worker crash the run did not survive.
         reason = self.backend.message(sid) or f"the Ray job ended {state}"
         self._fail(job, "training_failed", f"{self._last_error(job.id) or reason}")
+
+    def _recover_result(self, job: Job) -> bool:
+        """The result event was lost (Redis flushed, say), but the worker publishes a
+        manifest beside the model before it reports: complete the job from that."""
+        output_uri = str((job.spec or {}).get("output_uri", ""))
+        manifest_uri = f"{output_uri.rstrip('/')}/{ARTIFACT_MANIFEST}"
+        try:
+            with fsspec.open(manifest_uri, "r", encoding="utf-8") as fh:
+                manifest = json.load(fh)
+        except (OSError, ValueError):
+            return False
+        metrics = dict(manifest.get("metrics") or {})
+        trained = metrics.get("trained_tokens")
+        with new_session(self.engine) as s:
+            current = s.get(Job, job.id)
+            if current is None:
+                return False
+            done = complete_job(
+                s,
+                current,
+                artifact_uri=manifest_uri.rsplit("/", 1)[0],
+                trained_tokens=int(trained) if trained is not None else None,
+                metrics=metrics,
+                note=" (its result event was lost; recovered from the published artifact)",
+            )
+            s.commit()
+        return done
 
     def _last_error(self, job_id: str) -> str | None:
         with new_session(self.engine) as s:

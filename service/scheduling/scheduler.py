@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ from service.tenants.service import effective_quotas
 
 log = logging.getLogger(__name__)
 ACTIVE_STATES = ("running", "cancelling")
+# Consecutive refused submissions (Ray up but refusing) before a job fails.
+MAX_SUBMIT_FAILURES = 8
 
 
 class DeficitRoundRobin:
@@ -121,6 +124,9 @@ class Dispatcher:
         self.queue = queue
         self.store = store
         self.settings = settings
+        # Per job: consecutive refused submissions, and when the next try may happen.
+        self.submit_failures: dict[str, int] = {}
+        self.retry_at: dict[str, float] = {}
 
     def entrypoint(self, job_id: str, spec_uri: str) -> str:
         s = self.settings
@@ -153,7 +159,6 @@ class Dispatcher:
             ):
                 return False
             s.commit()
-            tenant_id = job.tenant_id
         try:
             self.backend.submit(
                 submission_id(job_id, attempt),
@@ -161,10 +166,49 @@ class Dispatcher:
                 self.env(),
             )
         except Exception as exc:
-            log.exception("submitting %s to the cluster failed", job_id)
-            self.requeue_or_fail(job_id, tenant_id, attempt, f"submitting to Ray failed: {exc}")
+            log.warning("submitting %s to the cluster failed: %s", job_id, exc)
+            self._submit_failed(job_id, attempt, str(exc))
             return False
+        self.submit_failures.pop(job_id, None)
         return True
+
+    def _submit_failed(self, job_id: str, attempt: int, why: str) -> None:
+        """Ray refused or did not answer: the job never ran, so this is no attempt. It goes
+        back to the queue and waits an exponentially growing while before the next try."""
+        failures = self.submit_failures.get(job_id, 0) + 1
+        self.submit_failures[job_id] = failures
+        with new_session(self.engine) as s:
+            if failures >= MAX_SUBMIT_FAILURES:
+                transition(
+                    s,
+                    job_id,
+                    "failed",
+                    expected=("running",),
+                    level="error",
+                    message=f"Ray refused the job {failures} times; last: {why}",
+                    error={"code": "dispatch_failed", "message": why, "param": None},
+                )
+                s.commit()
+                self.submit_failures.pop(job_id, None)
+                return
+            delay = min(2.0**failures, 60.0)
+            self.retry_at[job_id] = time.monotonic() + delay
+            moved = transition(
+                s,
+                job_id,
+                "queued",
+                expected=("running",),
+                level="warn",
+                message=f"Ray did not take the job ({why}); retrying in {delay:.0f} s",
+                attempts=attempt - 1,
+            )
+            s.commit()
+            job = s.get(Job, job_id)
+            if moved and job is not None:
+                enqueue(self.queue, job)
+
+    def backing_off(self, job_id: str) -> bool:
+        return self.retry_at.get(job_id, 0.0) > time.monotonic()
 
     def requeue_or_fail(self, job_id: str, tenant_id: str, attempt: int, why: str) -> None:
         with new_session(self.engine) as s:
@@ -219,7 +263,7 @@ class Scheduler:
         self.is_leader = False
 
     def view(self) -> ClusterView:
-        total = self.capacity.total_capacity()
+        total = self.capacity.total_capacity() - Capacity(self.settings.reserved_cpus, 0)
         view = ClusterView(free=total)
         with new_session(self.engine) as s:
             for tenant in s.exec(select(Tenant)):
@@ -243,7 +287,11 @@ class Scheduler:
         view = self.view()
         started: list[str] = []
         while heads:
-            job = self.drr.pick(heads, view.weights, view.eligible)
+            job = self.drr.pick(
+                heads,
+                view.weights,
+                lambda j: view.eligible(j) and not self.dispatcher.backing_off(j.job_id),
+            )
             if job is None:
                 break
             if self.dispatcher.start(job.job_id):

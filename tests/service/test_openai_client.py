@@ -60,7 +60,7 @@ def test_openai_sdk_files_jobs_models(client: TestClient) -> None:
     assert [j.id for j in sdk.fine_tuning.jobs.list(limit=1)] == [second.id, job.id]
 
     events = sdk.fine_tuning.jobs.list_events(job.id, limit=10)
-    assert events.data[0].message == "Files validated; job queued"
+    assert events.data[0].message == f"Validated training file {train.id}; job queued"
     assert all(e.object == "fine_tuning.job.event" for e in events.data)
 
     cancelled = sdk.fine_tuning.jobs.cancel(job.id)

@@ -15,7 +15,7 @@ from tests.fixtures.redis_server import RedisServer
 
 @pytest.fixture
 def settings(settings: Settings, redis_server: RedisServer) -> Settings:
-    return settings.model_copy(update={"redis_url": redis_server.url})
+    return settings.model_copy(update={"redis_url": redis_server.url, "reserved_cpus": 0.0})
 
 
 @pytest.fixture

@@ -13,7 +13,9 @@ from tests.factories import create_job_ok, make_tenant
 from workers.report import EVENTS_STREAM, EventRecord
 
 
-def _running_job(client: TestClient, app: FastAPI, **body: object) -> tuple[str, str, dict[str, str]]:
+def _running_job(
+    client: TestClient, app: FastAPI, **body: object
+) -> tuple[str, str, dict[str, str]]:
     t = make_tenant(client, "evt")
     job = create_job_ok(client, t, suffix="s1", **body)
     with Session(app.state.engine) as s:
@@ -119,7 +121,9 @@ def test_events_naming_the_wrong_tenant_are_dropped(
     job_id, _, headers = _running_job(client, app)
     _emit(redis_client, job_id, "tenant-other", "result", data={"artifact_uri": "file:///x"})
     EventConsumer(app.state.engine, redis_client, "cp", "r").poll(block_ms=100)
-    assert client.get(f"/v1/fine_tuning/jobs/{job_id}", headers=headers).json()["status"] == "running"
+    assert (
+        client.get(f"/v1/fine_tuning/jobs/{job_id}", headers=headers).json()["status"] == "running"
+    )
 
 
 def test_consumer_recovers_when_redis_loses_its_data(
