@@ -66,7 +66,9 @@ def serve(args: list[str], env: dict[str, str], port: int, log: Path) -> subproc
     raise RuntimeError(f"server did not start; see {log}")
 
 
-async def load(url: str, body: dict[str, str], headers: dict[str, str], conc: int, secs: float) -> tuple[int, int, list[float]]:  # fmt: skip
+async def load(
+    url: str, body: dict[str, str], headers: dict[str, str], conc: int, secs: float
+) -> tuple[int, int, list[float]]:
     latencies: list[float] = []
     errors = 0
     stop = time.perf_counter() + secs
@@ -109,7 +111,8 @@ def main() -> None:
     (work / "bare_app.py").write_text(BARE_APP)
     api_port, bare_port = free_port(), free_port()
     api = serve(["--factory", "service.main:create_app"], env, api_port, work / "api.log")
-    bare = serve(["bare_app:app"], {**os.environ, "PYTHONPATH": str(work)}, bare_port, work / "bare.log")  # fmt: skip
+    bare_env = {**os.environ, "PYTHONPATH": str(work)}
+    bare = serve(["bare_app:app"], bare_env, bare_port, work / "bare.log")
     try:
         base = f"http://127.0.0.1:{api_port}"
         created = httpx.post(

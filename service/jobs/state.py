@@ -11,8 +11,8 @@ from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.orm.util import identity_key
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
 from service.common import new_id, now

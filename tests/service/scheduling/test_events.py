@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis
 from fastapi import FastAPI
@@ -25,7 +26,7 @@ def _running_job(
 
 
 def _emit(r: redis.Redis, job_id: str, tenant_id: str, type_: str, **kw: object) -> None:
-    record = EventRecord(job_id=job_id, tenant_id=tenant_id, type=type_, **kw)  # type: ignore[arg-type]
+    record = EventRecord(job_id=job_id, tenant_id=tenant_id, type=type_, **kw)
     r.xadd(EVENTS_STREAM, record.stream_fields())  # type: ignore[arg-type]
 
 
@@ -82,8 +83,8 @@ def test_an_unacknowledged_entry_is_stored_once_when_redelivered(
     consumer.ensure_group()
     _emit(redis_client, job_id, tenant_id, "metrics", data={"step": 1, "train_loss": 1.0})
     # A replica reads the entry, stores it, and dies before XACK.
-    reply = redis_client.xreadgroup("cp", "dead", {EVENTS_STREAM: ">"}, count=10)
-    (entry_id, fields) = reply[0][1][0]  # type: ignore[index]
+    reply: Any = redis_client.xreadgroup("cp", "dead", {EVENTS_STREAM: ">"}, count=10)
+    entry_id, fields = reply[0][1][0]
     with Session(app.state.engine) as s:
         consumer.apply(s, entry_id, EventRecord.from_stream_fields(fields))
         s.commit()
@@ -129,7 +130,7 @@ def test_events_naming_the_wrong_tenant_are_dropped(
 def test_consumer_recovers_when_redis_loses_its_data(
     client: TestClient, app: FastAPI, redis_client: redis.Redis
 ) -> None:
-    job_id, tenant_id, headers = _running_job(client, app)
+    job_id, tenant_id, _ = _running_job(client, app)
     consumer = EventConsumer(app.state.engine, redis_client, "cp", "r")
     consumer.poll(block_ms=50)
     redis_client.flushall()
