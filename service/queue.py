@@ -50,11 +50,21 @@ redis.call('hdel', KEYS[2], ARGV[1])
 if redis.call('zcard', KEYS[1]) == 0 then redis.call('srem', KEYS[3], ARGV[2]) end
 return n
 """
-_PRUNE = """
-for _, t in ipairs(ARGV) do
-  if redis.call('zcard', 'tp:q:' .. t) == 0 then redis.call('srem', KEYS[1], t) end
+# Heads of all tenant queues with their metadata; drops tenants whose queue is empty.
+_HEADS = """
+local out = {}
+for _, t in ipairs(redis.call('smembers', KEYS[1])) do
+  local first = redis.call('zrange', 'tp:q:' .. t, 0, 0)
+  if first[1] then
+    local meta = redis.call('hget', KEYS[2], first[1])
+    table.insert(out, t)
+    table.insert(out, first[1])
+    table.insert(out, meta or '')
+  else
+    redis.call('srem', KEYS[1], t)
+  end
 end
-return 0
+return out
 """
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -98,23 +108,11 @@ class FairQueue:
         return bool(removed)
 
     def heads(self) -> dict[str, QueuedJob]:
-        """The first job of every non-empty tenant queue, in three round trips."""
-        tenants = sorted(self.r.smembers(ACTIVE))
-        if not tenants:
-            return {}
-        pipe = self.r.pipeline(transaction=False)
-        for t in tenants:
-            pipe.zrange(queue_key(t), 0, 0)
-        firsts: list[list[str]] = pipe.execute()
-        ids = {t: f[0] for t, f in zip(tenants, firsts, strict=True) if f}
-        empty = [t for t in tenants if t not in ids]
-        if empty:
-            self.r.eval(_PRUNE, 1, ACTIVE, *empty)
-        if not ids:
-            return {}
-        metas = self.r.hmget(META, list(ids.values()))
+        """The first job of every non-empty tenant queue, in one round trip."""
+        flat: list[str] = self.r.eval(_HEADS, 2, ACTIVE, META)
         out: dict[str, QueuedJob] = {}
-        for (tenant, job_id), raw in zip(ids.items(), metas, strict=True):
+        for i in range(0, len(flat), 3):
+            tenant, job_id, raw = flat[i], flat[i + 1], flat[i + 2]
             meta = json.loads(raw) if raw else {"cpus": 1.0, "gpus": 0.0}
             out[tenant] = QueuedJob(job_id, tenant, float(meta["cpus"]), float(meta["gpus"]))
         return out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from service.models import Job
 from service.queue import FairQueue
@@ -10,13 +12,14 @@ from service.queue import FairQueue
 log = logging.getLogger(__name__)
 
 
-def job_cost(job: Job) -> tuple[float, float]:
+def cost_of(
+    resources: Mapping[str, Any] | None, search: Mapping[str, Any] | None
+) -> tuple[float, float]:
     """CPUs and GPUs a job holds while it runs (a search holds its concurrent trials)."""
-    res = job.resources or {}
+    res = resources or {}
     workers = int(res.get("num_workers", 1))
     cpus = workers * float(res.get("cpus_per_worker", 1.0))
     gpus = workers * float(res.get("gpus_per_worker", 1.0)) if res.get("use_gpu") else 0.0
-    search = job.search or {}
     if search:
         concurrent = int(search.get("max_concurrent_trials") or 1)
         cpus, gpus = cpus * concurrent, gpus * concurrent
@@ -24,7 +27,7 @@ def job_cost(job: Job) -> tuple[float, float]:
 
 
 def enqueue(queue: FairQueue, job: Job) -> None:
-    cpus, gpus = job_cost(job)
+    cpus, gpus = cost_of(job.resources, job.search)
     queue.enqueue(job.id, job.tenant_id, job.priority, job.created_at, cpus, gpus)
 
 

@@ -19,7 +19,7 @@ from sqlmodel import col, select
 
 from service.config import Quotas, Settings
 from service.db import new_session
-from service.jobs.queueing import enqueue, job_cost
+from service.jobs.queueing import cost_of, enqueue
 from service.jobs.state import transition
 from service.models import Job, Tenant
 from service.queue import FairQueue, QueuedJob
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 ACTIVE_STATES = ("running", "cancelling")
 # Consecutive refused submissions (Ray up but refusing) before a job fails.
 MAX_SUBMIT_FAILURES = 8
+TENANT_CACHE_S = 1.0
 
 
 class DeficitRoundRobin:
@@ -261,17 +262,36 @@ class Scheduler:
         self.token = token
         self.drr = DeficitRoundRobin()
         self.is_leader = False
+        self._tenants_at = -1e9
+        self._tenant_cache: tuple[dict[str, float], dict[str, Quotas]] = ({}, {})
+
+    def _tenants(self) -> tuple[dict[str, float], dict[str, Quotas]]:
+        # Weights and quotas change by admin action, rarely: re-read them once a second,
+        # not once per decision.
+        if time.monotonic() - self._tenants_at > TENANT_CACHE_S:
+            weights: dict[str, float] = {}
+            quotas: dict[str, Quotas] = {}
+            with new_session(self.engine) as s:
+                for tenant in s.exec(select(Tenant)):
+                    weights[tenant.id] = tenant.weight
+                    quotas[tenant.id] = effective_quotas(tenant, self.settings)
+            self._tenant_cache = (weights, quotas)
+            self._tenants_at = time.monotonic()
+        return self._tenant_cache
 
     def view(self) -> ClusterView:
         total = self.capacity.total_capacity() - Capacity(self.settings.reserved_cpus, 0)
-        view = ClusterView(free=total)
+        weights, quotas = self._tenants()
+        view = ClusterView(free=total, weights=weights, quotas=quotas)
         with new_session(self.engine) as s:
-            for tenant in s.exec(select(Tenant)):
-                view.weights[tenant.id] = tenant.weight
-                view.quotas[tenant.id] = effective_quotas(tenant, self.settings)
-            for job in s.exec(select(Job).where(col(Job.status).in_(ACTIVE_STATES))):
-                cpus, gpus = job_cost(job)
-                view.hold(QueuedJob(job.id, job.tenant_id, cpus, gpus))
+            rows = s.exec(
+                select(Job.id, Job.tenant_id, Job.resources, Job.search).where(
+                    col(Job.status).in_(ACTIVE_STATES)
+                )
+            )
+            for job_id, tenant_id, resources, search in rows:
+                cpus, gpus = cost_of(resources, search)
+                view.hold(QueuedJob(job_id, tenant_id, cpus, gpus))
         return view
 
     def tick(self) -> list[str]:
