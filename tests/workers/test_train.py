@@ -119,16 +119,31 @@ def test_saved_adapter_reloads_with_the_logits_of_the_end_of_training(
     assert (base_logits - expected).abs().max() > 0.1, "the adapter changed nothing"
 
 
-def test_full_fine_tune(ray_cluster: RayCluster, models_dir: Path, tmp_path: Path) -> None:
+def test_full_fine_tune_learns_and_resumes(
+    ray_cluster: RayCluster, models_dir: Path, tmp_path: Path
+) -> None:
     validation = prompt_completion_rows(32, seed=1)
     spec = make_spec(
         tmp_path,
         adapter={"type": "full"},
         validation_file_uri=write_jsonl(tmp_path / "validation.jsonl", validation),
-        training={"n_epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "max_length": 64},
+        training={
+            "n_epochs": 2,
+            "batch_size": 16,
+            "learning_rate": 3e-3,
+            "max_length": 64,
+            "max_failures": 1,
+        },
     )
-    run = fit(spec, models_dir, tmp_path / "events.jsonl")
+    # The only worker dies after the end-of-epoch checkpoint: the whole model, not an
+    # adapter, must come back from it.
+    fault = FaultInjection(rank=0, after_step=6, marker=str(tmp_path / "fault-injected"))
+    run = fit(spec, models_dir, tmp_path / "events.jsonl", fault=fault)
     assert_learned(run)
+    resumed = [
+        e.data["resumed_from_step"] for e in run.of_type("message") if "resumed_from_step" in e.data
+    ]
+    assert resumed == [6]
     model_dir = run.checkpoint_dir / "model"
     assert (model_dir / "model.safetensors").is_file()
     assert not (model_dir / "adapter_model.safetensors").exists()
