@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlmodel import Session
 
+from service.common import now
+from service.models import FineTunedModel
 from tests.fixtures.app import ADMIN_KEY
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -100,3 +104,21 @@ def create_job_ok(client: TestClient, tenant: TenantHandle, **body: Any) -> dict
     r = create_job(client, tenant, **body)
     assert r.status_code == 200, r.text
     return dict(r.json())
+
+
+def add_model(engine: Engine, tenant: TenantHandle, job_id: str, model_id: str) -> None:
+    """A fine-tuned model row, as the event consumer registers one when a job succeeds."""
+    with Session(engine) as s:
+        s.add(
+            FineTunedModel(
+                id=model_id,
+                tenant_id=tenant.id,
+                job_id=job_id,
+                base_model="tiny-gpt2",
+                task="causal_lm",
+                adapter_type="lora",
+                artifact_uri="file:///nowhere",
+                created_at=now(),
+            )
+        )
+        s.commit()

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlmodel import Session
 
-from service.common import now
-from service.models import FineTunedModel
-from tests.factories import create_job_ok, make_tenant, upload_ok
+from tests.factories import add_model, create_job_ok, make_tenant, upload_ok
 
 
 def test_another_tenants_objects_are_404_and_never_listed(client: TestClient, app: FastAPI) -> None:
@@ -17,20 +14,7 @@ def test_another_tenants_objects_are_404_and_never_listed(client: TestClient, ap
     file_a = upload_ok(client, a)
     job_a = create_job_ok(client, a, training_file=file_a)["id"]
     model_a = f"ft:tiny-gpt2:alpha::{job_a}"
-    with Session(app.state.engine) as s:
-        s.add(
-            FineTunedModel(
-                id=model_a,
-                tenant_id=a.id,
-                job_id=job_a,
-                base_model="tiny-gpt2",
-                task="causal_lm",
-                adapter_type="lora",
-                artifact_uri="file:///nowhere",
-                created_at=now(),
-            )
-        )
-        s.commit()
+    add_model(app.state.engine, a, job_a, model_a)
     # B owns something too, so lists are not trivially empty.
     file_b = upload_ok(client, b)
     job_b = create_job_ok(client, b, training_file=file_b)["id"]
@@ -90,20 +74,7 @@ def test_models_list_retrieve_delete(client: TestClient, app: FastAPI) -> None:
     a = make_tenant(client)
     job = create_job_ok(client, a)["id"]
     model_id = f"ft:tiny-gpt2:{a.name}:x:{job}"
-    with Session(app.state.engine) as s:
-        s.add(
-            FineTunedModel(
-                id=model_id,
-                tenant_id=a.id,
-                job_id=job,
-                base_model="tiny-gpt2",
-                task="causal_lm",
-                adapter_type="lora",
-                artifact_uri="file:///nowhere",
-                created_at=now(),
-            )
-        )
-        s.commit()
+    add_model(app.state.engine, a, job, model_id)
     got = client.get(f"/v1/models/{model_id}", headers=a.headers).json()
     assert got["object"] == "model"
     assert got["fine_tuning_job"] == job
