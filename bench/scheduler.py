@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from service.models import Tenant  # noqa: E402
 from service.queue import FairQueue  # noqa: E402
 from service.ray_backend import Capacity  # noqa: E402
 from service.scheduling.scheduler import Scheduler  # noqa: E402
-from service.stack import start_ray_head, start_redis  # noqa: E402
+from service.stack import ray_auth_env, start_ray_head, start_redis  # noqa: E402
 
 
 class NoDispatch:
@@ -115,7 +116,10 @@ def bench_dispatch(work: Path, redis_url: str, n: int) -> dict[str, float]:
     from service.main import create_app
     from service.ray_backend import RayJobsBackend, submission_id
 
-    ray_proc, address = start_ray_head(work, num_cpus=2)
+    auth = ray_auth_env(work)
+    os.environ.update(auth)
+    head = start_ray_head(work, num_cpus=2, env=auth)
+    address = head.dashboard_url
     try:
         backend = RayJobsBackend(address)
         raw = []
@@ -163,7 +167,7 @@ def bench_dispatch(work: Path, redis_url: str, n: int) -> dict[str, float]:
                         break
                     time.sleep(0.2)
     finally:
-        ray_proc.stop()
+        head.process.stop()
     return {"ours_p50_s": median(ours), "ours_max_s": max(ours), "raw_p50_s": median(raw)}
 
 

@@ -9,6 +9,7 @@ started here is stopped on SIGINT/SIGTERM, and nothing is left behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -124,41 +126,91 @@ def ray_auth_env(data_dir: Path) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
 
 
-def start_ray_head(data_dir: Path, num_cpus: int | None) -> tuple[ChildProcess, str]:
-    auth = ray_auth_env(data_dir)
-    # The control plane's own Jobs API client authenticates with the same token.
-    os.environ.update(auth)
+@dataclass
+class RayHead:
+    process: ChildProcess
+    dashboard_url: str  # the Jobs API
+    gcs_address: str  # for `ray.init(address=...)` and `ray start --address` of workers
+
+
+def _ray_start(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> ChildProcess:
     # Unix socket paths are short-limited, so Ray's temp dir cannot live in a deep data dir.
     temp_dir = tempfile.mkdtemp(prefix="tpray-")
-    dashboard_port = free_port()
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
+           f"--temp-dir={temp_dir}", "--disable-usage-stats", *args]  # fmt: skip
+    proc = ChildProcess(name, cmd, {**os.environ, **env, "RAY_USAGE_STATS_ENABLED": "0"},
+                        log_dir / f"{name}.log")  # fmt: skip
+    proc.marker = temp_dir
+    return proc
+
+
+def _agent_ports() -> list[str]:
+    # Ray's fixed defaults (52365, ...) collide when two clusters share a machine.
+    return [
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+    ]
+
+
+def _nodes(dashboard_url: str) -> list[dict[str, object]]:
+    from ray._private.authentication.http_token_authentication import (
+        get_auth_headers_if_auth_enabled,
+    )
+
+    r = httpx.get(
+        f"{dashboard_url}/api/v0/nodes",
+        params={"detail": "1"},
+        headers=dict(get_auth_headers_if_auth_enabled({})),
+        timeout=2,
+    )
+    r.raise_for_status()
+    return [n for n in r.json()["data"]["result"]["result"] if n.get("state") == "ALIVE"]
+
+
+def start_ray_head(
+    log_dir: Path,
+    num_cpus: int | None,
+    env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> RayHead:
+    """A Ray head on free ports (several clusters can share a machine), token auth taken
+    from `env` or this process's environment, dashboard on for the Jobs API."""
+    dashboard_port, gcs_port = free_port(), free_port()
     args = [
-        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-        f"--port={free_port()}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        "--head", f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
+        *_agent_ports(), *extra_args,
     ]  # fmt: skip
     if num_cpus is not None:
         args.append(f"--num-cpus={num_cpus}")
-    env = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = ChildProcess("ray", args, env, data_dir / "ray.log")
-    proc.marker = temp_dir
+    proc = _ray_start("ray-head", args, env or {}, log_dir)
     address = f"http://127.0.0.1:{dashboard_port}"
+    _wait("the Ray head", lambda: bool(_nodes(address)), proc, 120)
+    return RayHead(proc, address, f"127.0.0.1:{gcs_port}")
 
-    def ready() -> bool:
-        from ray._private.authentication.http_token_authentication import (
-            get_auth_headers_if_auth_enabled,
-        )
 
-        r = httpx.get(
-            f"{address}/api/v0/nodes",
-            headers=dict(get_auth_headers_if_auth_enabled({})),
-            timeout=2,
-        )
-        return r.status_code == 200 and bool(r.json()["data"]["result"]["result"])
-
-    _wait("the Ray head", ready, proc, 120)
-    return proc, address
+def start_ray_worker(
+    head: RayHead,
+    log_dir: Path,
+    name: str,
+    num_cpus: int,
+    resources: dict[str, float] | None = None,
+    env: dict[str, str] | None = None,
+) -> ChildProcess:
+    """Another Ray node joining `head` (on this machine: a multi-node cluster for tests)."""
+    before = len(_nodes(head.dashboard_url))
+    args = [
+        f"--address={head.gcs_address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+        *_agent_ports(),
+    ]  # fmt: skip
+    if resources:
+        args.append(f"--resources={json.dumps(resources)}")
+    proc = _ray_start(name, args, env or {}, log_dir)
+    _wait(f"Ray node {name}", lambda: len(_nodes(head.dashboard_url)) > before, proc, 120)
+    return proc
 
 
 @contextlib.contextmanager
@@ -174,10 +226,13 @@ def embedded_stack(settings: Settings, num_cpus: int | None = None) -> Iterator[
             updates["redis_url"] = url
             log.info("redis on %s", url)
         if not settings.ray_address:
-            proc, address = start_ray_head(settings.data_dir, num_cpus)
-            started.append(proc)
-            updates["ray_address"] = address
-            log.info("ray head dashboard on %s", address)
+            auth = ray_auth_env(settings.data_dir)
+            # The control plane's own Jobs API client authenticates with the same token.
+            os.environ.update(auth)
+            head = start_ray_head(settings.data_dir, num_cpus, env=auth)
+            started.append(head.process)
+            updates["ray_address"] = head.dashboard_url
+            log.info("ray head dashboard on %s", head.dashboard_url)
         yield settings.model_copy(update=updates)
     finally:
         for proc in reversed(started):
