@@ -1,0 +1,111 @@
+"""The Dockerfile (never built here: no container engine) agrees with the project and k8s/."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shlex
+
+from tests.k8s.manifests import ROOT, find, render
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def pinned(name: str, text: str) -> str:
+    [version] = re.findall(rf"\b{re.escape(name)}==([\w.]+)", text)
+    return version
+
+
+def test_base_image_is_the_pinned_ray_on_python_311() -> None:
+    froms = [args for kw, args in instructions() if kw == "FROM"]
+    assert len(froms) == 1
+    ray = pinned("ray[default,train,tune,serve]", (ROOT / "pyproject.toml").read_text())
+    assert froms[0] == f"rayproject/ray:{ray}-py311"
+
+
+def test_torch_is_installed_first_on_its_own_at_the_makefiles_version() -> None:
+    runs = [args for kw, args in instructions() if kw == "RUN" and "pip install" in args]
+    torch = pinned("torch", (ROOT / "Makefile").read_text())
+    assert runs[0].endswith(f"pip install ${{PIP_TORCH_ARGS}} torch=={torch}")
+    # `pip install .` of the project comes after, in its own step.
+    assert any(re.search(r"pip install \. ", r) for r in runs[1:])
+    assert not any("torch" in r.split("&&")[0] for r in runs[1:])
+
+
+def test_every_pip_requirement_is_pinned() -> None:
+    for kw, args in instructions():
+        if kw != "RUN" or "pip install" not in args:
+            continue
+        for command in args.split("&&"):
+            words = shlex.split(command.replace("${PIP_TORCH_ARGS}", ""))
+            if words[:2] != ["pip", "install"]:
+                continue
+            for req in words[2:]:
+                assert req == "." or re.fullmatch(r"[\w.\-\[\],]+==[\w.]+", req), req
+
+
+def test_runs_as_the_non_root_user_the_pods_expect() -> None:
+    users = [args for kw, args in instructions() if kw == "USER"]
+    assert users, "no USER: the image would run as root"
+    uid, _, gid = users[-1].partition(":")
+    assert uid not in ("0", "root")
+    pod = find(render("base"), "Deployment", "tuneplane-control-plane")["spec"]["template"]
+    assert int(uid) == pod["spec"]["securityContext"]["runAsUser"]
+    assert int(gid) == pod["spec"]["securityContext"]["runAsGroup"]
+
+
+def test_default_command_is_the_control_plane_the_deployment_runs() -> None:
+    [cmd] = [args for kw, args in instructions() if kw == "CMD"]
+    container = find(render("base"), "Deployment", "tuneplane-control-plane")["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    command = json.loads(cmd)  # exec form: a JSON list, so no shell sits in between
+    assert command == container["command"]
+    assert command[:3] == ["uvicorn", "--factory", "service.main:create_app"]
+    [expose] = [args for kw, args in instructions() if kw == "EXPOSE"]
+    port = command[command.index("--port") + 1]
+    assert expose == port == str(container["ports"][0]["containerPort"])
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """.dockerignore semantics for the patterns used: the last matching pattern wins."""
+    result = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pat = pattern.lstrip("!").rstrip("/")
+        if fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(path, pat + "/*"):
+            result = not negate
+    return result
+
+
+def test_dockerignore_sends_the_sources_and_keeps_local_state_out() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
+    copied = [
+        src
+        for kw, args in instructions()
+        if kw == "COPY"
+        for src in args.split()[1:-1]
+        if not src.startswith("--")
+    ]
+    assert copied
+    for src in copied:
+        assert (ROOT / src).exists(), src
+        assert not ignored(src, patterns), f"{src} is COPYed but .dockerignore drops it"
+    for path in (".venv/bin/python", ".git/config", ".tuneplane/tuneplane.db", "tests/x.py"):
+        assert ignored(path, patterns), path
+    # `pip install .` reads the readme pyproject.toml names.
+    assert "README.md" in copied
