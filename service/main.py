@@ -172,6 +172,13 @@ def create_app(
         if request.app.state.backend is not None:
             checks["ray"] = "ok" if request.app.state.backend.ping() else "error: unreachable"
         ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+        loops: ControlLoops | None = getattr(request.app.state, "loops", None)
+        body = {
+            "ready": ready,
+            "checks": checks,
+            # Which replica schedules right now (all replicas serve the API).
+            "scheduler_leader": bool(loops and loops.scheduler.is_leader),
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     return app
