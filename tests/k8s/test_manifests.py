@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -390,17 +391,36 @@ def test_gpu_groups_per_overlay(kustomization: str, gpu_groups: int) -> None:
     assert sum(is_gpu(g) for g in groups) == gpu_groups
 
 
+def autoscaler_view(cluster: Obj) -> Obj:
+    """The node types Ray's autoscaler derives from this RayCluster, by its own code."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import (
+        _derive_autoscaling_config_from_ray_cr,
+    )
+
+    cluster = copy.deepcopy(cluster)
+    cluster["metadata"].setdefault("namespace", "default")  # base has none; unused here
+    config: Obj = _derive_autoscaling_config_from_ray_cr(cluster)
+    return config
+
+
 @pytest.mark.parametrize("kustomization", ALL)
-def test_scheduler_capacity_is_what_the_groups_scale_to(kustomization: str) -> None:
+def test_scheduler_capacity_is_what_the_autoscaler_can_reach(kustomization: str) -> None:
     # The control plane schedules against TUNEPLANE_CLUSTER_CPUS/GPUS because GPU nodes
     # start at zero; numbers that drift from the groups would queue jobs forever or overbook.
     objs = render(kustomization)
     env = env_of(objs, control_plane(objs))
-    groups = ray_cluster(objs)["spec"]["workerGroupSpecs"]
-    cpus = sum(g["maxReplicas"] * float(g["rayStartParams"]["num-cpus"]) for g in groups)
-    gpus = sum(g["maxReplicas"] * float(g["rayStartParams"].get("num-gpus", 0)) for g in groups)
+    cluster = ray_cluster(objs)
+    config = autoscaler_view(cluster)
+    types = config["available_node_types"]
+    cpus = sum(t["max_workers"] * t["resources"].get("CPU", 0) for t in types.values())
+    gpus = sum(t["max_workers"] * t["resources"].get("GPU", 0) for t in types.values())
     assert float(env["TUNEPLANE_CLUSTER_CPUS"]) == cpus
     assert float(env["TUNEPLANE_CLUSTER_GPUS"]) == gpus
+    # The head runs no training, GPU types scale from zero, and idle nodes go away.
+    assert types["headgroup"]["resources"]["CPU"] == 0
+    assert all(t["min_workers"] == 0 for t in types.values() if t["resources"].get("GPU"))
+    idle_s = cluster["spec"]["autoscalerOptions"]["idleTimeoutSeconds"]
+    assert config["idle_timeout_minutes"] == idle_s / 60
 
 
 @pytest.mark.parametrize("kustomization", ALL)
