@@ -97,7 +97,7 @@ def test_workload_selectors_match_their_pods(kustomization: str) -> None:
         assert selects(selector, obj["spec"]["template"]["metadata"]["labels"]), name_of(obj)
     # Two workloads whose pods one selector would both catch would share Services/policies.
     components = [pod.labels["app.kubernetes.io/component"] for pod in pod_templates(objs)]
-    workloads = [c for c in components if c not in ("ray-worker",)]
+    workloads = [c for c in components if c != "ray-worker"]
     assert len(workloads) == len(set(workloads)), components
 
 
@@ -436,10 +436,27 @@ def test_every_ray_process_and_the_control_plane_share_the_auth_token(
     for env in ray_envs:
         assert env["RAY_AUTH_MODE"] == "token"
         assert env["RAY_AUTH_TOKEN"]["secretKeyRef"] == token
-    # The Ray pods write checkpoints to the same store the control plane reads.
-    for p, c in all_containers(objs):
-        if "RayCluster" in p.owner:
-            assert env_of(objs, c)["TUNEPLANE_STORAGE_URI"] == cp["TUNEPLANE_STORAGE_URI"]
+
+
+@pytest.mark.parametrize("kustomization", ALL)
+def test_ray_pods_can_write_the_models_dir_jobs_are_given(kustomization: str) -> None:
+    # The scheduler passes its own models dir to the Ray job (--models-dir) and
+    # workers/tiny.py falls back to TUNEPLANE_MODELS_DIR: both must be writable on Ray pods.
+    objs = render(kustomization)
+    models_dir = env_of(objs, control_plane(objs))["TUNEPLANE_MODELS_DIR"]
+    for pod in pod_templates(objs):
+        if "RayCluster" not in pod.owner:
+            continue
+        [container] = pod.spec["containers"]
+        assert env_of(objs, container)["TUNEPLANE_MODELS_DIR"] == models_dir, pod.owner
+        volumes = {v["name"]: v for v in pod.spec["volumes"]}
+        mounts = [
+            m
+            for m in container["volumeMounts"]
+            if models_dir.startswith(m["mountPath"].rstrip("/") + "/")
+            and "emptyDir" in volumes[m["name"]]
+        ]
+        assert mounts, f"{pod.owner}: {models_dir} is on no writable volume"
 
 
 @pytest.mark.parametrize("kustomization", ALL)
