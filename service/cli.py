@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.engine import make_url
 
 from service.config import Settings, get_settings
 from service.stack import free_port
@@ -37,7 +38,9 @@ def db_upgrade(revision: str = "head") -> None:
 
     settings = get_settings()
     db.upgrade(settings.database_url, revision)
-    console.print(f"database at {revision}: {settings.database_url}")
+    # Logs of a migrations Job are widely readable: never print the password.
+    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    console.print(f"database at {revision}: {shown}")
 
 
 @app.command()

@@ -25,9 +25,25 @@ def test_db_upgrade_command_creates_the_schema(
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
+    assert "cli.db" in result.output
     engine = create_engine(url)
     assert {"jobs", "files", "tenants"} <= set(inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_db_upgrade_never_prints_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNEPLANE_DATABASE_URL", "postgresql+psycopg://u:s3cret@127.0.0.1:1/x")
+    calls: list[str] = []
+    monkeypatch.setattr("service.db.upgrade", lambda url, rev: calls.append(url))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["db", "upgrade"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert calls == ["postgresql+psycopg://u:s3cret@127.0.0.1:1/x"]
+    assert "s3cret" not in result.output
+    assert "127.0.0.1" in result.output
 
 
 def test_a_catalog_file_replaces_the_embedded_one(tmp_path: Path) -> None:
