@@ -27,7 +27,12 @@ Event types and their ``data``:
 - ``checkpoint``: ``step``, ``checkpoint_uri`` and the metrics reported with it
 - ``message``:    free text for the user (e.g. a worker was lost and training resumed)
 - ``result``:     the last event of a successful job: ``artifact_uri``, ``trained_tokens``,
-                  ``steps``, ``metrics`` (final train/eval metrics)
+                  ``steps``, ``metrics`` (final train/eval metrics); for a search also
+                  ``best_trial``: ``{"trial_id", "metric", "value", "params"}``
+- ``trial``:      a search trial's state: ``trial_id``, ``status`` (``running``,
+                  ``terminated``, ``early_stopped``, ``error``), ``params``, ``metrics``
+                  (latest), ``best_metric``, ``iterations``, ``checkpoint_uri``. The
+                  per-step ``metrics``/``eval`` events of a trial carry its ``trial_id``.
 
 A failed job's last event is a ``status`` event ``{"status": "failed"}`` with
 level ``error`` whose ``message`` says what went wrong and what to change.
@@ -46,7 +51,7 @@ from pydantic import BaseModel, Field
 EVENTS_STREAM = "tuneplane:events"
 STREAM_MAXLEN = 1_000_000
 
-EventType = Literal["status", "metrics", "eval", "checkpoint", "message", "result"]
+EventType = Literal["status", "metrics", "eval", "checkpoint", "message", "result", "trial"]
 EventLevel = Literal["info", "warn", "error"]
 JobStatus = Literal["preparing", "training", "saving", "succeeded", "failed"]
 
