@@ -40,6 +40,20 @@ class QueuedJob:
     tenant_id: str
     cpus: float
     gpus: float
+    # A search whose concurrency the scheduler chooses: up to this many trials at once,
+    # each holding cpus/gpus. 0 for anything else.
+    auto_trials: int = 0
+
+    @classmethod
+    def from_meta(cls, job_id: str, tenant_id: str, raw: str | None) -> QueuedJob:
+        meta = json.loads(raw) if raw else {}
+        return cls(
+            job_id,
+            tenant_id,
+            float(meta.get("cpus", 1.0)),
+            float(meta.get("gpus", 0.0)),
+            int(meta.get("auto_trials", 0)),
+        )
 
 
 # Removing a tenant's last job and dropping it from the active set must be one step, or a
@@ -95,8 +109,11 @@ class FairQueue:
         created_at: float,
         cpus: float,
         gpus: float,
+        auto_trials: int = 0,
     ) -> None:
-        meta = json.dumps({"tenant": tenant_id, "cpus": cpus, "gpus": gpus})
+        meta = json.dumps(
+            {"tenant": tenant_id, "cpus": cpus, "gpus": gpus, "auto_trials": auto_trials}
+        )
         pipe = self.r.pipeline(transaction=True)
         pipe.zadd(queue_key(tenant_id), {job_id: score(priority, created_at)})
         pipe.hset(META, job_id, meta)
@@ -113,17 +130,14 @@ class FairQueue:
         out: dict[str, QueuedJob] = {}
         for i in range(0, len(flat), 3):
             tenant, job_id, raw = flat[i], flat[i + 1], flat[i + 2]
-            meta = json.loads(raw) if raw else {"cpus": 1.0, "gpus": 0.0}
-            out[tenant] = QueuedJob(job_id, tenant, float(meta["cpus"]), float(meta["gpus"]))
+            out[tenant] = QueuedJob.from_meta(job_id, tenant, raw or None)
         return out
 
     def head(self, tenant_id: str) -> QueuedJob | None:
         first = self.r.zrange(queue_key(tenant_id), 0, 0)
         if not first:
             return None
-        raw = self.r.hget(META, first[0])
-        meta = json.loads(raw) if raw else {"cpus": 1.0, "gpus": 0.0}
-        return QueuedJob(first[0], tenant_id, float(meta["cpus"]), float(meta["gpus"]))
+        return QueuedJob.from_meta(first[0], tenant_id, self.r.hget(META, first[0]))
 
     def queued_ids(self) -> set[str]:
         ids: set[str] = set()

@@ -27,8 +27,15 @@ def cost_of(
 
 
 def enqueue(queue: FairQueue, job: Job) -> None:
-    cpus, gpus = cost_of(job.resources, job.search)
-    queue.enqueue(job.id, job.tenant_id, job.priority, job.created_at, cpus, gpus)
+    search = job.search or {}
+    if search and not search.get("max_concurrent_trials"):
+        # The scheduler picks the concurrency at start; queue the cost of one trial.
+        cpus, gpus = cost_of(job.resources, None)
+        auto = int(search.get("num_trials", 1))
+    else:
+        cpus, gpus = cost_of(job.resources, job.search)
+        auto = 0
+    queue.enqueue(job.id, job.tenant_id, job.priority, job.created_at, cpus, gpus, auto)
 
 
 def enqueue_quietly(queue: FairQueue, job: Job) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from sqlmodel import col, func, select
 
 from service.common import Page
-from service.models import Checkpoint, Job, JobEvent
+from service.models import Checkpoint, Job, JobEvent, Trial
 from service.repository import ScopedRepository
 
 QUEUED_STATES = ("validating_files", "queued")
@@ -47,3 +47,7 @@ class JobRepository(ScopedRepository[Job]):
         order = col(Checkpoint.step_number).desc()
         rows = list(self.session.exec(stmt.order_by(order).limit(limit + 1)))
         return Page(items=rows[:limit], has_more=len(rows) > limit)
+
+    def trials(self, job_id: str) -> list[Trial]:
+        stmt = select(Trial).where(Trial.tenant_id == self.tenant_id, Trial.job_id == job_id)
+        return list(self.session.exec(stmt.order_by(col(Trial.created_at), col(Trial.trial_id))))

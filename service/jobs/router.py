@@ -9,7 +9,14 @@ from service.auth import TenantPrincipal
 from service.db import SessionDep
 from service.errors import Unauthorized
 from service.idempotency import IdempotencyDep
-from service.jobs.schemas import CheckpointList, EventList, JobCreate, JobList, JobOut
+from service.jobs.schemas import (
+    CheckpointList,
+    EventList,
+    JobCreate,
+    JobList,
+    JobOut,
+    TrialList,
+)
 from service.jobs.service import JobService
 from service.models import Tenant
 
@@ -70,3 +77,9 @@ def list_checkpoints(
     job_id: str, jobs: Jobs, after: str | None = None, limit: Limit = 10
 ) -> CheckpointList:
     return jobs.checkpoints(job_id, after, limit)
+
+
+@router.get("/{job_id}/trials", response_model=TrialList)
+def list_trials(job_id: str, jobs: Jobs) -> TrialList:
+    """Every trial of a hyperparameter search (a Tuneplane extension)."""
+    return jobs.trials(job_id)

@@ -102,6 +102,8 @@ class JobOut(BaseModel):
     search: dict[str, Any] | None = None
     priority: int
     started_at: int | None = None
+    # For a search: {"trial_id", "metric", "value", "params"} of the winning trial.
+    search_result: dict[str, Any] | None = None
 
 
 class JobList(BaseModel):
@@ -142,3 +144,25 @@ class CheckpointList(BaseModel):
     has_more: bool
     first_id: str | None = None
     last_id: str | None = None
+
+
+class TrialOut(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.trial"] = "fine_tuning.job.trial"
+    fine_tuning_job_id: str
+    trial_id: str
+    # running | terminated | early_stopped | error
+    status: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    best_metric: float | None
+    iterations: int
+    checkpoint: str | None
+    created_at: int
+    updated_at: int
+
+
+class TrialList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[TrialOut]
+    has_more: bool = False

@@ -26,9 +26,11 @@ from service.jobs.schemas import (
     JobList,
     JobOut,
     MethodIn,
+    TrialList,
+    TrialOut,
 )
 from service.jobs.state import TERMINAL, add_event, transition
-from service.models import Checkpoint, Job, JobEvent, StoredFile, Tenant
+from service.models import Checkpoint, Job, JobEvent, StoredFile, Tenant, Trial
 from service.queue import FairQueue
 from service.ray_backend import ComputeBackend, submission_id
 from service.registry.catalog import Catalog, CatalogEntry
@@ -84,6 +86,7 @@ def job_out(job: Job) -> JobOut:
         resources=job.resources or {},
         search=job.search,
         priority=job.priority,
+        search_result=job.search_result,
     )
 
 
@@ -106,6 +109,22 @@ def checkpoint_out(c: Checkpoint) -> CheckpointOut:
         fine_tuning_job_id=c.job_id,
         metrics=c.metrics or {},
         step_number=c.step_number,
+    )
+
+
+def trial_out(t: Trial) -> TrialOut:
+    return TrialOut(
+        id=t.id,
+        fine_tuning_job_id=t.job_id,
+        trial_id=t.trial_id,
+        status=t.status,
+        params=t.params or {},
+        metrics=t.metrics or {},
+        best_metric=t.best_metric,
+        iterations=t.iterations,
+        checkpoint=t.checkpoint_uri,
+        created_at=int(t.created_at),
+        updated_at=int(t.updated_at),
     )
 
 
@@ -173,6 +192,10 @@ class JobService:
             first_id=data[0].id if data else None,
             last_id=data[-1].id if data else None,
         )
+
+    def trials(self, job_id: str) -> TrialList:
+        self._get(job_id)
+        return TrialList(data=[trial_out(t) for t in self.repo.trials(job_id)])
 
     # -- create --------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from service.models.tables import (
     JobEvent,
     StoredFile,
     Tenant,
+    Trial,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "JobEvent",
     "StoredFile",
     "Tenant",
+    "Trial",
 ]

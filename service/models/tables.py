@@ -86,6 +86,8 @@ class Job(SQLModel, table=True):
     fine_tuned_model: str | None = Field(default=None, max_length=512)
     trained_tokens: int | None = Field(default=None, sa_column=Column(BigInteger))
     error: dict[str, Any] | None = _json()
+    # For a search: which trial won, on which metric, with what value.
+    search_result: dict[str, Any] | None = _json()
     result_files: list[str] | None = _json()
     attempts: int = 0
     created_at: float
@@ -125,6 +127,27 @@ class Checkpoint(SQLModel, table=True):
     uri: str = Field(max_length=1024)
     fine_tuned_model_checkpoint: str = Field(max_length=512)
     created_at: float
+
+
+class Trial(SQLModel, table=True):
+    """One trial of a hyperparameter search, as its worker last reported it."""
+
+    __tablename__ = "trials"
+    __table_args__ = (UniqueConstraint("job_id", "trial_id", name="uq_trials_job_trial"),)
+
+    id: str = Field(primary_key=True, max_length=128)
+    job_id: str = Field(foreign_key="jobs.id", index=True, max_length=64)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=64)
+    trial_id: str = Field(max_length=64)
+    status: str = Field(max_length=32)
+    params: dict[str, Any] | None = _json()
+    # The latest metrics the trial reported, and the best value of the search metric.
+    metrics: dict[str, Any] | None = _json()
+    best_metric: float | None = None
+    iterations: int = 0
+    checkpoint_uri: str | None = Field(default=None, max_length=1024)
+    created_at: float
+    updated_at: float
 
 
 class FineTunedModel(SQLModel, table=True):

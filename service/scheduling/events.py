@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from service.common import now
 from service.db import new_session
 from service.jobs.state import TERMINAL, add_event, transition
-from service.models import Checkpoint, FineTunedModel, Job, JobEvent, Tenant
+from service.models import Checkpoint, FineTunedModel, Job, JobEvent, Tenant, Trial
 from service.registry.service import fine_tuned_model_id
 from workers.report import EVENTS_STREAM, EventRecord
 
@@ -49,6 +49,8 @@ def describe(record: EventRecord) -> str:
         return record.message
     if record.type == "result":
         return "Training finished; the model is ready"
+    if record.type == "trial":
+        return f"Trial {d.get('trial_id')}: {d.get('status')}"
     return f"{record.type}: {d}"
 
 
@@ -66,6 +68,7 @@ def complete_job(
     trained_tokens: int | None,
     metrics: dict[str, Any],
     note: str = "",
+    search_result: dict[str, Any] | None = None,
 ) -> bool:
     """Register the job's model and mark it succeeded (once, however often it is called)."""
     if job.status in TERMINAL:
@@ -94,6 +97,7 @@ def complete_job(
         data={"fine_tuned_model": model_id, "metrics": metrics},
         fine_tuned_model=model_id,
         trained_tokens=trained_tokens,
+        search_result=search_result,
     )
 
 
@@ -176,7 +180,9 @@ class EventConsumer:
         )
         event.id = event_id
         s.flush()
-        if record.type == "checkpoint":
+        if record.type == "trial":
+            self._trial(s, job, record)
+        elif record.type == "checkpoint":
             self._checkpoint(s, job, record)
         elif record.type == "result":
             self._succeeded(s, job, record)
@@ -205,14 +211,47 @@ class EventConsumer:
         )
         s.flush()
 
+    def _trial(self, s: Session, job: Job, record: EventRecord) -> None:
+        d = record.data
+        trial_id = str(d.get("trial_id", ""))
+        if not trial_id:
+            return
+        row = s.exec(
+            select(Trial).where(Trial.job_id == job.id, Trial.trial_id == trial_id)
+        ).first()
+        if row is None:
+            row = Trial(
+                id=f"fttrial-{job.id.removeprefix('ftjob-')}-{trial_id}",
+                job_id=job.id,
+                tenant_id=job.tenant_id,
+                trial_id=trial_id,
+                status="running",
+                created_at=record.created_at,
+                updated_at=record.created_at,
+            )
+        # Entries of one job arrive in order, but a redelivered old one must not win.
+        if record.created_at >= row.updated_at:
+            row.status = str(d.get("status", row.status))
+            row.params = dict(d.get("params") or row.params or {})
+            row.metrics = dict(d.get("metrics") or row.metrics or {})
+            best = d.get("best_metric")
+            row.best_metric = float(best) if best is not None else row.best_metric
+            row.iterations = int(d.get("iterations", row.iterations))
+            row.checkpoint_uri = d.get("checkpoint_uri") or row.checkpoint_uri
+            row.updated_at = record.created_at
+        s.add(row)
+        s.flush()
+
     def _succeeded(self, s: Session, job: Job, record: EventRecord) -> None:
         trained = record.data.get("trained_tokens")
+        best = record.data.get("best_trial")
         complete_job(
             s,
             job,
             artifact_uri=str(record.data.get("artifact_uri", "")),
             trained_tokens=int(trained) if trained is not None else None,
             metrics=dict(record.data.get("metrics") or {}),
+            search_result=dict(best) if isinstance(best, dict) else None,
         )
 
     def _failed(self, s: Session, job: Job, record: EventRecord) -> None:

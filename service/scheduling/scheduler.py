@@ -12,7 +12,8 @@ import logging
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import col, select
@@ -101,6 +102,20 @@ class ClusterView:
             return False
         return quotas.max_gpus is None or use.gpus + job.gpus <= quotas.max_gpus
 
+    def trial_slots(self, job: QueuedJob) -> int:
+        """How many of a search's trials to run at once: as many as fit in the free
+        capacity and the tenant's GPU quota, at least one (it was eligible), at most all."""
+        slots = job.auto_trials
+        if job.cpus > 0:
+            slots = min(slots, int((self.free.cpus + 1e-9) // job.cpus))
+        if job.gpus > 0:
+            slots = min(slots, int((self.free.gpus + 1e-9) // job.gpus))
+            quotas = self.quotas.get(job.tenant_id)
+            if quotas is not None and quotas.max_gpus is not None:
+                used = self.usage.get(job.tenant_id, Usage()).gpus
+                slots = min(slots, int((quotas.max_gpus - used + 1e-9) // job.gpus))
+        return max(1, slots)
+
     def hold(self, job: QueuedJob) -> None:
         self.free = self.free - Capacity(job.cpus, job.gpus)
         use = self.usage.setdefault(job.tenant_id, Usage())
@@ -141,22 +156,34 @@ class Dispatcher:
         # SIGINT rather than SIGTERM on cancel, so Tune and Train can save their state.
         return {**self.settings.worker_env, "RAY_JOB_STOP_SIGNAL": "SIGINT"}
 
-    def start(self, job_id: str) -> bool:
+    def start(self, job_id: str, concurrent_trials: int | None = None) -> bool:
+        """`concurrent_trials`: for a search left to the scheduler, how many trials may run
+        at once; it is written into the job and its spec in the same update."""
         with new_session(self.engine) as s:
             job = s.get(Job, job_id)
             if job is None or job.status != "queued":
                 return False
             attempt = job.attempts + 1
+            extra: dict[str, Any] = {}
+            spec = dict(job.spec or {})
+            if concurrent_trials is not None and job.search and spec.get("search"):
+                extra["search"] = {**job.search, "max_concurrent_trials": concurrent_trials}
+                spec["search"] = {**spec["search"], "max_concurrent_trials": concurrent_trials}
+                extra["spec"] = spec
             spec_key = f"{job.tenant_id}/jobs/{job_id}/spec.json"
-            self.store.write_bytes(spec_key, _spec_bytes(job))
+            self.store.write_bytes(spec_key, json.dumps(spec).encode())
+            message = f"Job started on the cluster (attempt {attempt})"
+            if "search" in extra:
+                message += f", up to {concurrent_trials} trials at once"
             if not transition(
                 s,
                 job_id,
                 "running",
                 expected=("queued",),
-                message=f"Job started on the cluster (attempt {attempt})",
+                message=message,
                 data={"attempt": attempt, "submission_id": submission_id(job_id, attempt)},
                 attempts=attempt,
+                **extra,
             ):
                 return False
             s.commit()
@@ -240,10 +267,6 @@ class Dispatcher:
                 s.commit()
 
 
-def _spec_bytes(job: Job) -> bytes:
-    return json.dumps(job.spec).encode()
-
-
 class Scheduler:
     def __init__(
         self,
@@ -314,8 +337,10 @@ class Scheduler:
             )
             if job is None:
                 break
-            if self.dispatcher.start(job.job_id):
-                view.hold(job)
+            slots = view.trial_slots(job) if job.auto_trials else None
+            if self.dispatcher.start(job.job_id, concurrent_trials=slots):
+                n = slots or 1
+                view.hold(replace(job, cpus=job.cpus * n, gpus=job.gpus * n))
                 started.append(job.job_id)
             # Started, or no longer queued (cancelled, started by another replica): either
             # way it leaves the queue. A failed submit re-enqueues it itself.

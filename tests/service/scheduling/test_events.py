@@ -10,7 +10,7 @@ from sqlmodel import Session
 
 from service.jobs.state import transition
 from service.scheduling.events import EventConsumer
-from tests.factories import create_job_ok, make_tenant
+from tests.factories import create_job_ok, make_tenant, upload_ok
 from workers.report import EVENTS_STREAM, EventRecord
 
 
@@ -137,3 +137,62 @@ def test_consumer_recovers_when_redis_loses_its_data(
     assert consumer.poll(block_ms=50) == 0  # NOGROUP: noticed, group recreated next time
     _emit(redis_client, job_id, tenant_id, "metrics", data={"step": 5, "train_loss": 0.5})
     assert consumer.poll(block_ms=100) == 1
+
+
+def test_trial_events_become_trials_and_the_winner_is_named(
+    client: TestClient, app: FastAPI, redis_client: redis.Redis
+) -> None:
+    search = {
+        "space": {"learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+        "num_trials": 2,
+    }
+    t = make_tenant(client, "tune")
+    train = upload_ok(client, t)
+    job = create_job_ok(client, t, training_file=train, validation_file=train, search=search)
+    job_id, headers = job["id"], t.headers
+    with Session(app.state.engine) as s:
+        assert transition(s, job_id, "running")
+        s.commit()
+    params = {"a": {"learning_rate": 1e-3}, "b": {"learning_rate": 5e-3}}
+    updates = [
+        ("a", "running", 3.0),
+        ("b", "running", 3.1),
+        ("a", "terminated", 2.0),
+        ("b", "early_stopped", 2.9),
+    ]
+    for tid, status, loss in updates:
+        _emit(
+            redis_client,
+            job_id,
+            t.id,
+            "trial",
+            data={"trial_id": tid, "status": status, "params": params[tid],
+                  "metrics": {"eval_loss": loss}, "best_metric": loss, "iterations": 2},
+        )  # fmt: skip
+    _emit(
+        redis_client, job_id, t.id, "metrics", data={"trial_id": "a", "step": 1, "train_loss": 2.5}
+    )
+    best = {"trial_id": "a", "metric": "eval_loss", "value": 2.0, "params": params["a"]}
+    _emit(
+        redis_client, job_id, t.id, "result", data={"artifact_uri": "file:///m", "best_trial": best}
+    )
+    EventConsumer(app.state.engine, redis_client, "cp", "r").poll(block_ms=100)
+
+    trials = client.get(f"/v1/fine_tuning/jobs/{job_id}/trials", headers=headers).json()["data"]
+    assert [(x["trial_id"], x["status"], x["best_metric"]) for x in trials] == [
+        ("a", "terminated", 2.0),
+        ("b", "early_stopped", 2.9),
+    ]
+    assert trials[0]["params"] == {"learning_rate": 1e-3}
+    got = client.get(f"/v1/fine_tuning/jobs/{job_id}", headers=headers).json()
+    assert got["status"] == "succeeded"
+    assert got["search_result"] == best
+    events = client.get(
+        f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 50}, headers=headers
+    )
+    assert any(e["data"].get("trial_id") == "a" for e in events.json()["data"] if e["data"])
+    other = make_tenant(client)
+    assert (
+        client.get(f"/v1/fine_tuning/jobs/{job_id}/trials", headers=other.headers).status_code
+        == 404
+    )

@@ -182,3 +182,35 @@ def test_one_leader_at_a_time_and_takeover(
     assert b.tick() == [] and not b.is_leader
     a.resign()  # the leader goes away (or its lock expires)
     assert b.tick() == [second] and b.is_leader
+
+
+def test_a_search_gets_as_many_concurrent_trials_as_fit(
+    client: TestClient, app: FastAPI, queue: FairQueue, cluster: FixedCluster
+) -> None:
+    cluster.capacity = Capacity(cpus=5, gpus=0)
+    t = make_tenant(client)
+    file_id = upload_ok(client, t)
+    search = {
+        "space": {"learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+        "num_trials": 8,
+    }
+    job = create_job_ok(
+        client,
+        t,
+        training_file=file_id,
+        validation_file=file_id,
+        search=search,
+        resources={"num_workers": 2},
+    )
+    small = create_job_ok(client, t, training_file=file_id)["id"]
+    started = _scheduler(app, queue, cluster, "only").tick()
+    # Two trials of 2 CPUs fit in 5; the remaining CPU takes the 1-CPU job.
+    assert started == [job["id"], small]
+    got = client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=t.headers).json()
+    assert got["search"]["max_concurrent_trials"] == 2
+    with Session(app.state.engine) as s:
+        stored = s.get(Job, job["id"])
+        assert stored is not None and stored.spec is not None
+        assert stored.spec["search"]["max_concurrent_trials"] == 2
+    spec_file = app.state.store.open_read(f"{t.id}/jobs/{job['id']}/spec.json").read()
+    assert b'"max_concurrent_trials": 2' in spec_file
