@@ -186,10 +186,14 @@ def start_ray_head(
     ]  # fmt: skip
     if num_cpus is not None:
         args.append(f"--num-cpus={num_cpus}")
-    proc = _ray_start("ray-head", args, env or {}, log_dir)
+    gcs_address = f"127.0.0.1:{gcs_port}"
+    # Processes Ray starts (Train's helpers call ray.init() without an address) inherit
+    # this; without it they guess, and fail when another cluster runs on the machine.
+    node_env = {**(env or {}), "RAY_ADDRESS": gcs_address}
+    proc = _ray_start("ray-head", args, node_env, log_dir)
     address = f"http://127.0.0.1:{dashboard_port}"
     _wait("the Ray head", lambda: bool(_nodes(address)), proc, 120)
-    return RayHead(proc, address, f"127.0.0.1:{gcs_port}")
+    return RayHead(proc, address, gcs_address)
 
 
 def start_ray_worker(
@@ -208,7 +212,7 @@ def start_ray_worker(
     ]  # fmt: skip
     if resources:
         args.append(f"--resources={json.dumps(resources)}")
-    proc = _ray_start(name, args, env or {}, log_dir)
+    proc = _ray_start(name, args, {**(env or {}), "RAY_ADDRESS": head.gcs_address}, log_dir)
     _wait(f"Ray node {name}", lambda: len(_nodes(head.dashboard_url)) > before, proc, 120)
     return proc
 
