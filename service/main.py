@@ -50,19 +50,30 @@ class BodyLimitMiddleware:
             await self._refuse(send, limit)
             return
         seen = 0
+        exceeded = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _TooLarge()
+                    # Tell the app the client went away: it stops reading, and whatever it
+                    # answers to that is replaced by the 413 below.
+                    exceeded = True
+                    return {"type": "http.disconnect"}
             return message
 
+        async def guarded(message: Message) -> None:
+            if not exceeded:
+                await send(message)
+
         try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
             await self._refuse(send, limit)
 
     @staticmethod
@@ -83,10 +94,6 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def _default_backend(settings: Settings) -> ComputeBackend | None:

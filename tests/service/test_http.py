@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from fastapi.testclient import TestClient
 
 from tests.factories import make_tenant
@@ -50,3 +52,23 @@ def test_ops_endpoints_and_docs(client: TestClient) -> None:
     assert "/v1/files" in schema["paths"]
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_oversized_body_without_content_length_is_413_while_it_streams(
+    client: TestClient,
+) -> None:
+    t = make_tenant(client)
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "'
+        for _ in range(40):
+            yield b"x" * 64 * 1024  # 2.5 MiB in all, past the 1 MiB JSON limit
+        yield b'"}'
+
+    r = client.post(
+        "/v1/fine_tuning/jobs",
+        content=chunks(),
+        headers={**t.headers, "content-type": "application/json"},
+    )
+    assert r.status_code == 413 and _is_openai_error(r.json())
+    assert client.get("/healthz").status_code == 200
