@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, inspect
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from service.cli import app as cli
 from service.config import Settings, get_settings
@@ -14,16 +14,21 @@ from service.main import create_app
 from tests.factories import create_job, make_tenant, upload_ok
 
 
+def _db_upgrade(monkeypatch: pytest.MonkeyPatch, url: str) -> Result:
+    """`tuneplane db upgrade` with TUNEPLANE_DATABASE_URL set, as a user runs it."""
+    monkeypatch.setenv("TUNEPLANE_DATABASE_URL", url)
+    get_settings.cache_clear()  # settings are read once per process
+    try:
+        return CliRunner().invoke(cli, ["db", "upgrade"])
+    finally:
+        get_settings.cache_clear()
+
+
 def test_db_upgrade_command_creates_the_schema(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    monkeypatch.setenv("TUNEPLANE_DATABASE_URL", url)
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli, ["db", "upgrade"])
-    finally:
-        get_settings.cache_clear()
+    result = _db_upgrade(monkeypatch, url)
     assert result.exit_code == 0, result.output
     assert "cli.db" in result.output
     engine = create_engine(url)
@@ -32,14 +37,9 @@ def test_db_upgrade_command_creates_the_schema(
 
 
 def test_db_upgrade_never_prints_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TUNEPLANE_DATABASE_URL", "postgresql+psycopg://u:s3cret@127.0.0.1:1/x")
     calls: list[str] = []
     monkeypatch.setattr("service.db.upgrade", lambda url, rev: calls.append(url))
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli, ["db", "upgrade"])
-    finally:
-        get_settings.cache_clear()
+    result = _db_upgrade(monkeypatch, "postgresql+psycopg://u:s3cret@127.0.0.1:1/x")
     assert result.exit_code == 0, result.output
     assert calls == ["postgresql+psycopg://u:s3cret@127.0.0.1:1/x"]
     assert "s3cret" not in result.output
