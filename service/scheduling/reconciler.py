@@ -106,9 +106,13 @@ class Reconciler:
             first = self._succeeded_seen.setdefault(job.id, time.time())
             if time.time() - first < RESULT_GRACE_S:
                 return
-            self._fail(
-                job, "finished_without_result", "the training run ended without reporting a model"
-            )
+            self._succeeded_seen.pop(job.id, None)
+            if not self._recover_result(job):
+                self._fail(
+                    job,
+                    "finished_without_result",
+                    "the training run ended without publishing a model",
+                )
             return
         # FAILED or STOPPED without a cancel: a worker crash the run did not survive.
         reason = self.backend.message(sid) or f"the Ray job ended {state}"

@@ -41,15 +41,20 @@ class FixedCluster:
     capacity: Capacity = field(default_factory=lambda: Capacity(1, 0))
     submitted: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # What `state()` answers for a submission id, where a test sets it.
+    states: dict[str, RayJobState] = field(default_factory=dict)
+    stopped: list[str] = field(default_factory=list)
 
     def submit(self, submission_id: str, entrypoint: str, env: dict[str, str]) -> None:
         with self.lock:
             self.submitted.append(submission_id)
 
     def stop(self, submission_id: str) -> None:
-        pass
+        self.stopped.append(submission_id)
 
     def state(self, submission_id: str) -> RayJobState:
+        if submission_id in self.states:
+            return self.states[submission_id]
         return "RUNNING" if submission_id in self.submitted else "MISSING"
 
     def message(self, submission_id: str) -> str:

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from service.config import Settings
+from service.queue import FairQueue
+from service.scheduling.reconciler import Reconciler
+from service.scheduling.scheduler import Dispatcher, Scheduler
+from tests.factories import TenantHandle, create_job_ok, make_tenant
+from tests.service.scheduling.conftest import FixedCluster
+
+
+def _parts(
+    app: FastAPI, queue: FairQueue, cluster: FixedCluster, **overrides: object
+) -> tuple[Scheduler, Reconciler]:
+    settings: Settings = app.state.settings.model_copy(
+        update={"dispatch_grace_s": 0.0, "max_attempts": 2, **overrides}
+    )
+    dispatcher = Dispatcher(app.state.engine, cluster, queue, app.state.store, settings)
+    sched = Scheduler(app.state.engine, queue, cluster, dispatcher, settings, "only")
+    return sched, Reconciler(app.state.engine, queue, cluster, dispatcher, settings)
+
+
+def _job(client: TestClient, t: TenantHandle, job_id: str) -> dict[str, object]:
+    return dict(client.get(f"/v1/fine_tuning/jobs/{job_id}", headers=t.headers).json())
+
+
+def _messages(client: TestClient, t: TenantHandle, job_id: str) -> list[str]:
+    r = client.get(
+        f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100}, headers=t.headers
+    )
+    return [e["message"] for e in r.json()["data"]]
+
+
+def test_a_lost_ray_job_is_retried_then_failed(
+    client: TestClient, app: FastAPI, queue: FairQueue, cluster: FixedCluster
+) -> None:
+    t = make_tenant(client)
+    job_id = create_job_ok(client, t)["id"]
+    sched, reconciler = _parts(app, queue, cluster)
+    assert sched.tick() == [job_id]
+    cluster.states[job_id] = "MISSING"  # the Ray head restarted and forgot it
+    reconciler.run_once()
+    assert _job(client, t, job_id)["status"] == "queued"
+    assert any("was lost" in m and "queued again" in m for m in _messages(client, t, job_id))
+    assert sched.tick() == [job_id]
+    assert cluster.submitted == [job_id, f"{job_id}-attempt2"]  # a new Ray submission id
+    cluster.states[f"{job_id}-attempt2"] = "MISSING"
+    reconciler.run_once()
+    job = _job(client, t, job_id)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "dispatch_failed"  # type: ignore[index]
+
+
+def test_ray_failure_fails_the_job_with_rays_words(
+    client: TestClient, app: FastAPI, queue: FairQueue, cluster: FixedCluster
+) -> None:
+    t = make_tenant(client)
+    job_id = create_job_ok(client, t)["id"]
+    sched, reconciler = _parts(app, queue, cluster)
+    sched.tick()
+    cluster.states[job_id] = "FAILED"
+    reconciler.run_once()
+    job = _job(client, t, job_id)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "training_failed"  # type: ignore[index]
+
+
+def test_a_lost_result_is_recovered_from_the_published_artifact(
+    client: TestClient, app: FastAPI, queue: FairQueue, cluster: FixedCluster
+) -> None:
+    t = make_tenant(client, "recover")
+    job_id = create_job_ok(client, t, suffix="r")["id"]
+    sched, reconciler = _parts(app, queue, cluster)
+    sched.tick()
+    # The worker published its model, then its result event was lost with Redis.
+    manifest = {"job_id": job_id, "metrics": {"trained_tokens": 321, "eval_loss": 1.5}}
+    app.state.store.write_bytes(
+        f"{t.id}/jobs/{job_id}/model/tuneplane.json", json.dumps(manifest).encode()
+    )
+    cluster.states[job_id] = "SUCCEEDED"
+    reconciler._succeeded_seen[job_id] = 0.0  # Ray said so long ago: the grace is over
+    reconciler.run_once()
+    job = _job(client, t, job_id)
+    assert job["status"] == "succeeded"
+    assert job["fine_tuned_model"] == f"ft:tiny-gpt2:recover:r:{job_id}"
+    assert job["trained_tokens"] == 321
+    models = client.get("/v1/models", headers=t.headers).json()["data"]
+    assert job["fine_tuned_model"] in {m["id"] for m in models}
+
+
+def test_queued_jobs_redis_lost_are_enqueued_again(
+    client: TestClient, app: FastAPI, queue: FairQueue, cluster: FixedCluster
+) -> None:
+    t = make_tenant(client)
+    jobs = [create_job_ok(client, t)["id"] for _ in range(3)]
+    queue.r.flushall()
+    sched, reconciler = _parts(app, queue, cluster)
+    assert sched.tick() == []
+    reconciler.run_once()
+    assert queue.depth(t.id) == 3
+    cluster.capacity = cluster.capacity.__class__(cpus=10, gpus=0)
+    assert sorted(sched.tick()) == sorted(jobs)
+
+
+def test_a_cancelling_job_is_stopped_and_ends_cancelled(
+    client: TestClient, app: FastAPI, queue: FairQueue, cluster: FixedCluster
+) -> None:
+    t = make_tenant(client)
+    job_id = create_job_ok(client, t)["id"]
+    sched, reconciler = _parts(app, queue, cluster)
+    sched.tick()
+    app.state.backend = cluster
+    r = client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=t.headers)
+    assert r.json()["status"] == "cancelling"
+    assert cluster.stopped == [job_id]
+    reconciler.run_once()  # Ray still says RUNNING: stop again, stay cancelling
+    assert _job(client, t, job_id)["status"] == "cancelling"
+    cluster.states[job_id] = "STOPPED"
+    reconciler.run_once()
+    assert _job(client, t, job_id)["status"] == "cancelled"
