@@ -153,10 +153,14 @@ class Reporter:
     `strict=True` (used for the final result) raises them instead.
     """
 
-    def __init__(self, job_id: str, tenant_id: str, sink: EventSink) -> None:
+    def __init__(
+        self, job_id: str, tenant_id: str, sink: EventSink, trial_id: str | None = None
+    ) -> None:
         self.job_id = job_id
         self.tenant_id = tenant_id
         self.sink = sink
+        # A search trial's reporter tags every event of the trial with its id.
+        self.trial_id = trial_id
 
     def emit(
         self,
@@ -166,13 +170,16 @@ class Reporter:
         level: EventLevel = "info",
         strict: bool = False,
     ) -> EventRecord:
+        data = dict(data or {})
+        if self.trial_id is not None:
+            data.setdefault("trial_id", self.trial_id)
         record = EventRecord(
             job_id=self.job_id,
             tenant_id=self.tenant_id,
             type=type,
             level=level,
             message=message,
-            data=_jsonable(data or {}),
+            data=_jsonable(data),
         )
         try:
             self.sink.emit(record)

@@ -20,7 +20,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from workers.data import DataError, load_job_data, load_tokenizer, plan_steps
+from workers.data import (
+    DataError,
+    JobData,
+    StepPlan,
+    load_job_data,
+    load_tokenizer,
+    plan_steps,
+)
 from workers.formats import DataFormatError
 from workers.report import JsonLinesSink, RedisEventSink, Reporter
 from workers.spec import JobSpec, LoraAdapter
@@ -118,12 +125,6 @@ def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> dict[str, Any]:
     from workers.train import build_trainer, checkpoint_uri, run_storage_uri
 
     reporter.status("preparing", "preparing the base model and the data")
-    if spec.search is not None:
-        raise JobError(
-            "hyperparameter search (the job's 'search') is not supported yet; "
-            "submit the job without it",
-            code="unsupported",
-        )
     if not ray.is_initialized():
         # Under Ray Jobs this connects to the job's cluster (RAY_ADDRESS is set).
         ray.init(logging_level=logging.WARNING)
@@ -153,6 +154,8 @@ def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> dict[str, Any]:
         validation_examples=data.validation_examples,
         total_steps=plan.total_steps,
     )
+    if spec.search is not None:
+        return _search(spec, data, plan, reporter, models_dir)
     reporter.status("training", "training started")
     trainer = build_trainer(spec, data, plan, models_dir=models_dir, reporter=reporter)
     result = trainer.fit()
@@ -173,6 +176,33 @@ def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> dict[str, Any]:
     }
     reporter.result(outcome)
     reporter.status("succeeded", "fine-tuning succeeded")
+    return outcome
+
+
+def _search(
+    spec: JobSpec, data: JobData, plan: StepPlan, reporter: Reporter, models_dir: str
+) -> dict[str, Any]:
+    from workers.tune import SearchFailed, run_search
+
+    assert spec.search is not None
+    reporter.status(
+        "training",
+        f"hyperparameter search started: {spec.search.num_trials} trial(s), "
+        f"{spec.search.algorithm} search, {spec.search.scheduler} scheduler",
+    )
+    try:
+        outcome = run_search(spec, data, plan, reporter, models_dir)
+    except SearchFailed as exc:
+        found = next((m for m in map(user_message, exc.errors) if m is not None), None)
+        if found is not None:
+            raise JobError(f"{exc}: {found[0]}", code=found[1]) from exc
+        first = exc.errors[0] if exc.errors else exc
+        raise JobError(
+            f"{exc}; the first failed with {type(first).__name__}: {_first_line(first)}",
+            code="training_failed",
+        ) from exc
+    reporter.result(outcome)
+    reporter.status("succeeded", "hyperparameter search succeeded")
     return outcome
 
 

@@ -28,7 +28,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -590,14 +590,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 class TrainEventsCallback(UserCallback):
     """Runs on the Ray Train controller: checkpoint and worker-failure events."""
 
-    def __init__(self, reporter: Reporter, storage_uri: str) -> None:
+    def __init__(self, reporter: Reporter, storage_uri: str, checkpoints: bool = True) -> None:
         self.reporter = reporter
         self.storage_uri = storage_uri
+        self.checkpoints = checkpoints
 
     def after_report(
         self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None
     ) -> None:
-        if checkpoint is None:
+        if checkpoint is None or not self.checkpoints:
             return
         rank0 = metrics[0] if metrics else {}
         self.reporter.checkpoint(
@@ -655,6 +656,8 @@ def build_trainer(
     reporter: Reporter | None = None,
     probe_text: str | None = None,
     fault: FaultInjection | None = None,
+    checkpoint_events: bool = True,
+    callbacks: Sequence[UserCallback] = (),
 ) -> TorchTrainer:
     from ray.train import DataConfig
 
@@ -675,9 +678,13 @@ def build_trainer(
         probe_text=probe_text,
         fault=fault,
     )
-    callbacks: list[Any] = []
+    run_callbacks: list[Any] = list(callbacks)
     if reporter is not None:
-        callbacks.append(TrainEventsCallback(reporter, run_storage_uri(spec.output_uri)))
+        run_callbacks.append(
+            TrainEventsCallback(
+                reporter, run_storage_uri(spec.output_uri), checkpoints=checkpoint_events
+            )
+        )
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"loop": loop},
@@ -694,7 +701,7 @@ def build_trainer(
             storage_filesystem=filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.training.num_checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=spec.training.max_failures),
-            callbacks=callbacks,
+            callbacks=run_callbacks,
         ),
         datasets=datasets,
         # Validation is not split: each worker evaluates every world_size-th batch of it,

@@ -154,21 +154,6 @@ def test_run_job_fails_with_a_message_the_user_can_act_on(
     assert not any(e.type == "result" for e in events)
 
 
-def test_run_job_refuses_a_search_for_now(
-    redis_server: RedisServer, ray_cluster: RayCluster, models_dir: Path, tmp_path: Path
-) -> None:
-    spec = make_spec(
-        tmp_path,
-        job_id="ftjob-search",
-        search={"space": {"learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
-    )
-    done = run_job(spec, tmp_path, ray_cluster, redis_server.url, models_dir)
-    assert done.returncode == 1
-    last = job_events(redis_server.url, "ftjob-search")[-1]
-    assert last.data == {"status": "failed", "code": "unsupported", "error_type": "JobError"}
-    assert "not supported yet" in last.message
-
-
 def test_a_stopped_job_reports_that_it_was_stopped(
     ray_cluster: RayCluster, redis_server: RedisServer, models_dir: Path, tmp_path: Path
 ) -> None:

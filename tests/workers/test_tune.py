@@ -1,0 +1,261 @@
+"""Hyperparameter search on a real Ray cluster: trials, ASHA, the winner, cancel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.ray_cluster import RayCluster
+from tests.fixtures.redis_server import RedisServer
+from tests.workers.factories import make_spec, prompt_completion_rows, write_jsonl
+from tests.workers.test_run_job import REPO_ROOT, job_events, run_job
+from workers.data import load_job_data, plan_steps
+from workers.report import EventRecord, JsonLinesSink, Reporter, read_json_lines
+from workers.spec import JobSpec
+from workers.tune import SEARCH_ACTORS
+
+pytestmark = pytest.mark.ray
+
+
+def search_spec(tmp: Path, job_id: str, search: dict[str, Any], **training: Any) -> JobSpec:
+    return make_spec(
+        tmp,
+        job_id=job_id,
+        output_uri=f"file://{tmp}/output",
+        validation_file_uri=write_jsonl(tmp / "val.jsonl", prompt_completion_rows(24, 1)),
+        training={
+            "n_epochs": 2,
+            "batch_size": 16,
+            "learning_rate": 3e-2,
+            "max_length": 64,
+            "checkpoint_every_steps": 2,
+            "eval_every_steps": 2,
+            **training,
+        },
+        search=search,
+    )
+
+
+def trials_of(events: list[EventRecord]) -> dict[str, list[dict[str, Any]]]:
+    trials: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        if event.type == "trial":
+            trials.setdefault(event.data["trial_id"], []).append(event.data)
+    return trials
+
+
+def test_asha_search_stops_poor_trials_and_publishes_the_best(
+    ray_cluster: RayCluster, redis_server: RedisServer, models_dir: Path, tmp_path: Path
+) -> None:
+    spec = search_spec(
+        tmp_path,
+        "ftjob-asha",
+        {
+            "space": {"learning_rate": {"type": "choice", "values": [1e-5, 1e-4, 3e-2, 1e-1]}},
+            "algorithm": "random",
+            "num_trials": 4,
+            "scheduler": "asha",
+            "max_concurrent_trials": 2,
+        },
+    )
+    done = run_job(spec, tmp_path, ray_cluster, redis_server.url, models_dir)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    events = job_events(redis_server.url, spec.job_id)
+    statuses = [e.data["status"] for e in events if e.type == "status"]
+    assert statuses == ["preparing", "training", "saving", "succeeded"]
+
+    trials = trials_of(events)
+    assert len(trials) == 4
+    final = {tid: history[-1] for tid, history in trials.items()}
+    assert all(history[0]["status"] == "running" for history in trials.values())
+    ends = sorted(d["status"] for d in final.values())
+    assert "early_stopped" in ends, ends
+    assert set(ends) <= {"terminated", "early_stopped"}
+    for data in final.values():
+        stopped = data["status"] == "early_stopped"
+        assert (data["metrics"]["step"] < 12) == stopped
+        assert data["checkpoint_uri"].startswith(f"file://{tmp_path}/output/trials/")
+
+    # Per-step events are tagged with their trial.
+    steps = [e.data for e in events if e.type == "metrics"]
+    assert steps and {m["trial_id"] for m in steps} == set(trials)
+    assert not any(e.type == "checkpoint" for e in events), "trial checkpoints stay in trials"
+
+    [result] = [e.data for e in events if e.type == "result"]
+    best = result["best_trial"]
+    winner = final[best["trial_id"]]
+    assert winner["status"] == "terminated"
+    assert best["metric"] == "eval_loss"
+    assert best["value"] == winner["metrics"]["eval_loss"] == result["metrics"]["eval_loss"]
+    assert best["params"] == winner["params"]
+    assert best["value"] == min(d["metrics"]["eval_loss"] for d in final.values())
+    # The trial's own last eval event of step 12 is the value it was chosen on.
+    last_eval = [
+        e.data for e in events if e.type == "eval" and e.data["trial_id"] == best["trial_id"]
+    ][-1]
+    assert (last_eval["step"], last_eval["eval_loss"]) == (12, best["value"])
+    assert result["checkpoint_uri"] == winner["checkpoint_uri"]
+    assert result["trained_tokens"] == sum(d["metrics"]["trained_tokens"] for d in final.values())
+
+    artifact = tmp_path / "output" / "model"
+    assert result["artifact_uri"] == f"file://{artifact}"
+    manifest = json.loads((artifact / "tuneplane.json").read_text())
+    assert manifest["metrics"]["trial_id"] == best["trial_id"]
+    assert manifest["metrics"]["params"] == best["params"]
+    checkpoint = Path(result["checkpoint_uri"].removeprefix("file://"))
+    published = (artifact / "adapter_model.safetensors").read_bytes()
+    assert published == (checkpoint / "model" / "adapter_model.safetensors").read_bytes()
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(artifact)
+    base = AutoModelForCausalLM.from_pretrained(models_dir / "tiny-gpt2")
+    model = PeftModel.from_pretrained(base, str(artifact)).eval()
+    assert model(**tokenizer("red ->", return_tensors="pt")).logits.shape[-1] == len(tokenizer)
+
+
+def run_search_here(spec: JobSpec, models_dir: Path, tmp: Path) -> tuple[dict[str, Any], Any]:
+    from workers.tune import run_search
+
+    events_path = tmp / "events.jsonl"
+    reporter = Reporter(spec.job_id, spec.tenant_id, JsonLinesSink(path=str(events_path)))
+    data = load_job_data(spec, str(models_dir))
+    outcome = run_search(
+        spec, data, plan_steps(spec, data.train_examples), reporter, str(models_dir)
+    )
+    return outcome, read_json_lines(str(events_path))
+
+
+def test_a_grid_gives_every_combination_once(
+    models_dir: Path, tmp_path: Path, ray_cluster: RayCluster
+) -> None:
+    spec = search_spec(
+        tmp_path,
+        "ftjob-grid",
+        {
+            "space": {
+                "learning_rate": {"type": "grid", "values": [1e-3, 3e-2]},
+                "lora_r": {"type": "grid", "values": [2, 4]},
+            },
+            "algorithm": "grid",
+            "num_trials": 1,
+            "scheduler": "fifo",
+            "max_concurrent_trials": 2,
+        },
+        n_epochs=1,
+        checkpoint_every_steps=None,
+        eval_every_steps=None,
+    )
+    outcome, events = run_search_here(spec, models_dir, tmp_path)
+    trials = trials_of(events)
+    params = sorted(
+        (h[-1]["params"]["learning_rate"], h[-1]["params"]["lora_r"]) for h in trials.values()
+    )
+    assert params == [(1e-3, 2), (1e-3, 4), (3e-2, 2), (3e-2, 4)]
+    assert all(h[-1]["status"] == "terminated" for h in trials.values())
+    # Each trial really trained with its rank: its adapter config says so.
+    for tid, history in trials.items():
+        checkpoint = Path(history[-1]["checkpoint_uri"].removeprefix("file://"))
+        config = json.loads((checkpoint / "model" / "adapter_config.json").read_text())
+        assert config["r"] == history[-1]["params"]["lora_r"], tid
+    assert outcome["search"]["trials"] == 4
+
+
+def test_an_optuna_search_runs(models_dir: Path, tmp_path: Path, ray_cluster: RayCluster) -> None:
+    spec = search_spec(
+        tmp_path,
+        "ftjob-optuna",
+        {
+            "space": {
+                "learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+                "lora_dropout": {"type": "uniform", "low": 0.0, "high": 0.2},
+            },
+            "algorithm": "optuna",
+            "num_trials": 2,
+            "scheduler": "fifo",
+            "max_concurrent_trials": 2,
+        },
+        n_epochs=1,
+        checkpoint_every_steps=None,
+        eval_every_steps=None,
+    )
+    outcome, events = run_search_here(spec, models_dir, tmp_path)
+    trials = trials_of(events)
+    assert len(trials) == 2
+    for history in trials.values():
+        p = history[-1]["params"]
+        assert 1e-4 <= p["learning_rate"] <= 1e-1 and 0.0 <= p["lora_dropout"] <= 0.2
+    assert outcome["best_trial"]["trial_id"] in trials
+    assert (tmp_path / "output" / "model" / "adapter_model.safetensors").is_file()
+
+
+def search_actors() -> list[str]:
+    from ray.util.state import list_actors
+
+    return [
+        str(a.class_name)
+        for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+        if a.class_name in SEARCH_ACTORS
+    ]
+
+
+def test_cancelling_a_search_stops_every_trial(
+    ray_cluster: RayCluster, redis_server: RedisServer, models_dir: Path, tmp_path: Path
+) -> None:
+    spec = search_spec(
+        tmp_path,
+        "ftjob-tune-stop",
+        {
+            "space": {"learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-1}},
+            "num_trials": 4,
+            "scheduler": "fifo",
+            "max_concurrent_trials": 2,
+        },
+        n_epochs=200,
+    )
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(spec.model_dump_json())
+    command = [
+        *(sys.executable, "-m", "workers.run_job", spec.job_id),
+        *("--spec-uri", str(spec_path), "--redis-url", redis_server.url),
+        *("--models-dir", str(models_dir)),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env={**os.environ, **ray_cluster.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not any(e.type == "metrics" for e in job_events(redis_server.url, spec.job_id)):
+            assert process.poll() is None and time.monotonic() < deadline, "training never began"
+            time.sleep(0.2)
+        running = search_actors()
+        # The names are right: a trial, its Train controller and its workers are alive now.
+        assert {"ImplicitFunc", "TrainController", "RayTrainWorker"} <= set(running), running
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+    events = job_events(redis_server.url, spec.job_id)
+    last = events[-1]
+    assert (last.type, last.level) == ("status", "error")
+    assert last.data == {"status": "failed", "code": "stopped"}
+    assert not any(e.type == "result" for e in events)
+
+    # Once the job says it stopped, nothing of the search is left on the cluster.
+    assert search_actors() == [], "trials (or their trainers) still alive after the stop"
+    # Tune saved the experiment's state, so the search could be resumed.
+    assert list((tmp_path / "output" / "ray" / "tune").glob("experiment_state-*.json"))
