@@ -170,3 +170,31 @@ def test_kill9_and_redis_flush_lose_no_job_and_run_none_twice(
             ids = s.exec(select(JobEvent.id).where(JobEvent.job_id == job_id)).all()
             assert len(ids) == len(set(ids))
     engine.dispose()
+
+
+def test_a_search_runs_through_the_service_and_its_winner_becomes_the_model(
+    stack_settings: Settings,
+) -> None:
+    with TestClient(create_app(stack_settings)) as http:
+        t = make_tenant(http, "tuners")
+        search = {
+            "space": {"learning_rate": {"type": "grid", "values": [1e-4, 3e-3]}},
+            "algorithm": "grid",
+            "scheduler": "fifo",
+            "num_trials": 1,
+        }
+        job_id = _submit(http, t, suffix="best", search=search)
+        wait_for(lambda: _job(http, t, job_id)["status"] in TERMINAL, 300, "the search", 1.0)
+        job = _job(http, t, job_id)
+        assert job["status"] == "succeeded", (job, _events(http, t, job_id)[:5])
+        trials = http.get(f"/v1/fine_tuning/jobs/{job_id}/trials", headers=t.headers).json()
+        assert sorted(x["params"]["learning_rate"] for x in trials["data"]) == [1e-4, 3e-3]
+        assert {x["status"] for x in trials["data"]} == {"terminated"}
+        best = job["search_result"]
+        assert best["metric"] == "eval_loss"
+        by_id = {x["trial_id"]: x for x in trials["data"]}
+        assert best["value"] == min(x["best_metric"] for x in trials["data"])
+        assert by_id[best["trial_id"]]["best_metric"] == best["value"]
+        assert job["fine_tuned_model"] == f"ft:tiny-gpt2:tuners:best:{job_id}"
+        models = {m["id"] for m in http.get("/v1/models", headers=t.headers).json()["data"]}
+        assert job["fine_tuned_model"] in models
