@@ -250,7 +250,11 @@ def read_tokenized(uri: str, options: TokenizeOptions) -> ray.data.Dataset:
 
     # A DataError raised while tokenizing must reach the job as itself (its message is
     # for the user), not wrapped in Ray Data's UserCodeException.
-    ray.data.DataContext.get_current().raise_original_map_exception = True
+    ctx = ray.data.DataContext.get_current()
+    ctx.raise_original_map_exception = True
+    # Blocks in file order, here and in the trainer's ingest (which inherits this): with
+    # the seed, a run is then reproducible, whichever tokenize task finishes first.
+    ctx.execution_options.preserve_order = True
     path, filesystem = _arrow_path(uri)
     ds = ray.data.read_text(path, filesystem=filesystem)
     ds = ds.map_batches(

@@ -58,9 +58,9 @@ def test_concurrent_builders_never_see_half_a_model(tmp_path: Path) -> None:
     )
     processes = [
         subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO_ROOT)
-        for _ in range(3)
+        for _ in range(2)
     ]
-    assert [p.wait(timeout=120) for p in processes] == [0, 0, 0]
+    assert [p.wait(timeout=120) for p in processes] == [0, 0]
     assert [p.name for p in tmp_path.iterdir()] == ["tiny-llama"]
 
 

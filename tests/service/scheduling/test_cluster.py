@@ -73,7 +73,7 @@ def test_two_replicas_on_postgres_run_each_job_once_and_hand_over_leadership(
         clients = [httpx.Client(base_url=r.url, timeout=30) for r in replicas]
         t = _tenant(clients[0], "shared")
         # Submitted to either replica, alternately.
-        jobs = [_submit(clients[i % 2], t) for i in range(4)]
+        jobs = [_submit(clients[i % 2], t) for i in range(3)]
         leaders = wait_for(
             lambda: [
                 i for i, c in enumerate(clients) if c.get("/readyz").json()["scheduler_leader"]
