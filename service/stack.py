@@ -67,7 +67,7 @@ class ChildProcess:
             self.proc.wait(timeout=5)
         if self.marker:
             for p in psutil.process_iter(["cmdline"]):
-                with contextlib.suppress(psutil.Error):
+                with contextlib.suppress(psutil.Error, OSError):
                     if any(self.marker in part for part in p.info["cmdline"] or []):
                         p.kill()
         self.log.close()
@@ -76,7 +76,7 @@ class ChildProcess:
     def _group_members(pgid: int) -> list[psutil.Process]:
         out = []
         for p in psutil.process_iter():
-            with contextlib.suppress(psutil.Error):
+            with contextlib.suppress(psutil.Error, OSError):
                 if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
                     out.append(p)
         return out
