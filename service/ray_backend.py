@@ -8,12 +8,14 @@ head's dashboard port, and tenants never reach Ray at all.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import httpx
 
 log = logging.getLogger(__name__)
+_RAY_ADDRESS_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
 
 RayJobState = Literal["PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED", "MISSING"]
 TERMINAL_RAY_STATES = frozenset({"STOPPED", "SUCCEEDED", "FAILED", "MISSING"})
@@ -65,7 +67,14 @@ class RayJobsBackend:
         from ray.job_submission import JobSubmissionClient
 
         self.address = address.rstrip("/")
-        self.client = JobSubmissionClient(self.address)
+        # Ray lets RAY_ADDRESS / RAY_API_SERVER_ADDRESS in the environment override the
+        # address a client is given; TUNEPLANE_RAY_ADDRESS must win, or a control plane
+        # running where RAY_ADDRESS is set would submit to another cluster.
+        hidden = {k: os.environ.pop(k) for k in _RAY_ADDRESS_VARS if k in os.environ}
+        try:
+            self.client = JobSubmissionClient(self.address)
+        finally:
+            os.environ.update(hidden)
         self.fixed_capacity = fixed_capacity
 
     def _headers(self) -> dict[str, str]:
