@@ -198,11 +198,16 @@ def test_an_optuna_search_runs(models_dir: Path, tmp_path: Path, ray_cluster: Ra
     assert (tmp_path / "output" / "model" / "adapter_model.safetensors").is_file()
 
 
-def search_actors() -> list[str]:
+def search_actors(ignore: frozenset[str] = frozenset()) -> list[str]:
+    """Class names of the live search actors on the cluster, but those in `ignore` (ids)."""
+    return [name for actor_id, name in _search_actor_ids() if actor_id not in ignore]
+
+
+def _search_actor_ids() -> list[tuple[str, str]]:
     from ray.util.state import list_actors
 
     return [
-        str(a.class_name)
+        (str(a.actor_id), str(a.class_name))
         for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
         if a.class_name in SEARCH_ACTORS
     ]
@@ -224,6 +229,8 @@ def test_cancelling_a_search_stops_every_trial(
     )
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(spec.model_dump_json())
+    # The session's cluster is shared: whatever an earlier test left is not this search's.
+    before = frozenset(actor_id for actor_id, _ in _search_actor_ids())
     command = [
         *(sys.executable, "-m", "workers.run_job", spec.job_id),
         *("--spec-uri", str(spec_path), "--redis-url", redis_server.url),
@@ -241,7 +248,7 @@ def test_cancelling_a_search_stops_every_trial(
         while not any(e.type == "metrics" for e in job_events(redis_server.url, spec.job_id)):
             assert process.poll() is None and time.monotonic() < deadline, "training never began"
             time.sleep(0.2)
-        running = search_actors()
+        running = search_actors(ignore=before)
         # The names are right: a trial, its Train controller and its workers are alive now.
         assert {"ImplicitFunc", "TrainController", "RayTrainWorker"} <= set(running), running
         process.send_signal(signal.SIGINT)
@@ -258,7 +265,7 @@ def test_cancelling_a_search_stops_every_trial(
     # Nothing of the search is left on the cluster. Ray reaps a dead driver's actors
     # asynchronously, so under load the last ones may take a moment to go.
     deadline = time.monotonic() + 60
-    while (alive := search_actors()) and time.monotonic() < deadline:
+    while (alive := search_actors(ignore=before)) and time.monotonic() < deadline:
         time.sleep(1)
     assert alive == [], "trials (or their trainers) still alive after the stop"
     # Tune saved the experiment's state, so the search could be resumed.
