@@ -150,6 +150,22 @@ def tokenize_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[
     return ids, labels
 
 
+def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """A conversation as a generation prompt, rendered exactly as training rendered it."""
+    if getattr(tokenizer, "chat_template", None):
+        return _encode(tokenizer, _render(tokenizer, messages, generation_prompt=True), False)
+    ids = [int(tokenizer.bos_token_id)] if tokenizer.bos_token_id is not None else []
+    for message in messages:
+        text = FALLBACK_CHAT_FORMAT.format(role=message["role"], content=message["content"])
+        ids += _encode(tokenizer, text, special=False)
+    return ids + _encode(tokenizer, "assistant: ", special=False)
+
+
+def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """A completion prompt, encoded as `tokenize_prompt_completion` encodes prompts."""
+    return _encode(tokenizer, prompt, special=True)
+
+
 def tokenize_prompt_completion(
     tokenizer: Any, prompt: str, completion: str
 ) -> tuple[list[int], list[int]]:

@@ -168,3 +168,25 @@ class JobSpec(_Strict):
     search: SearchSpec | None = None
     # For classification: label values in the order of the model's output ids.
     labels: list[str] | None = None
+
+
+# ---------------------------------------------------------------- serving
+
+# The multiplexed model id that means "no adapter": a base or fully fine-tuned model itself.
+BASE_MODEL_ID = "__base__"
+# Response header with the seconds an adapter took to load, on the request that loaded it.
+ADAPTER_LOAD_HEADER = "x-tuneplane-adapter-load-s"
+SERVE_IMPORT_PATH = "workers.serve:build_app"
+
+
+class ServeArgs(_Strict):
+    """The `args` of a Serve application (`workers.serve.build_app`)."""
+
+    source: str  # base model: `tiny:<name>`, hub id, local path or URI of a full model
+    task: Task = "causal_lm"
+    num_labels: int | None = Field(None, ge=2)
+    models_dir: str
+    max_adapters: int = Field(16, ge=1)
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    max_context_tokens: int = Field(1024, ge=8)

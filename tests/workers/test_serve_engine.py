@@ -1,0 +1,153 @@
+"""The serving engines on a tiny real model, without Ray: batching, adapters, sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from workers.serve import (
+    CausalLMEngine,
+    ClassifierEngine,
+    Delta,
+    GenerationRequest,
+    SamplingParams,
+)
+from workers.tiny import resolve_model_source
+
+
+def make_adapter(models_dir: Path, out: Path, seed: int, task: str = "causal_lm") -> Path:
+    """A LoRA adapter with random (non-zero) weights, saved as training saves one."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    if task == "causal_lm":
+        base = AutoModelForCausalLM.from_pretrained(
+            resolve_model_source("tiny:tiny-gpt2", models_dir)
+        )
+        config = LoraConfig(
+            r=4,
+            target_modules=["c_attn"],
+            fan_in_fan_out=True,
+            init_lora_weights=False,
+            task_type=TaskType.CAUSAL_LM,
+        )
+    else:
+        base = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_source("tiny:tiny-bert", models_dir),
+            num_labels=3,
+            ignore_mismatched_sizes=True,
+        )
+        config = LoraConfig(
+            r=4,
+            target_modules=["query", "value"],
+            init_lora_weights=False,
+            task_type=TaskType.SEQ_CLS,
+        )
+    model = get_peft_model(base, config)
+    model.save_pretrained(out)
+    return out
+
+
+def run(engine: CausalLMEngine, requests: list[GenerationRequest]) -> list[tuple[str, str, int]]:
+    """(text, finish_reason, completion tokens) per request."""
+    texts = [""] * len(requests)
+    final: list[Delta | None] = [None] * len(requests)
+    for deltas in engine.generate(requests):
+        for i, d in enumerate(deltas):
+            if d is not None:
+                texts[i] += d.text
+                final[i] = d
+    out = []
+    for text, d in zip(texts, final, strict=True):
+        assert d is not None and d.finish_reason is not None
+        out.append((text, d.finish_reason, d.completion_tokens))
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(models_dir: Path) -> CausalLMEngine:
+    return CausalLMEngine("tiny:tiny-gpt2", str(models_dir))
+
+
+@pytest.fixture(scope="module")
+def adapters(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return [make_adapter(models_dir, root / f"a{i}", seed=i) for i in range(3)]
+
+
+GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
+
+
+def test_batched_generation_equals_one_at_a_time(
+    engine: CausalLMEngine, adapters: list[Path]
+) -> None:
+    for i, path in enumerate(adapters):
+        engine.load_adapter(f"a{i}", path)
+    prompts = ["red ->", "a much longer prompt about a green cat ->", "blue"]
+    requests = [
+        GenerationRequest(engine.encode_prompt(p), GREEDY, adapter)
+        for p in prompts
+        for adapter in (None, "a0", "a1", "a2")
+    ]
+    alone = [run(engine, [r])[0] for r in requests]
+    together = run(engine, requests)
+    assert together == alone
+    # Each adapter changes what the model says; the same prompt differs across adapters.
+    for p in range(len(prompts)):
+        outputs = {alone[p * 4 + k][0] for k in range(4)}
+        assert len(outputs) >= 3, outputs
+
+
+def test_sampling_is_seeded_per_request(engine: CausalLMEngine) -> None:
+    ids = engine.encode_prompt("red ->")
+    seeded = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, seed=7)
+    a = run(engine, [GenerationRequest(ids, seeded)])[0]
+    # The same seed gives the same text even next to other requests in the batch.
+    others = [GenerationRequest(ids, SamplingParams(max_tokens=5, temperature=1.0))] * 3
+    b = run(engine, [*others, GenerationRequest(ids, seeded)])[-1]
+    assert a == b
+    c = run(engine, [GenerationRequest(ids, SamplingParams(12, 1.0, 0.9, (), seed=8))])[0]
+    assert c != a
+
+
+def test_max_tokens_and_stop(engine: CausalLMEngine) -> None:
+    ids = engine.encode_prompt("red ->")
+    text, finish, n = run(
+        engine, [GenerationRequest(ids, SamplingParams(max_tokens=5, temperature=0))]
+    )[0]
+    assert (finish, n) == ("length", 5)
+    stop = text[2:4]
+    cut, finish, _ = run(
+        engine, [GenerationRequest(ids, SamplingParams(max_tokens=5, temperature=0, stop=(stop,)))]
+    )[0]
+    assert finish == "stop"
+    assert cut == text[: text.find(stop)]
+
+
+def test_adapter_unload_keeps_others(engine: CausalLMEngine, adapters: list[Path]) -> None:
+    engine.load_adapter("x0", adapters[0])
+    engine.load_adapter("x1", adapters[1])
+    ids = engine.encode_prompt("green ->")
+    before = run(engine, [GenerationRequest(ids, GREEDY, "x1")])
+    engine.unload_adapter("x0")
+    assert "x0" not in engine.host.loaded
+    assert run(engine, [GenerationRequest(ids, GREEDY, "x1")]) == before
+
+
+def test_classifier_adapters(models_dir: Path, tmp_path: Path) -> None:
+    engine = ClassifierEngine("tiny:tiny-bert", str(models_dir), num_labels=3)
+    path = make_adapter(models_dir, tmp_path / "clf", seed=1, task="sequence_classification")
+    (path / "tuneplane.json").write_text('{"labels": ["x", "y", "z"]}')
+    engine.load_adapter("c", path)
+    results, tokens = engine.classify(["red cat", "blue"], "c")
+    assert tokens > 0
+    assert [r["index"] for r in results] == [0, 1]
+    for r in results:
+        assert set(r["scores"]) == {"x", "y", "z"}
+        assert abs(sum(r["scores"].values()) - 1) < 1e-5
+        assert r["label"] in {"x", "y", "z"}
+    base, _ = engine.classify(["red cat"], None)
+    assert base[0]["scores"] != results[0]["scores"]
