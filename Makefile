@@ -11,9 +11,9 @@ export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S := 0.2
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint typecheck pytest postgres clean
+.PHONY: setup demo test lint typecheck pytest postgres chromium clean
 
-setup: $(STAMP) postgres
+setup: $(STAMP) postgres chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml
 # The PostgreSQL tests start their own server; they need its binaries on this machine.
 postgres:
 	@bash scripts/ensure_postgres.sh
+
+# The dashboard's browser test drives Debian's chromium (Playwright cannot download one).
+chromium:
+	@bash scripts/ensure_chromium.sh
 
 demo: $(STAMP)
 	$(VENV)/bin/tuneplane demo

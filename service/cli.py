@@ -21,14 +21,32 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
+from service import cli_api
 from service.config import Settings, get_settings
 from service.stack import free_port
 
-app = typer.Typer(help="Tuneplane: self-hosted fine-tuning with an OpenAI-compatible API.")
+app = typer.Typer(
+    help="Tuneplane: self-hosted fine-tuning with an OpenAI-compatible API.",
+    no_args_is_help=True,
+)
 db_app = typer.Typer(help="Database schema.")
 app.add_typer(db_app, name="db")
+cli_api.register(app)
 console = Console()
 DEMO_DATA = Path(__file__).parent / "demo_data"
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option(help="Service URL for API commands (or TUNEPLANE_URL).")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="API key for API commands (or TUNEPLANE_API_KEY).")
+    ] = None,
+) -> None:
+    ctx.obj = cli_api.ClientOptions(url=url, api_key=api_key)
 
 
 @db_app.command("upgrade")

@@ -6,9 +6,15 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 
 class Quotas(BaseModel):
@@ -63,6 +69,12 @@ class Settings(BaseSettings):
     # Stored Idempotency-Key responses are kept this long.
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)
     run_migrations_on_start: bool = True
+    # Logs: one JSON object a line ("json") or plain text ("text").
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # None: GET /metrics answers anyone who reaches it (as Prometheus scrapes expect);
+    # set, it wants `Authorization: Bearer <metrics_token>`.
+    metrics_token: str | None = None
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
@@ -85,3 +97,39 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def client_config_path() -> Path:
+    """The CLI's config file: TUNEPLANE_CONFIG, else ~/.config/tuneplane/config.toml."""
+    given = os.environ.get("TUNEPLANE_CONFIG")
+    if given:
+        return Path(given).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "tuneplane" / "config.toml"
+
+
+class ClientSettings(BaseSettings):
+    """Where the `tuneplane` CLI's API commands go: flags, then TUNEPLANE_URL /
+    TUNEPLANE_API_KEY / TUNEPLANE_ADMIN_KEY, then the config file (`tuneplane login`)."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNEPLANE_", extra="ignore")
+
+    url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+    admin_key: str | None = None
+    timeout_s: float = Field(60.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=client_config_path()),
+        )

@@ -18,6 +18,8 @@ from service.config import Settings, get_settings
 from service.errors import error_body, install_error_handlers
 from service.files.router import router as files_router
 from service.jobs.router import router as jobs_router
+from service.logs import RequestContextMiddleware, configure_logging
+from service.ops.router import router as ops_router
 from service.queue import FairQueue
 from service.ray_backend import Capacity, ComputeBackend, RayJobsBackend
 from service.registry.catalog import Catalog
@@ -25,6 +27,7 @@ from service.registry.router import router as models_router
 from service.scheduling.loops import ControlLoops
 from service.storage import ArtifactStore
 from service.tenants.router import router as tenants_router
+from service.ui.router import router as ui_router
 
 # JSON bodies are small; only file uploads may be large (their own limit, a setting).
 JSON_BODY_LIMIT = 1024 * 1024
@@ -114,6 +117,7 @@ def create_app(
     scheduler, event consumer and reconciler loops (`run_loops=False` leaves them to the
     caller, as the tests of the loops themselves do)."""
     settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
     backend = backend if backend is not None else _default_backend(settings)
 
     @asynccontextmanager
@@ -154,7 +158,9 @@ def create_app(
     app.state.queue = FairQueue(app.state.redis) if app.state.redis is not None else None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_upload_bytes)
-    for router in (tenants_router, files_router, jobs_router, models_router):
+    # Outermost: a request id for everything, the 413s above included.
+    app.add_middleware(RequestContextMiddleware)
+    for router in (tenants_router, files_router, jobs_router, models_router, ops_router, ui_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["ops"])

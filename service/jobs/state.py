@@ -15,6 +15,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
+from service import metrics
 from service.common import new_id, now
 from service.models import Job, JobEvent
 
@@ -78,6 +79,13 @@ def transition(
         sources = sources & frozenset(expected)
     if not sources:
         return False
+    timing = None
+    if to == "running" or to in TERMINAL:
+        # For the dispatch-latency and duration metrics: a queued job's updated_at is when
+        # it entered the queue (only transitions write it).
+        timing = session.exec(
+            select(Job.created_at, Job.updated_at, Job.started_at).where(col(Job.id) == job_id)
+        ).first()
     ts = now()
     values: dict[str, Any] = {"status": to, "updated_at": ts, **fields}
     if to == "running":
@@ -113,4 +121,14 @@ def transition(
         created_at=ts,
     )
     session.flush()
+    if timing is not None:
+        created_at, queued_since, started_at = timing
+        metrics.job_transitioned(
+            session,
+            to,
+            ts,
+            created_at=created_at,
+            queued_since=queued_since,
+            started_at=values.get("started_at", started_at),
+        )
     return True

@@ -1,0 +1,453 @@
+// Tuneplane dashboard: a small single-page app over the JSON API. No build step, no
+// dependencies. Everything tenant-supplied is rendered as text nodes (never innerHTML).
+"use strict";
+
+(() => {
+  const KEY = "tuneplane.apiKey";
+  const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  let timer = null; // the current page's refresh timer
+  let generation = 0; // bumps on every navigation; stale async work checks it
+
+  // -- DOM helpers --------------------------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === "class") node.className = value;
+      else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+      else node.setAttribute(name, String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, String(value));
+    if (text !== undefined) node.textContent = String(text);
+    return node;
+  }
+
+  function when(ts) {
+    return ts ? new Date(ts * 1000).toLocaleString() : "-";
+  }
+
+  function badge(status) {
+    return el("span", { class: `badge ${String(status).replace(/[^a-z_]/g, "")}` }, status);
+  }
+
+  function table(columns, rows, attrs) {
+    return el(
+      "table",
+      attrs || {},
+      el("thead", {}, el("tr", {}, columns.map((c) => el("th", {}, c)))),
+      el(
+        "tbody",
+        {},
+        rows.map((cells) => el("tr", {}, cells.map((c) => (c instanceof Node && c.tagName === "TD" ? c : el("td", {}, c ?? "-"))))),
+      ),
+    );
+  }
+
+  function jobLink(id) {
+    return el("a", { href: `#/jobs/${encodeURIComponent(id)}` }, id);
+  }
+
+  // -- API ----------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  async function api(path, options = {}) {
+    const key = sessionStorage.getItem(KEY);
+    const response = await fetch(path, {
+      ...options,
+      headers: { ...(options.headers || {}), Authorization: `Bearer ${key}` },
+    });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      body = null;
+    }
+    if (response.status === 401) {
+      signOut("The API key was refused; sign in again.");
+      throw new ApiError(401, "unauthorized");
+    }
+    if (!response.ok) {
+      const message = (body && body.error && body.error.message) || response.statusText;
+      throw new ApiError(response.status, message);
+    }
+    return body;
+  }
+
+  // Events come newest first; returns the ones after `lastId`, oldest first.
+  async function newEvents(jobId, lastId) {
+    const out = [];
+    let after = null;
+    for (;;) {
+      const params = new URLSearchParams({ limit: "100" });
+      if (after) params.set("after", after);
+      const page = await api(`/v1/fine_tuning/jobs/${encodeURIComponent(jobId)}/events?${params}`);
+      let reached = false;
+      for (const event of page.data) {
+        if (event.id === lastId) {
+          reached = true;
+          break;
+        }
+        out.push(event);
+      }
+      if (reached || !page.has_more || page.data.length === 0) break;
+      after = page.data[page.data.length - 1].id;
+    }
+    return out.reverse();
+  }
+
+  // -- sign-in and routing ------------------------------------------------------------
+
+  const $ = (id) => document.getElementById(id);
+
+  function signOut(message) {
+    sessionStorage.removeItem(KEY);
+    stopTimer();
+    $("nav").hidden = true;
+    $("view").hidden = true;
+    $("view").replaceChildren();
+    $("signin").hidden = false;
+    $("signin-error").textContent = message || "";
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    const key = $("api-key").value.trim();
+    if (!key) return;
+    sessionStorage.setItem(KEY, key);
+    try {
+      await api("/v1/fine_tuning/jobs?limit=1");
+    } catch (error) {
+      if (error.status !== 401) signOut(`Could not sign in: ${error.message}`);
+      return;
+    }
+    $("api-key").value = "";
+    $("signin-error").textContent = "";
+    if (!location.hash || location.hash === "#/") location.hash = "#/jobs";
+    else route();
+  }
+
+  function stopTimer() {
+    if (timer !== null) clearTimeout(timer);
+    timer = null;
+  }
+
+  // Calls `fn` every `ms` while this page is shown, until it returns false.
+  function every(ms, fn, gen) {
+    const tick = async () => {
+      if (gen !== generation) return;
+      let again = true;
+      try {
+        again = (await fn()) !== false;
+      } catch (error) {
+        if (error.status === 401) return;
+      }
+      if (again && gen === generation) timer = setTimeout(tick, ms);
+    };
+    timer = setTimeout(tick, ms);
+  }
+
+  function route() {
+    stopTimer();
+    generation += 1;
+    if (!sessionStorage.getItem(KEY)) {
+      signOut("");
+      return;
+    }
+    $("signin").hidden = true;
+    $("nav").hidden = false;
+    $("view").hidden = false;
+    const parts = (location.hash || "#/jobs").replace(/^#\/?/, "").split("/");
+    const page = parts[0] || "jobs";
+    for (const link of document.querySelectorAll("nav a")) {
+      link.classList.toggle("active", link.dataset.page === page);
+    }
+    const view = $("view");
+    view.replaceChildren(el("p", { class: "muted" }, "Loading…"));
+    const gen = generation;
+    let render;
+    if (page === "jobs" && parts[1]) render = jobPage(view, decodeURIComponent(parts[1]), gen);
+    else if (page === "models") render = modelsPage(view, gen);
+    else if (page === "deployments") render = deploymentsPage(view, gen);
+    else render = jobsPage(view, gen);
+    render.catch((error) => {
+      if (gen === generation && error.status !== 401) {
+        view.replaceChildren(el("p", { class: "error" }, `Error: ${error.message}`));
+      }
+    });
+  }
+
+  // -- pages --------------------------------------------------------------------------
+
+  async function jobsPage(view, gen) {
+    const load = async () => {
+      const page = await api("/v1/fine_tuning/jobs?limit=100");
+      if (gen !== generation) return;
+      const rows = page.data.map((j) => [
+        jobLink(j.id),
+        badge(j.status),
+        j.model,
+        j.fine_tuned_model,
+        when(j.created_at),
+        when(j.finished_at),
+      ]);
+      view.replaceChildren(
+        el("h1", {}, "Fine-tuning jobs"),
+        page.data.length
+          ? table(["Job", "Status", "Base model", "Fine-tuned model", "Created", "Finished"], rows, { id: "jobs-table" })
+          : el("p", { class: "muted" }, "No jobs yet."),
+        page.has_more ? el("p", { class: "muted" }, "Showing the newest 100 jobs.") : null,
+      );
+    };
+    await load();
+    every(5000, load, gen);
+  }
+
+  function fields(pairs) {
+    return el(
+      "dl",
+      { class: "fields" },
+      pairs.filter(([, v]) => v !== undefined).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v ?? "-")]),
+    );
+  }
+
+  function json(value) {
+    return value === null || value === undefined ? "-" : JSON.stringify(value);
+  }
+
+  // Training and validation loss against the step, drawn as SVG.
+  function lossChart(train, evals) {
+    const W = 860;
+    const H = 300;
+    const m = { left: 56, right: 16, top: 14, bottom: 34 };
+    const root = svg("svg", {
+      viewBox: `0 0 ${W} ${H}`,
+      role: "img",
+      "aria-label": "loss by step",
+      id: "loss-chart",
+      "data-train-points": train.length,
+      "data-eval-points": evals.length,
+    });
+    const all = train.concat(evals);
+    if (all.length === 0) {
+      root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "tick" }, "No loss reported yet"));
+      return root;
+    }
+    let x0 = Math.min(...all.map((p) => p.step));
+    let x1 = Math.max(...all.map((p) => p.step));
+    let y0 = Math.min(...all.map((p) => p.loss));
+    let y1 = Math.max(...all.map((p) => p.loss));
+    if (x1 === x0) x1 = x0 + 1;
+    const pad = (y1 - y0) * 0.08 || Math.abs(y0) * 0.1 || 1;
+    y0 -= pad;
+    y1 += pad;
+    const sx = (x) => m.left + ((x - x0) / (x1 - x0)) * (W - m.left - m.right);
+    const sy = (y) => H - m.bottom - ((y - y0) / (y1 - y0)) * (H - m.top - m.bottom);
+    for (let i = 0; i <= 4; i += 1) {
+      const y = y0 + ((y1 - y0) * i) / 4;
+      root.append(svg("line", { x1: m.left, x2: W - m.right, y1: sy(y), y2: sy(y), class: "grid" }));
+      root.append(svg("text", { x: m.left - 6, y: sy(y) + 4, "text-anchor": "end", class: "tick" }, y.toFixed(3)));
+      const x = x0 + ((x1 - x0) * i) / 4;
+      root.append(svg("text", { x: sx(x), y: H - m.bottom + 16, "text-anchor": "middle", class: "tick" }, Math.round(x)));
+    }
+    root.append(svg("line", { x1: m.left, x2: m.left, y1: m.top, y2: H - m.bottom, class: "axis" }));
+    root.append(svg("line", { x1: m.left, x2: W - m.right, y1: H - m.bottom, y2: H - m.bottom, class: "axis" }));
+    root.append(svg("text", { x: (W + m.left) / 2, y: H - 4, "text-anchor": "middle", class: "tick" }, "step"));
+    for (const [name, points] of [["train", train], ["eval", evals]]) {
+      if (points.length === 0) continue;
+      const sorted = points.slice().sort((a, b) => a.step - b.step);
+      root.append(svg("polyline", { class: `series-${name}`, points: sorted.map((p) => `${sx(p.step)},${sy(p.loss)}`).join(" ") }));
+      // Markers for every point when there are few; long runs are a line.
+      if (sorted.length <= 300) {
+        for (const p of sorted) {
+          const dot = svg("circle", { class: name, cx: sx(p.step), cy: sy(p.loss), r: 3 });
+          dot.append(svg("title", {}, `step ${p.step}: ${name} loss ${p.loss.toFixed(4)}`));
+          root.append(dot);
+        }
+      }
+    }
+    return root;
+  }
+
+  function lossPoints(events) {
+    const train = [];
+    const evals = [];
+    for (const e of events) {
+      const d = e.data || {};
+      if (e.type !== "metrics" || typeof d.step !== "number") continue;
+      if (d.kind === "metrics" && typeof d.train_loss === "number") train.push({ step: d.step, loss: d.train_loss });
+      if (d.kind === "eval" && typeof d.eval_loss === "number") evals.push({ step: d.step, loss: d.eval_loss });
+    }
+    return { train, evals };
+  }
+
+  async function jobPage(view, jobId, gen) {
+    const path = `/v1/fine_tuning/jobs/${encodeURIComponent(jobId)}`;
+    const events = [];
+    let lastId = null;
+    const chartBox = el("div", { class: "chart" });
+    const header = el("div");
+    const details = el("div");
+    const trialsBox = el("div");
+    const eventsBox = el("div");
+    view.replaceChildren(
+      el("p", {}, el("a", { href: "#/jobs" }, "← All jobs")),
+      header,
+      details,
+      el("h2", {}, "Loss"),
+      el(
+        "div",
+        { class: "legend" },
+        el("span", { class: "train" }, el("span", { class: "swatch" }), "training loss"),
+        el("span", { class: "eval" }, el("span", { class: "swatch" }), "validation loss"),
+      ),
+      chartBox,
+      trialsBox,
+      el("h2", {}, "Events"),
+      eventsBox,
+    );
+
+    const refresh = async () => {
+      const job = await api(path);
+      const fresh = await newEvents(jobId, lastId);
+      if (gen !== generation) return false;
+      if (fresh.length) {
+        events.push(...fresh);
+        lastId = fresh[fresh.length - 1].id;
+      }
+      const done = TERMINAL.has(job.status);
+      header.replaceChildren(
+        el(
+          "div",
+          { class: "toolbar" },
+          el("h1", {}, job.id),
+          badge(job.status),
+          el("span", { class: "grow" }),
+          done
+            ? null
+            : el("button", { type: "button", class: "danger", id: "cancel-job", onclick: () => cancel(job.id) }, "Cancel job"),
+        ),
+      );
+      const hp = job.hyperparameters || {};
+      details.replaceChildren(
+        fields([
+          ["Status", badge(job.status)],
+          ["Base model", job.model],
+          ["Fine-tuned model", job.fine_tuned_model],
+          ["Training file", job.training_file],
+          ["Validation file", job.validation_file],
+          ["Hyperparameters", json(hp)],
+          ["Adapter", json(job.adapter)],
+          ["Resources", json(job.resources)],
+          ["Trained tokens", job.trained_tokens],
+          ["Created", when(job.created_at)],
+          ["Finished", when(job.finished_at)],
+          ["Best trial", job.search_result ? json(job.search_result) : undefined],
+          ["Error", job.error ? job.error.message : undefined],
+        ]),
+      );
+      const { train, evals } = lossPoints(events);
+      chartBox.replaceChildren(lossChart(train, evals));
+      if (job.search) {
+        const trials = await api(`${path}/trials`);
+        if (gen !== generation) return false;
+        const rows = trials.data.map((t) => [t.trial_id, badge(t.status), json(t.params), t.best_metric === null ? "-" : Number(t.best_metric).toFixed(4), t.iterations]);
+        trialsBox.replaceChildren(
+          el("h2", {}, "Trials"),
+          table(["Trial", "Status", "Params", `Best ${job.search.metric || "metric"}`, "Iterations"], rows, { id: "trials-table" }),
+        );
+      }
+      const shown = events.slice(-300).reverse();
+      eventsBox.replaceChildren(
+        table(
+          ["Time", "Level", "Message"],
+          shown.map((e) => [when(e.created_at), el("td", { class: `level-${String(e.level).replace(/[^a-z]/g, "")}` }, e.level), e.message]),
+          { id: "events-table" },
+        ),
+      );
+      return done;
+    };
+
+    const cancel = async (id) => {
+      try {
+        await api(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+      } catch (error) {
+        window.alert(`Cancel failed: ${error.message}`);
+      }
+      await refresh();
+    };
+
+    const finished = await refresh();
+    if (!finished) {
+      // Live until the job ends: a last refresh then shows the outcome.
+      every(2000, async () => !(await refresh()), gen);
+    }
+  }
+
+  async function modelsPage(view, gen) {
+    const page = await api("/v1/models");
+    if (gen !== generation) return;
+    const rows = page.data.map((mdl) => [
+      mdl.id,
+      mdl.owned_by,
+      mdl.task,
+      mdl.base_model,
+      mdl.fine_tuning_job ? jobLink(mdl.fine_tuning_job) : "-",
+      when(mdl.created),
+    ]);
+    view.replaceChildren(
+      el("h1", {}, "Models"),
+      table(["Model", "Owned by", "Task", "Base model", "Job", "Created"], rows, { id: "models-table" }),
+    );
+  }
+
+  async function deploymentsPage(view, gen) {
+    const load = async () => {
+      let page;
+      try {
+        page = await api("/v1/deployments?limit=100");
+      } catch (error) {
+        if (error.status === 404) {
+          view.replaceChildren(el("h1", {}, "Deployments"), el("p", { class: "muted" }, "This server does not offer deployments."));
+          return;
+        }
+        throw error;
+      }
+      if (gen !== generation) return;
+      const rows = page.data.map((d) => [d.id, d.model, badge(d.status), d.min_replicas, d.max_replicas, d.target_ongoing_requests, when(d.updated_at)]);
+      view.replaceChildren(
+        el("h1", {}, "Deployments"),
+        page.data.length
+          ? table(["Deployment", "Model", "Status", "Min", "Max", "Target", "Updated"], rows, { id: "deployments-table" })
+          : el("p", { class: "muted" }, "No deployments yet."),
+      );
+    };
+    await load();
+    every(5000, load, gen);
+  }
+
+  // -- start --------------------------------------------------------------------------
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("signin-form").addEventListener("submit", signIn);
+    $("signout").addEventListener("click", () => signOut(""));
+    window.addEventListener("hashchange", route);
+    route();
+  });
+})();
