@@ -8,12 +8,26 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
+)
+
+# Where service/faults.py can crash the control plane (TUNEPLANE_FAULT_CRASH_AT).
+CRASH_POINTS = frozenset(
+    {
+        # The job is committed `running` in the database; Ray has not been asked yet.
+        "dispatch.after_commit",
+        # Ray has accepted the submission; nothing after it has run.
+        "dispatch.after_submit",
+        # A batch of worker events is applied in the session but not committed.
+        "events.before_commit",
+        # The batch is committed but its stream entries are not acknowledged.
+        "events.after_commit",
+    }
 )
 
 
@@ -23,6 +37,8 @@ class Quotas(BaseModel):
     max_running_jobs: int | None = Field(None, ge=0, le=100_000)
     max_queued_jobs: int | None = Field(None, ge=0, le=1_000_000)
     max_gpus: int | None = Field(None, ge=0, le=100_000)
+    # Inference requests per minute (None: the inference_requests_per_minute setting).
+    inference_requests_per_minute: int | None = Field(None, ge=1, le=100_000_000)
 
 
 class Settings(BaseSettings):
@@ -59,7 +75,13 @@ class Settings(BaseSettings):
     # Environment for the Ray job; a low health-check interval keeps small jobs' reports fast.
     worker_env: dict[str, str] = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
     events_group: str = "control-plane"
+    # Stream entries a dead replica read but never acknowledged are taken over after this.
+    events_reclaim_idle_s: float = Field(30.0, gt=0)
     replica_id: str = ""
+    # Fault injection for the reliability tests (service/faults.py): the process SIGKILLs
+    # itself the first time it reaches this crash point ("<point>" or "<point>:<tag>").
+    # Never set it in production.
+    fault_crash_at: str | None = None
 
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1)
     # A JSON file listing base models; None: the embedded catalog of offline tiny models.
@@ -75,6 +97,44 @@ class Settings(BaseSettings):
     # None: GET /metrics answers anyone who reaches it (as Prometheus scrapes expect);
     # set, it wants `Authorization: Bearer <metrics_token>`.
     metrics_token: str | None = None
+
+    # Serving (Ray Serve). The Serve HTTP proxy the control plane forwards inference to;
+    # None: the Ray address's host at serve_port.
+    serve_url: str | None = None
+    # The port Serve's HTTP proxy listens on (Serve's http_options; fixed when Serve starts).
+    serve_port: int = Field(8001, ge=1, le=65535)
+    # The interface Serve's proxy binds; 0.0.0.0 where the control plane runs elsewhere (k8s).
+    serve_host: str = "127.0.0.1"
+    # Adapters each replica keeps loaded (LRU), and the generation batch size and wait.
+    serve_max_adapters_per_replica: int = Field(16, ge=1)
+    serve_max_batch_size: int = Field(32, ge=1, le=1024)
+    serve_batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    serve_max_context_tokens: int = Field(1024, ge=8)
+    serve_replica_cpus: float = Field(1.0, ge=0)
+    serve_replica_gpus: float = Field(0.0, ge=0)
+    # The policy of a fine-tuned model called without a deployment of its own.
+    serve_default_min_replicas: int = Field(0, ge=0)
+    serve_default_max_replicas: int = Field(1, ge=1)
+    serve_default_target_ongoing_requests: float = Field(16.0, gt=0)
+    # Autoscaler timing: how long load must last before Serve scales up / down, and the
+    # window it averages over.
+    serve_upscale_delay_s: float = Field(10.0, ge=0)
+    serve_downscale_delay_s: float = Field(300.0, ge=0)
+    serve_look_back_period_s: float = Field(10.0, gt=0)
+    # How long an inference request waits for its application to come up.
+    serve_ready_timeout_s: float = Field(180.0, gt=0)
+    serve_request_timeout_s: float = Field(300.0, gt=0)
+    # Inference requests per minute per tenant, as a token bucket holding up to
+    # inference_burst requests; a tenant's quota may set its own rate.
+    inference_requests_per_minute: int = Field(6000, ge=1)
+    inference_burst: int = Field(50, ge=1)
+
+    @field_validator("fault_crash_at")
+    @classmethod
+    def _known_crash_point(cls, value: str | None) -> str | None:
+        if value and value.partition(":")[0] not in CRASH_POINTS:
+            raise ValueError(f"unknown crash point {value!r}; known: {sorted(CRASH_POINTS)}")
+        return value or None
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

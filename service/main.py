@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -15,13 +16,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import db
 from service.config import Settings, get_settings
+from service.deployments.router import router as deployments_router
+from service.deployments.serving import ServingLoop, ServingManager
 from service.errors import error_body, install_error_handlers
 from service.files.router import router as files_router
+from service.inference.router import router as inference_router
 from service.jobs.router import router as jobs_router
 from service.logs import RequestContextMiddleware, configure_logging
 from service.ops.router import router as ops_router
 from service.queue import FairQueue
-from service.ray_backend import Capacity, ComputeBackend, RayJobsBackend
+from service.ratelimit import RateLimiter
+from service.ray_backend import Capacity, ComputeBackend, RayJobsBackend, ServeBackend
 from service.registry.catalog import Catalog
 from service.registry.router import router as models_router
 from service.scheduling.loops import ControlLoops
@@ -112,6 +117,7 @@ def create_app(
     settings: Settings | None = None,
     backend: ComputeBackend | None = None,
     run_loops: bool = True,
+    serve_backend: ServeBackend | None = None,
 ) -> FastAPI:
     """The control plane. With Redis and a compute backend configured it also runs the
     scheduler, event consumer and reconciler loops (`run_loops=False` leaves them to the
@@ -119,6 +125,8 @@ def create_app(
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
     backend = backend if backend is not None else _default_backend(settings)
+    if serve_backend is None and isinstance(backend, RayJobsBackend):
+        serve_backend = backend
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -131,7 +139,19 @@ def create_app(
             )
             loops.start()
         app.state.loops = loops
+        serving_loop: ServingLoop | None = None
+        if run_loops and serve_backend is not None:
+            serving_loop = ServingLoop(app.state.serving, settings.reconcile_interval_s)
+            serving_loop.start()
+        # One pooled client for every forwarded inference request (in the app's loop).
+        app.state.serve_client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.serve_request_timeout_s, connect=10),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        )
         yield
+        await app.state.serve_client.aclose()
+        if serving_loop is not None:
+            serving_loop.stop()
         if loops is not None:
             loops.stop()
         if app.state.redis is not None:
@@ -156,11 +176,22 @@ def create_app(
         else None
     )
     app.state.queue = FairQueue(app.state.redis) if app.state.redis is not None else None
+    app.state.rate_limiter = RateLimiter(app.state.redis) if app.state.redis is not None else None
+    app.state.serving = ServingManager(app.state.engine, serve_backend, settings)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_upload_bytes)
     # Outermost: a request id for everything, the 413s above included.
     app.add_middleware(RequestContextMiddleware)
-    for router in (tenants_router, files_router, jobs_router, models_router, ops_router, ui_router):
+    for router in (
+        tenants_router,
+        files_router,
+        jobs_router,
+        models_router,
+        deployments_router,
+        inference_router,
+        ops_router,
+        ui_router,
+    ):
         app.include_router(router)
 
     @app.get("/healthz", tags=["ops"])

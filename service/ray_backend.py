@@ -60,6 +60,26 @@ class ComputeBackend(CapacitySource, Protocol):
     def ping(self) -> bool: ...
 
 
+@dataclass(frozen=True)
+class ServeAppStatus:
+    """One Serve application as Serve reports it."""
+
+    status: str  # NOT_STARTED, DEPLOYING, RUNNING, DEPLOY_FAILED, UNHEALTHY, DELETING
+    message: str
+    running_replicas: int
+    target_replicas: int
+
+
+class ServeBackend(Protocol):
+    """What the serving manager needs from Ray Serve."""
+
+    def deploy_serve(self, config: dict[str, Any]) -> None:
+        """Make Serve run exactly the applications in `config` (declarative)."""
+        ...
+
+    def serve_status(self) -> dict[str, ServeAppStatus]: ...
+
+
 class RayJobsBackend:
     """ComputeBackend over the Ray Jobs API (`JobSubmissionClient`)."""
 
@@ -147,6 +167,36 @@ class RayJobsBackend:
             cpus += float(total.get("CPU", 0))
             gpus += float(total.get("GPU", 0))
         return Capacity(cpus, gpus)
+
+    # Serve: the dashboard's declarative REST API, the one `serve deploy` uses.
+
+    def deploy_serve(self, config: dict[str, Any]) -> None:
+        r = httpx.put(
+            f"{self.address}/api/serve/applications/",
+            json=config,
+            headers=self._headers(),
+            timeout=30,
+        )
+        if r.status_code >= 400:
+            raise RuntimeError(f"Serve refused the config ({r.status_code}): {r.text[:2000]}")
+
+    def serve_status(self) -> dict[str, ServeAppStatus]:
+        r = httpx.get(
+            f"{self.address}/api/serve/applications/", headers=self._headers(), timeout=10
+        )
+        r.raise_for_status()
+        out: dict[str, ServeAppStatus] = {}
+        for name, app in (r.json().get("applications") or {}).items():
+            running = target = 0
+            for deployment in (app.get("deployments") or {}).values():
+                target += int(deployment.get("target_num_replicas") or 0)
+                running += sum(
+                    1 for rep in deployment.get("replicas") or [] if rep.get("state") == "RUNNING"
+                )
+            out[name] = ServeAppStatus(
+                str(app.get("status", "")), str(app.get("message") or ""), running, target
+            )
+        return out
 
 
 def submission_id(job_id: str, attempt: int) -> str:

@@ -236,6 +236,9 @@ def embedded_stack(settings: Settings, num_cpus: int | None = None) -> Iterator[
             head = start_ray_head(settings.data_dir, num_cpus, env=auth)
             started.append(head.process)
             updates["ray_address"] = head.dashboard_url
+            if not settings.serve_url:
+                # Serve's proxy on a free port too: several stacks can share a machine.
+                updates["serve_port"] = free_port()
             log.info("ray head dashboard on %s", head.dashboard_url)
         yield settings.model_copy(update=updates)
     finally:

@@ -3,6 +3,7 @@
 from service.models.tables import (
     ApiKey,
     Checkpoint,
+    Deployment,
     FineTunedModel,
     IdempotencyRecord,
     Job,
@@ -15,6 +16,7 @@ from service.models.tables import (
 __all__ = [
     "ApiKey",
     "Checkpoint",
+    "Deployment",
     "FineTunedModel",
     "IdempotencyRecord",
     "Job",

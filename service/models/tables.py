@@ -165,6 +165,25 @@ class FineTunedModel(SQLModel, table=True):
     deleted_at: float | None = None
 
 
+class Deployment(SQLModel, table=True):
+    """How a fine-tuned model is served: its replica range and autoscaling target."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (
+        Index("ix_deployments_tenant_order", "tenant_id", "created_at", "id"),
+        UniqueConstraint("tenant_id", "model", name="uq_deployments_tenant_model"),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = Field(foreign_key="tenants.id", max_length=64)
+    model: str = Field(max_length=512)
+    min_replicas: int
+    max_replicas: int
+    target_ongoing_requests: float
+    created_at: float
+    updated_at: float
+
+
 class IdempotencyRecord(SQLModel, table=True):
     __tablename__ = "idempotency_keys"
 

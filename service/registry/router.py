@@ -14,7 +14,8 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 def _service(request: Request, session: SessionDep, principal: TenantPrincipal) -> ModelService:
     assert principal.tenant_id is not None
-    return ModelService(session, principal.tenant_id, request.app.state.catalog)
+    state = request.app.state
+    return ModelService(session, principal.tenant_id, state.catalog, state.serving.apply_soon)
 
 
 Models = Annotated[ModelService, Depends(_service)]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlmodel import Session
 
 from service.common import now
+from service.db import on_commit
+from service.deployments.repository import DeploymentRepository
 from service.errors import NotFound, PermissionDenied
 from service.models import FineTunedModel
 from service.registry.catalog import CATALOG_CREATED, Catalog, CatalogEntry
@@ -37,8 +41,16 @@ def fine_tuned_model_id(base: str, tenant_name: str, suffix: str | None, job_id:
 
 
 class ModelService:
-    def __init__(self, session: Session, tenant_id: str, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        session: Session,
+        tenant_id: str,
+        catalog: Catalog,
+        on_serving_change: Callable[[], None] | None = None,
+    ) -> None:
         self.repo = ModelRepository(session, tenant_id)
+        self.deployments = DeploymentRepository(session, tenant_id)
+        self.on_serving_change = on_serving_change
         self.session = session
         self.tenant_id = tenant_id
         self.catalog = catalog
@@ -67,5 +79,11 @@ class ModelService:
             raise NotFound(f"The model '{model_id}' does not exist.", param="model")
         model.deleted_at = now()
         self.session.add(model)
+        # A deleted model is no longer served: its deployment goes with it.
+        deployment = self.deployments.for_model(model.id)
+        if deployment is not None:
+            self.deployments.delete(deployment)
         self.session.flush()
+        if self.on_serving_change is not None:
+            on_commit(self.session, self.on_serving_change)
         return ModelDeleted(id=model.id)

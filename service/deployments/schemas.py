@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DeploymentStatus = Literal["deploying", "running", "scaled_to_zero", "failed", "not_deployed"]
+
+
+class DeploymentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=512)
+    min_replicas: int = Field(0, ge=0, le=1000)
+    max_replicas: int = Field(1, ge=1, le=1000)
+    target_ongoing_requests: float = Field(16.0, gt=0, le=100_000)
+
+    @model_validator(mode="after")
+    def _range(self) -> DeploymentCreate:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas must be at least min_replicas")
+        return self
+
+
+class DeploymentUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int | None = Field(None, ge=0, le=1000)
+    max_replicas: int | None = Field(None, ge=1, le=1000)
+    target_ongoing_requests: float | None = Field(None, gt=0, le=100_000)
+
+
+class DeploymentOut(BaseModel):
+    id: str
+    object: Literal["deployment"] = "deployment"
+    model: str
+    min_replicas: int
+    max_replicas: int
+    target_ongoing_requests: float
+    # Live, from Serve: the model's application as a whole (adapters of one base model
+    # share their application and replicas).
+    status: DeploymentStatus
+    running_replicas: int
+    created_at: int
+    updated_at: int
+
+
+class DeploymentList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DeploymentOut]
+    has_more: bool
+
+
+class DeploymentDeleted(BaseModel):
+    id: str
+    object: Literal["deployment"] = "deployment"
+    deleted: bool = True

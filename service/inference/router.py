@@ -1,0 +1,59 @@
+"""OpenAI's inference endpoints, forwarded to Ray Serve."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from service.auth import TenantPrincipal
+from service.db import SessionDep
+from service.inference.schemas import (
+    ChatCompletionRequest,
+    ClassificationRequest,
+    CompletionRequest,
+)
+from service.inference.service import InferenceService
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+
+
+def _service(request: Request, session: SessionDep, principal: TenantPrincipal) -> InferenceService:
+    assert principal.tenant_id is not None
+    state = request.app.state
+    return InferenceService(
+        session,
+        principal.tenant_id,
+        state.settings,
+        state.serving,
+        state.rate_limiter,
+        state.catalog,
+        state.serve_client,
+    )
+
+
+Inference = Annotated[InferenceService, Depends(_service)]
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, inference: Inference) -> Response:
+    target = await run_in_threadpool(inference.prepare, body.model, "causal_lm")
+    return await inference.forward(
+        target, "/v1/chat/completions", body, "chat.completions", body.stream
+    )
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, inference: Inference) -> Response:
+    target = await run_in_threadpool(inference.prepare, body.model, "causal_lm")
+    return await inference.forward(target, "/v1/completions", body, "completions", body.stream)
+
+
+@router.post("/classifications")
+async def classifications(body: ClassificationRequest, inference: Inference) -> Response:
+    target = await run_in_threadpool(inference.prepare, body.model, "sequence_classification")
+    return await inference.forward(
+        target, "/v1/classifications", body, "classifications", stream=False
+    )

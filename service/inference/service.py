@@ -1,0 +1,256 @@
+"""Inference: admit (rate limit), resolve the tenant's model to its Serve route, forward.
+
+The control plane answers for the tenant (authentication, ownership: another tenant's
+model is a 404, a deleted one too) and Serve does the work; the body goes through as the
+client sent it, with the adapter picked by the multiplexed model id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel
+from sqlmodel import Session
+from starlette.responses import Response, StreamingResponse
+
+from service import metrics
+from service.config import Settings
+from service.deployments.serving import Route, ServingManager, route_of
+from service.errors import BadRequest, NotFound, ServiceUnavailable, TooManyRequests
+from service.jobs.repository import JobRepository
+from service.models import Tenant
+from service.ratelimit import RateLimiter
+from service.registry.catalog import Catalog
+from service.registry.repository import ModelRepository
+from service.tenants.service import effective_quotas
+from workers.spec import ADAPTER_LOAD_HEADER
+
+log = logging.getLogger(__name__)
+Task = Literal["causal_lm", "sequence_classification"]
+MULTIPLEX_HEADER = "serve_multiplexed_model_id"
+USAGE_TAIL_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class Target:
+    route: Route
+    model: str
+
+
+class InferenceService:
+    def __init__(
+        self,
+        session: Session,
+        tenant_id: str,
+        settings: Settings,
+        serving: ServingManager,
+        limiter: RateLimiter | None,
+        catalog: Catalog,
+        client: httpx.AsyncClient,
+    ) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+        self.settings = settings
+        self.serving = serving
+        self.limiter = limiter
+        self.catalog = catalog
+        self.client = client
+        self.models = ModelRepository(session, tenant_id)
+        self.jobs = JobRepository(session, tenant_id)
+
+    # ------------------------------------------------------------ before forwarding
+
+    def admit(self) -> None:
+        if self.limiter is None:
+            return
+        tenant = self.session.get(Tenant, self.tenant_id)
+        per_minute = self.settings.inference_requests_per_minute
+        if tenant is not None:
+            per_minute = (
+                effective_quotas(tenant, self.settings).inference_requests_per_minute or per_minute
+            )
+        try:
+            # The bucket never holds more than a minute's worth.
+            burst = min(self.settings.inference_burst, per_minute)
+            decision = self.limiter.take(f"inference:{self.tenant_id}", per_minute, burst)
+        except Exception:
+            # Redis is plumbing: while it is away, serve rather than refuse everyone.
+            log.warning("rate limiter unavailable; admitting", exc_info=True)
+            return
+        if not decision.allowed:
+            raise TooManyRequests(
+                f"Inference rate limit of {per_minute} requests per minute reached; "
+                f"retry in {decision.retry_after_s} s.",
+                headers={"Retry-After": str(decision.retry_after_s)},
+            )
+
+    def resolve(self, model_id: str, task: Task) -> Target:
+        model = self.models.get_live(model_id)
+        if model is None:
+            if self.catalog.get(model_id) is not None:
+                raise BadRequest(
+                    f"'{model_id}' is a base model; inference serves fine-tuned models.",
+                    param="model",
+                    code="model_not_servable",
+                )
+            raise NotFound(
+                f"The model '{model_id}' does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
+        if model.task != task:
+            what = "a classifier" if model.task == "sequence_classification" else "a causal LM"
+            use = (
+                "/v1/classifications"
+                if model.task == "sequence_classification"
+                else "/v1/chat/completions or /v1/completions"
+            )
+            raise BadRequest(
+                f"'{model_id}' is {what}; use {use}.", param="model", code="wrong_model_task"
+            )
+        job = self.jobs.get(model.job_id)
+        if job is None:  # a model always has its job; never serve a half-known one
+            raise NotFound(f"The model '{model_id}' does not exist.", param="model")
+        return Target(route_of(model, job)[0], model.id)
+
+    def prepare(self, model_id: str, task: Task) -> Target:
+        self.admit()
+        return self.resolve(model_id, task)
+
+    # ------------------------------------------------------------ forwarding
+
+    async def forward(
+        self, target: Target, path: str, body: BaseModel, endpoint: str, stream: bool
+    ) -> Response:
+        started = time.perf_counter()
+        await self.serving.ready(target.route.app)
+        content = body.model_dump_json(exclude_unset=True)
+        upstream = await self._send(target, path, content)
+        if upstream.status_code == 404 and not _is_ours(upstream):
+            # Serve has no such route (yet, or any more): bring the app back and retry once.
+            await upstream.aclose()
+            self.serving.forget(target.route.app)
+            await self.serving.ready(target.route.app)
+            upstream = await self._send(target, path, content)
+        self._note_adapter_load(upstream, target)
+        if upstream.status_code != 200:
+            return await self._error(upstream, target, endpoint, started)
+        if stream:
+            return self._relay(upstream, target, endpoint, started)
+        data = await upstream.aread()
+        await upstream.aclose()
+        usage = _usage_of(data)
+        self._record(target, endpoint, 200, started, usage)
+        return Response(data, media_type="application/json")
+
+    async def _send(self, target: Target, path: str, content: str) -> httpx.Response:
+        request = self.client.build_request(
+            "POST",
+            f"{self.serving.url}/{target.route.app}{path}",
+            content=content,
+            headers={
+                "content-type": "application/json",
+                MULTIPLEX_HEADER: target.route.multiplexed_id,
+            },
+        )
+        try:
+            return await self.client.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise ServiceUnavailable(
+                "The model took too long to answer.", code="model_timeout"
+            ) from None
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(
+                f"The model server cannot be reached ({type(exc).__name__}); retry shortly.",
+                code="model_unavailable",
+                headers={"Retry-After": "5"},
+            ) from None
+
+    def _relay(
+        self, upstream: httpx.Response, target: Target, endpoint: str, started: float
+    ) -> StreamingResponse:
+        async def chunks() -> Any:
+            tail = b""
+            try:
+                async for chunk in upstream.aiter_raw():
+                    tail = (tail + chunk)[-USAGE_TAIL_BYTES:]
+                    yield chunk
+            finally:
+                await upstream.aclose()
+                self._record(target, endpoint, 200, started, _stream_usage(tail))
+
+        return StreamingResponse(
+            chunks(),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    async def _error(
+        self, upstream: httpx.Response, target: Target, endpoint: str, started: float
+    ) -> Response:
+        data = await upstream.aread()
+        await upstream.aclose()
+        status = upstream.status_code
+        self._record(target, endpoint, status if _is_ours(upstream) else 503, started, None)
+        if _is_ours(upstream) and status < 500:
+            return Response(data, status_code=status, media_type="application/json")
+        log.warning("serve answered %s for %s: %s", status, target.route.app, data[:500])
+        raise ServiceUnavailable(
+            "The model server could not answer; retry shortly.",
+            code="model_unavailable",
+            headers={"Retry-After": "5"},
+        )
+
+    def _note_adapter_load(self, upstream: httpx.Response, target: Target) -> None:
+        seconds = upstream.headers.get(ADAPTER_LOAD_HEADER)
+        if seconds is not None:
+            with contextlib.suppress(ValueError):  # a malformed header is not worth a 500
+                metrics.record_adapter_load(
+                    base_model=target.route.base_model, seconds=float(seconds)
+                )
+
+    def _record(
+        self,
+        target: Target,
+        endpoint: str,
+        status: int,
+        started: float,
+        usage: dict[str, Any] | None,
+    ) -> None:
+        usage = usage or {}
+        metrics.record_inference(
+            tenant=self.tenant_id,
+            endpoint=endpoint,
+            model=target.model,
+            status=status,
+            latency_s=time.perf_counter() - started,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+
+
+def _is_ours(response: httpx.Response) -> bool:
+    """An answer of the model server itself (JSON), not of Serve's proxy."""
+    return response.headers.get("content-type", "").startswith("application/json")
+
+
+def _usage_of(data: bytes) -> dict[str, Any] | None:
+    try:
+        usage = json.loads(data).get("usage")
+    except (ValueError, AttributeError):
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
+def _stream_usage(tail: bytes) -> dict[str, Any] | None:
+    """The usage of the stream's last chunk that has one."""
+    for line in reversed(tail.split(b"\n")):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            return _usage_of(line[len(b"data: ") :])
+    return None
