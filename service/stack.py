@@ -174,10 +174,14 @@ def start_ray_head(
     num_cpus: int | None,
     env: dict[str, str] | None = None,
     extra_args: tuple[str, ...] = (),
+    dashboard_port: int | None = None,
+    gcs_port: int | None = None,
 ) -> RayHead:
     """A Ray head on free ports (several clusters can share a machine), token auth taken
-    from `env` or this process's environment, dashboard on for the Jobs API."""
-    dashboard_port, gcs_port = free_port(), free_port()
+    from `env` or this process's environment, dashboard on for the Jobs API. Given ports
+    restart a head where its clients expect it."""
+    dashboard_port = dashboard_port or free_port()
+    gcs_port = gcs_port or free_port()
     args = [
         "--head", f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1",

@@ -12,10 +12,11 @@ from typing import Any
 
 import redis
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from service.common import now
 from service.db import new_session
+from service.faults import crash_point
 from service.jobs.state import TERMINAL, add_event, transition
 from service.models import Checkpoint, FineTunedModel, Job, JobEvent, Tenant, Trial
 from service.registry.service import fine_tuned_model_id
@@ -109,23 +110,46 @@ class EventConsumer:
         group: str,
         consumer: str,
         reclaim_idle_ms: int = RECLAIM_IDLE_MS,
+        crash_at: str | None = None,
     ) -> None:
         self.engine = engine
         self.reclaim_idle_ms = reclaim_idle_ms
+        # Fault injection (service/faults.py); None outside the reliability tests.
+        self.crash_at = crash_at
         # redis-py types every reply as a union over sync/async and bytes/str clients.
         self.r: Any = client
         self.group = group
         self.consumer = consumer
         self._group_ready = False
+        # The group vanished under us (Redis lost its data): say so once it is back.
+        self._lost = False
 
     def ensure_group(self) -> None:
         try:
             # From the stream's start: events written before the first consumer are kept.
             self.r.xgroup_create(EVENTS_STREAM, self.group, id="0", mkstream=True)
+            if self._lost:
+                # This replica re-created the group Redis lost: it alone tells the jobs.
+                self._note_lost_events()
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
         self._group_ready = True
+        self._lost = False
+
+    def _note_lost_events(self) -> None:
+        with new_session(self.engine) as s:
+            active = s.exec(select(Job).where(col(Job.status).in_(("running", "cancelling"))))
+            for job in active:
+                add_event(
+                    s,
+                    job.id,
+                    job.tenant_id,
+                    "Redis lost its data (it restarted empty or was flushed): events the "
+                    "training run sent meanwhile may be missing here; the run itself goes on",
+                    level="warn",
+                )
+            s.commit()
 
     def poll(self, block_ms: int = 1000, count: int = 200) -> int:
         """Store one batch of events; returns how many entries were handled."""
@@ -144,18 +168,22 @@ class EventConsumer:
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):  # Redis lost its data: the group goes with it
                 self._group_ready = False
+                self._lost = True
                 return 0
             raise
         entries = [(eid, fields) for eid, fields in entries if fields]
         if not entries:
             return 0
+        kinds = {str(fields.get("type", "")) for _, fields in entries}
         with new_session(self.engine) as s:
             for entry_id, fields in entries:
                 try:
                     self.apply(s, entry_id, EventRecord.from_stream_fields(fields))
                 except ValueError:
                     log.exception("dropping malformed event %s", entry_id)
+            crash_point(self.crash_at, "events.before_commit", kinds)
             s.commit()
+        crash_point(self.crash_at, "events.after_commit", kinds)
         self.r.xack(EVENTS_STREAM, self.group, *[eid for eid, _ in entries])
         return len(entries)
 

@@ -37,7 +37,14 @@ class ControlLoops:
         self.dispatcher = Dispatcher(engine, backend, queue, store, settings)
         self.scheduler = Scheduler(engine, queue, backend, self.dispatcher, settings, new_token())
         self.reconciler = Reconciler(engine, queue, backend, self.dispatcher, settings)
-        self.events = EventConsumer(engine, queue.r, settings.events_group, settings.replica_id)
+        self.events = EventConsumer(
+            engine,
+            queue.r,
+            settings.events_group,
+            settings.replica_id,
+            reclaim_idle_ms=int(settings.events_reclaim_idle_s * 1000),
+            crash_at=settings.fault_crash_at,
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 

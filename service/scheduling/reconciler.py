@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from service.config import Settings
 from service.db import new_session
 from service.jobs.queueing import enqueue
-from service.jobs.state import transition
+from service.jobs.state import add_event, transition
 from service.models import Job, JobEvent
 from service.queue import FairQueue
 from service.ray_backend import ComputeBackend, submission_id
@@ -57,9 +57,24 @@ class Reconciler:
         with new_session(self.engine) as s:
             queued = {j.id: j for j in s.exec(select(Job).where(Job.status == "queued"))}
         in_redis = self.queue.queued_ids()
-        for job_id in queued.keys() - in_redis:
+        missing = queued.keys() - in_redis
+        for job_id in missing:
             enqueue(self.queue, queued[job_id])
             log.info("re-enqueued %s (missing from Redis)", job_id)
+        if missing:
+            with new_session(self.engine) as s:
+                for job_id in sorted(missing):
+                    job = queued[job_id]
+                    add_event(
+                        s,
+                        job.id,
+                        job.tenant_id,
+                        "The job was missing from the Redis queue (Redis lost its data, or "
+                        "was unreachable when the job was queued); it is queued again in its "
+                        "place",
+                        level="warn",
+                    )
+                s.commit()
         stale = in_redis - queued.keys()
         if stale:
             with new_session(self.engine) as s:
@@ -98,7 +113,11 @@ class Reconciler:
             if age < self.settings.dispatch_grace_s:
                 return  # just dispatched; Ray may not list it yet
             self.dispatcher.requeue_or_fail(
-                job.id, job.tenant_id, job.attempts, f"the Ray job {sid} was lost"
+                job.id,
+                job.tenant_id,
+                job.attempts,
+                f"the Ray job {sid} was lost (Ray no longer knows it: its head restarted, or "
+                "the control plane stopped before it could submit it)",
             )
             return
         if state == "SUCCEEDED":

@@ -20,6 +20,7 @@ from sqlmodel import col, select
 
 from service.config import Quotas, Settings
 from service.db import new_session
+from service.faults import crash_point
 from service.jobs.queueing import cost_of, enqueue
 from service.jobs.state import transition
 from service.models import Job, Tenant
@@ -187,6 +188,7 @@ class Dispatcher:
             ):
                 return False
             s.commit()
+        crash_point(self.settings.fault_crash_at, "dispatch.after_commit")
         try:
             self.backend.submit(
                 submission_id(job_id, attempt),
@@ -197,6 +199,7 @@ class Dispatcher:
             log.warning("submitting %s to the cluster failed: %s", job_id, exc)
             self._submit_failed(job_id, attempt, str(exc))
             return False
+        crash_point(self.settings.fault_crash_at, "dispatch.after_submit")
         self.submit_failures.pop(job_id, None)
         return True
 

@@ -1,0 +1,269 @@
+"""Faults the service must survive, on real processes: the control plane (uvicorn, its
+loops) as a child process, a real Redis, real Ray clusters, real training jobs.
+
+For each fault: no job is lost (every one ends `succeeded`), none runs twice (one Ray
+submission ran to the end; an attempt the control plane retried never ran on Ray beside
+it), none is left non-terminal (the tests wait for every job to end), and the job's events
+say what happened.
+
+Where the kill lands: the control plane kills itself with a real SIGKILL at a named crash
+point (`TUNEPLANE_FAULT_CRASH_AT`, service/faults.py), so "during dispatch" is exactly
+between the database commit that starts a job and Ray's submission, and "during event
+ingestion" exactly between storing a batch of worker events and acknowledging it. Redis
+and Ray nodes are killed from outside once the job's events prove it is training.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.config import Settings
+from service.stack import RayHead, free_port, start_ray_head, start_ray_worker
+from tests.fixtures.ray_cluster import RayCluster
+from tests.fixtures.stack import ControlPlaneProcess, wait_for
+from tests.service.reliability.harness import (
+    RedisProcess,
+    events,
+    kill9,
+    make_tenant,
+    messages,
+    ray_states,
+    starts,
+    status,
+    submit,
+    train_steps,
+    wait_terminal,
+)
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(stack_settings: Settings, own_redis: RedisProcess) -> Settings:
+    # One job at a time (2 CPUs, 1 held back), quick loops, a short dispatch grace.
+    return stack_settings.model_copy(
+        update={
+            "redis_url": own_redis.url,
+            "cluster_cpus": 2.0,
+            "reserved_cpus": 1.0,
+            "dispatch_grace_s": 3.0,
+            "events_reclaim_idle_s": 1.0,
+        }
+    )
+
+
+def _crashing(settings: Settings, point: str, log: Path) -> ControlPlaneProcess:
+    return ControlPlaneProcess(
+        settings.model_copy(update={"fault_crash_at": point}), free_port(), log
+    )
+
+
+def _wait_killed(plane: ControlPlaneProcess) -> None:
+    """The control plane reached its crash point and died of SIGKILL."""
+    code = plane.proc.wait(timeout=120)
+    plane.stop()
+    assert code == -signal.SIGKILL, f"exit code {code}, not a SIGKILL: see {plane.log.name}"
+
+
+def test_sigkill_between_starting_a_job_and_submitting_it_to_ray(
+    settings: Settings, tmp_path: Path
+) -> None:
+    first = _crashing(settings, "dispatch.after_commit", tmp_path / "cp1.log")
+    http = httpx.Client(base_url=first.url, timeout=30)
+    t = make_tenant(http, "dispatch")
+    job_id = submit(http, t)
+    _wait_killed(first)
+    # The crash left the job `running` in the database with nothing on Ray.
+    address = settings.ray_address or ""
+    assert ray_states(address, job_id, 1) == ["MISSING"]
+
+    second = ControlPlaneProcess(settings, free_port(), tmp_path / "cp2.log")
+    try:
+        http = httpx.Client(base_url=second.url, timeout=30)
+        wait_terminal(http, t, [job_id], 240)
+        assert status(http, t, job_id) == "succeeded"
+        evs = events(http, t, job_id)
+        assert starts(evs) == [1, 2]
+        assert any("was lost" in m and "queued again" in m for m in messages(evs))
+        # Attempt 1 never reached Ray; attempt 2 is the one run.
+        assert ray_states(address, job_id, 3) == ["MISSING", "SUCCEEDED", "MISSING"]
+        steps = train_steps(evs)
+        assert steps == sorted(set(steps)) and steps
+    finally:
+        second.stop()
+
+
+@pytest.mark.parametrize("point", ["events.before_commit:metrics", "events.after_commit:result"])
+def test_sigkill_while_ingesting_worker_events(
+    settings: Settings, tmp_path: Path, point: str
+) -> None:
+    first = _crashing(settings, point, tmp_path / "cp1.log")
+    http = httpx.Client(base_url=first.url, timeout=30)
+    t = make_tenant(http, "ingest")
+    job_id = submit(http, t)
+    _wait_killed(first)
+
+    second = ControlPlaneProcess(settings, free_port(), tmp_path / "cp2.log")
+    try:
+        http = httpx.Client(base_url=second.url, timeout=30)
+        wait_terminal(http, t, [job_id], 240)
+        assert status(http, t, job_id) == "succeeded"
+        evs = events(http, t, job_id)
+        # The batch the dead replica read was taken over and stored exactly once: every
+        # training step once, in order, none missing; one start; one result.
+        steps = train_steps(evs)
+        assert steps == list(range(1, max(steps) + 1))
+        assert starts(evs) == [1]
+        results = [e for e in evs if (e.get("data") or {}).get("kind") == "result"]
+        assert len(results) == 1
+        # One transition to succeeded (the control plane's own status events).
+        succeeded = [e for e in evs if e["type"] == "status" and e["data"]["status"] == "succeeded"]
+        assert len(succeeded) == 1
+        assert ray_states(settings.ray_address or "", job_id, 2) == ["SUCCEEDED", "MISSING"]
+    finally:
+        second.stop()
+
+
+def test_redis_restarted_and_redis_data_lost(
+    settings: Settings, own_redis: RedisProcess, tmp_path: Path
+) -> None:
+    plane = ControlPlaneProcess(settings, free_port(), tmp_path / "cp.log")
+    try:
+        http = httpx.Client(base_url=plane.url, timeout=30)
+        t = make_tenant(http, "redis")
+        # Long enough to be mid-training at each kill; the second job waits in the queue.
+        jobs = [submit(http, t, examples=32, n_epochs=2, batch_size=2) for _ in range(3)]
+
+        def training(job_id: str) -> bool:
+            return len(train_steps(events(http, t, job_id))) >= 2
+
+        # 1. Redis dies (SIGKILL) mid-training and comes back with its data (AOF).
+        wait_for(lambda: training(jobs[0]), 180, "the first job to train")
+        own_redis.kill9()
+        wait_for(
+            lambda: http.get("/readyz").status_code == 503, 30, "readiness to report Redis down"
+        )
+        own_redis.start()
+        wait_for(lambda: http.get("/readyz").status_code == 200, 30, "readiness to recover")
+
+        # 2. Redis dies mid-training of the next job and comes back empty.
+        wait_for(lambda: training(jobs[1]), 240, "the second job to train")
+        own_redis.kill9()
+        own_redis.wipe()
+        own_redis.start()
+
+        wait_terminal(http, t, jobs, 300)
+        for job_id in jobs:
+            evs = events(http, t, job_id)
+            assert status(http, t, job_id) == "succeeded", messages(evs)[-5:]
+            assert starts(evs) == [1], "started exactly once"
+            assert ray_states(settings.ray_address or "", job_id, 2) == ["SUCCEEDED", "MISSING"]
+            steps = train_steps(evs)
+            assert steps == sorted(set(steps)), "no step stored twice"
+        # A restart that keeps the data loses no event.
+        first = train_steps(events(http, t, jobs[0]))
+        assert first == list(range(1, max(first) + 1))
+        # Lost data is said: on the running job, and on the queued one put back in the queue.
+        said = [m for j in jobs[1:] for m in messages(events(http, t, j))]
+        assert any("Redis lost its data" in m for m in said), said
+    finally:
+        plane.stop()
+
+
+def _own_env(ray_cluster: RayCluster) -> dict[str, str]:
+    env = {k: v for k, v in ray_cluster.env.items() if k != "RAY_ADDRESS"}
+    # Dead nodes are noticed within seconds, not Ray's default half minute.
+    return {**env, "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4"}
+
+
+def test_worker_node_killed_during_training(
+    settings: Settings, ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    env = _own_env(ray_cluster)
+    # The head runs no training (0 CPUs): the job's workers can only be on node1.
+    head = start_ray_head(tmp_path / "ray", num_cpus=0, env=env, extra_args=("--num-gpus=0",))
+    nodes = [start_ray_worker(head, tmp_path / "ray", "node1", num_cpus=2, env=env)]
+    plane: ControlPlaneProcess | None = None
+    try:
+        cp_settings = settings.model_copy(
+            update={"ray_address": head.dashboard_url, "cluster_cpus": None, "reserved_cpus": 0.0}
+        )
+        plane = ControlPlaneProcess(cp_settings, free_port(), tmp_path / "cp.log")
+        http = httpx.Client(base_url=plane.url, timeout=30)
+        t = make_tenant(http, "nodes")
+        job_id = submit(http, t, examples=32, n_epochs=2, batch_size=2, checkpoint_every_steps=4)
+        wait_for(
+            lambda: any("Checkpoint saved" in m for m in messages(events(http, t, job_id))),
+            180,
+            "a checkpoint",
+        )
+        kill9(nodes[0])
+        # A replacement node (what an autoscaler would bring): training resumes there.
+        nodes.append(start_ray_worker(head, tmp_path / "ray", "node2", num_cpus=2, env=env))
+        wait_terminal(http, t, [job_id], 240)
+        evs = events(http, t, job_id)
+        assert status(http, t, job_id) == "succeeded", messages(evs)[-5:]
+        said = messages(evs)
+        assert any("training worker 0 failed" in m for m in said), said
+        assert any("resumed from the checkpoint at step" in m for m in said), said
+        # Ray Train restarted the workers inside the one Ray job: no second submission.
+        assert starts(evs) == [1]
+        assert ray_states(head.dashboard_url, job_id, 2) == ["SUCCEEDED", "MISSING"]
+    finally:
+        if plane is not None:
+            plane.stop()
+        for node in nodes:
+            node.stop()
+        head.process.stop()
+
+
+def test_ray_head_restarted_during_training(
+    settings: Settings, ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    env = _own_env(ray_cluster)
+    dashboard_port, gcs_port = free_port(), free_port()
+
+    def head_up() -> RayHead:
+        return start_ray_head(
+            tmp_path / "ray",
+            num_cpus=2,
+            env=env,
+            extra_args=("--num-gpus=0",),
+            dashboard_port=dashboard_port,
+            gcs_port=gcs_port,
+        )
+
+    head = head_up()
+    plane: ControlPlaneProcess | None = None
+    try:
+        cp_settings = settings.model_copy(update={"ray_address": head.dashboard_url})
+        plane = ControlPlaneProcess(cp_settings, free_port(), tmp_path / "cp.log")
+        http = httpx.Client(base_url=plane.url, timeout=30)
+        t = make_tenant(http, "head")
+        job_id = submit(http, t, examples=32, n_epochs=2, batch_size=2)
+        wait_for(lambda: len(train_steps(events(http, t, job_id))) >= 2, 180, "training")
+        kill9(head.process)  # the head, its GCS, the job's driver and workers, all at once
+        head = head_up()
+        wait_terminal(http, t, [job_id], 240)
+        evs = events(http, t, job_id)
+        assert status(http, t, job_id) == "succeeded", messages(evs)[-5:]
+        assert starts(evs) == [1, 2]
+        assert any("was lost" in m and "queued again" in m for m in messages(evs))
+        # The restarted head knows only attempt 2; attempt 1 died with the old head.
+        assert ray_states(head.dashboard_url, job_id, 3) == ["MISSING", "SUCCEEDED", "MISSING"]
+    finally:
+        if plane is not None:
+            plane.stop()
+        head.process.stop()
