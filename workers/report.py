@@ -44,6 +44,7 @@ import json
 import logging
 import sys
 import time
+from collections import deque
 from typing import IO, Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
@@ -88,15 +89,23 @@ class EventSink(Protocol):
 
 
 class RedisEventSink:
-    """XADDs records to the shared stream. Picklable: it connects lazily in each process."""
+    """XADDs records to the shared stream. Picklable: it connects lazily in each process.
+
+    While Redis is away (restarting, failing over) records wait in a buffer, oldest first,
+    and go out in order with the next record that gets through: an outage delays events
+    rather than losing them (up to `MAX_PENDING` of them, then the oldest are dropped).
+    """
+
+    MAX_PENDING = 100_000
 
     def __init__(self, url: str, stream: str = EVENTS_STREAM) -> None:
         self.url = url
         self.stream = stream
         self._client: Any = None
+        self._pending: deque[EventRecord] = deque()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "stream": self.stream, "_client": None}
+        return {"url": self.url, "stream": self.stream, "_client": None, "_pending": deque()}
 
     def _redis(self) -> Any:
         if self._client is None:
@@ -106,12 +115,30 @@ class RedisEventSink:
         return self._client
 
     def emit(self, record: EventRecord) -> None:
-        self._redis().xadd(
-            self.stream,
-            record.stream_fields(),
-            maxlen=STREAM_MAXLEN,
-            approximate=True,
-        )
+        if len(self._pending) >= self.MAX_PENDING:
+            self._pending.popleft()
+            logger.warning("event buffer full while Redis is away; dropped the oldest event")
+        self._pending.append(record)
+        self.flush()
+
+    def flush(self, wait_s: float = 0.0) -> None:
+        """Send what is buffered; keep trying for `wait_s` before raising the last error."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                while self._pending:
+                    self._redis().xadd(
+                        self.stream,
+                        self._pending[0].stream_fields(),
+                        maxlen=STREAM_MAXLEN,
+                        approximate=True,
+                    )
+                    self._pending.popleft()
+                return
+            except Exception:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 class JsonLinesSink:
@@ -154,11 +181,19 @@ class Reporter:
     """
 
     def __init__(
-        self, job_id: str, tenant_id: str, sink: EventSink, trial_id: str | None = None
+        self,
+        job_id: str,
+        tenant_id: str,
+        sink: EventSink,
+        trial_id: str | None = None,
+        strict_wait_s: float = 120.0,
     ) -> None:
         self.job_id = job_id
         self.tenant_id = tenant_id
         self.sink = sink
+        # How long a strict record (a status, the result) waits for a sink that can buffer
+        # (Redis restarting) before its error is raised.
+        self.strict_wait_s = strict_wait_s
         # A search trial's reporter tags every event of the trial with its id.
         self.trial_id = trial_id
 
@@ -184,9 +219,16 @@ class Reporter:
         try:
             self.sink.emit(record)
         except Exception:
-            if strict:
+            if not strict:
+                logger.warning(
+                    "could not send a %s event for job %s yet", type, self.job_id, exc_info=True
+                )
+                return record
+            flush = getattr(self.sink, "flush", None)
+            if flush is None:
                 raise
-            logger.warning("could not send a %s event for job %s", type, self.job_id, exc_info=True)
+            logger.warning("waiting for the event sink to send a %s event", type)
+            flush(self.strict_wait_s)
         return record
 
     def status(

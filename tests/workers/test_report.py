@@ -49,7 +49,7 @@ def test_the_default_stream_is_shared_by_all_jobs(redis_server: RedisServer) -> 
 
 
 def test_a_lost_sink_does_not_stop_training_events_but_fails_the_result() -> None:
-    reporter = Reporter("ftjob-1", "t", RedisEventSink("redis://127.0.0.1:1/0"))
+    reporter = Reporter("ftjob-1", "t", RedisEventSink("redis://127.0.0.1:1/0"), strict_wait_s=0)
     record = reporter.metrics({"step": 1})  # logged and dropped
     assert record.type == "metrics"
     with pytest.raises(redis.ConnectionError):
@@ -73,3 +73,31 @@ def test_the_contract_module_imports_neither_torch_nor_ray() -> None:
         "sys.exit(str(bad) if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+
+
+def test_events_sent_while_redis_is_down_arrive_in_order_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    from tests.service.reliability.harness import RedisProcess
+
+    server = RedisProcess(tmp_path / "redis")
+    try:
+        stream = "test:events:outage"
+        reporter = Reporter("ftjob-1", "t", RedisEventSink(server.url, stream=stream))
+        reporter.metrics({"step": 1})
+        server.kill9()
+        reporter.metrics({"step": 2})  # buffered: Redis is down
+        reporter.metrics({"step": 3})
+        server.start()
+        reporter.status("succeeded")  # goes out after the buffered ones
+        client: Any = redis.Redis.from_url(server.url, decode_responses=True)
+        records = [EventRecord.from_stream_fields(f) for _, f in client.xrange(stream)]
+        assert [(r.type, r.data.get("step")) for r in records] == [
+            ("metrics", 1),
+            ("metrics", 2),
+            ("metrics", 3),
+            ("status", None),
+        ]
+        client.close()
+    finally:
+        server.stop()

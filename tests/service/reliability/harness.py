@@ -160,7 +160,7 @@ def ray_states(address: str, job_id: str, attempts: int) -> list[str]:
     backend = RayJobsBackend(address)
 
     def settled() -> list[str] | None:
-        found = [backend.state(submission_id(job_id, n)) for n in range(1, attempts + 1)]
+        found = [str(backend.state(submission_id(job_id, n))) for n in range(1, attempts + 1)]
         return None if {"PENDING", "RUNNING"} & set(found) else found
 
     return list(wait_for(settled, 60, "Ray's jobs to end"))
