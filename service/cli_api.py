@@ -405,6 +405,16 @@ class _Follower:
         return out
 
 
+def _detail(last: dict[str, Any], epochs: Any) -> str:
+    parts = []
+    if last.get("epoch") is not None:
+        parts.append(f"epoch {last['epoch']}/{epochs}")
+    for name, key in (("loss", "loss"), ("eval", "eval")):
+        if isinstance(last.get(key), int | float):
+            parts.append(f"{name} {last[key]:.4f}")
+    return "  ".join(parts)
+
+
 def _follow_job(client: httpx.Client, job_id: str, timeout_s: float = 24 * 3600) -> None:
     job = _call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}")
     epochs = (job.get("hyperparameters") or {}).get("n_epochs", "?")
@@ -424,8 +434,7 @@ def _follow_job(client: httpx.Client, job_id: str, timeout_s: float = 24 * 3600)
     unit = "trials" if search else "steps"
     task = progress.add_task(job["status"], total=None, detail="")
     trials_done: set[str] = set()
-    last_loss: float | None = None
-    last_eval: float | None = None
+    last: dict[str, Any] = {}  # the latest epoch, training loss and validation loss seen
     with progress:
         while True:
             for e in follower.fresh():
@@ -434,10 +443,11 @@ def _follow_job(client: httpx.Client, job_id: str, timeout_s: float = 24 * 3600)
                 if kind == "metrics" and not search:
                     if data.get("total_steps"):
                         progress.update(task, total=int(data["total_steps"]))
-                    last_loss = float(data.get("train_loss", 0.0))
                     progress.update(task, completed=int(data.get("step", 0)))
+                    last["epoch"] = data.get("epoch")
+                    last["loss"] = data.get("train_loss")
                 elif kind == "eval":
-                    last_eval = float(data.get("eval_loss", 0.0))
+                    last["eval"] = data.get("eval_loss")
                 elif kind == "trial" and search:
                     progress.update(task, total=int(search.get("num_trials") or 0) or None)
                     if data.get("status") in ("terminated", "early_stopped", "error"):
@@ -446,15 +456,7 @@ def _follow_job(client: httpx.Client, job_id: str, timeout_s: float = 24 * 3600)
                 if e["type"] != "metrics":
                     progress.console.print(f"  [dim]{_when(e['created_at'])}[/] "
                                            f"{escape(e['message'])}")  # fmt: skip
-                if not search:
-                    step = data.get("step")
-                    detail = f"epoch {data.get('epoch', '?')}/{epochs}" if step else ""
-                    if last_loss is not None:
-                        detail += f"  loss {last_loss:.4f}"
-                    if last_eval is not None:
-                        detail += f"  eval {last_eval:.4f}"
-                    if detail:
-                        progress.update(task, detail=detail)
+            progress.update(task, detail=_detail(last, epochs))
             job = _call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}")
             progress.update(task, description=f"{job['status']} ({unit})")
             if job["status"] in TERMINAL:

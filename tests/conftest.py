@@ -14,4 +14,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.ray_cluster",
     "tests.fixtures.redis_server",
     "tests.fixtures.stack",
+    "tests.fixtures.live_stack",
 ]

@@ -7,6 +7,7 @@ same job cannot both win.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from typing import Any
 
@@ -19,6 +20,7 @@ from service import metrics
 from service.common import new_id, now
 from service.models import Job, JobEvent
 
+log = logging.getLogger(__name__)
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 ALLOWED: dict[str, frozenset[str]] = {
@@ -121,6 +123,8 @@ def transition(
         created_at=ts,
     )
     session.flush()
+    extra = {"job_id": job_id, "tenant_id": tenant_id, "status": to}
+    metrics.on_commit(session, lambda: log.info("job %s is %s", job_id, to, extra=extra))
     if timing is not None:
         created_at, queued_since, started_at = timing
         metrics.job_transitioned(

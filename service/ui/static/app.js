@@ -223,7 +223,7 @@
     return el(
       "dl",
       { class: "fields" },
-      pairs.filter(([, v]) => v !== undefined).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v ?? "-")]),
+      pairs.filter(([, v]) => v !== undefined).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v ?? "-")]),
     );
   }
 

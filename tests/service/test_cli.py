@@ -1,0 +1,181 @@
+"""The `tuneplane` CLI's API commands, run with typer's CliRunner against a real control
+plane process (the API alone, and the full stack on the session's Ray cluster for
+`jobs follow`)."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from service.cli import app as cli
+from tests.factories import jsonl, prompt_completion_records
+from tests.fixtures.live_stack import LIVE_JOB_EPOCHS, LIVE_JOB_STEPS, LiveJob, LiveStack
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def no_config(tmp_path: Path) -> Path:
+    """A config file path that does not exist yet: no developer's own file leaks in."""
+    return tmp_path / "cli-config.toml"
+
+
+def run(args: list[str], *, env: dict[str, str | None], ok: bool = True) -> Result:
+    # Wide enough that tables and the progress line are never cut.
+    result = CliRunner().invoke(cli, args, env={"COLUMNS": "200", **env})
+    if ok:
+        assert result.exit_code == 0, f"{args}: {result.output}"
+    return result
+
+
+def env_for(stack: LiveStack, config: Path, key: str | None = None) -> dict[str, str | None]:
+    return {
+        "TUNEPLANE_URL": stack.url,
+        "TUNEPLANE_API_KEY": key or stack.api_key,
+        "TUNEPLANE_ADMIN_KEY": stack.admin_key,
+        "TUNEPLANE_CONFIG": str(config),
+    }
+
+
+def as_json(result: Result) -> Any:
+    return json.loads(result.stdout)
+
+
+def test_files_and_jobs_commands(
+    api_only_stack: LiveStack, no_config: Path, tmp_path: Path
+) -> None:
+    env = env_for(api_only_stack, no_config)
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(jsonl(prompt_completion_records(6)))
+    uploaded = as_json(run(["files", "upload", str(data), "--json"], env=env))
+    assert uploaded["examples"] == 6 and uploaded["format"] == "prompt_completion"
+    shown = run(["files", "upload", str(data)], env=env).stdout
+    assert "6 prompt_completion examples" in shown
+
+    files = as_json(run(["files", "list", "--json"], env=env))
+    assert uploaded["id"] in [f["id"] for f in files]
+    assert uploaded["id"] in run(["files", "list"], env=env).stdout
+
+    job = as_json(
+        run(
+            ["jobs", "create", "--model", "tiny-gpt2", "--training-file", uploaded["id"],
+             "--epochs", "2", "--batch-size", "2", "--suffix", "cli", "--json"],
+            env=env,
+        )
+    )  # fmt: skip
+    assert job["status"] == "queued"
+    assert job["hyperparameters"]["n_epochs"] == 2 and job["hyperparameters"]["batch_size"] == 2
+    listed = as_json(run(["jobs", "list", "--json"], env=env))
+    assert [j["id"] for j in listed] == [job["id"]]
+    table = run(["jobs", "get", job["id"]], env=env).stdout
+    assert job["id"] in table and "queued" in table
+
+    cancelled = as_json(run(["jobs", "cancel", job["id"], "--json"], env=env))
+    assert cancelled["status"] == "cancelled"
+    events = as_json(run(["jobs", "events", job["id"], "--json"], env=env))
+    assert "cancelled" in [(e.get("data") or {}).get("status") for e in events]
+    # Following a job that already ended prints its outcome and exits 1 (not succeeded).
+    followed = run(["jobs", "follow", job["id"]], env=env, ok=False)
+    assert followed.exit_code == 1 and "cancelled" in followed.stdout
+
+    deleted = run(["files", "delete", uploaded["id"]], env=env)
+    assert "deleted" in deleted.stdout
+
+
+def test_admin_commands_create_tenants_and_keys(api_only_stack: LiveStack, no_config: Path) -> None:
+    env = env_for(api_only_stack, no_config)
+    created = as_json(
+        run(["admin", "tenants", "create", "cli-team", "--weight", "2", "--json"], env=env)
+    )
+    tenant = created["tenant"]
+    assert tenant["name"] == "cli-team" and tenant["weight"] == 2
+    tenant_env = env_for(api_only_stack, no_config, key=created["api_key"])
+    models = as_json(run(["models", "list", "--json"], env=tenant_env))
+    assert "tiny-gpt2" in [m["id"] for m in models]
+
+    names = [t["name"] for t in as_json(run(["admin", "tenants", "list", "--json"], env=env))]
+    assert {"cli-team", api_only_stack.tenant_name} <= set(names)
+    updated = as_json(
+        run(
+            ["admin", "tenants", "update", tenant["id"], "--max-running-jobs", "1", "--json"],
+            env=env,
+        )
+    )
+    assert updated["quotas"]["max_running_jobs"] == 1
+
+    key = as_json(run(["admin", "keys", "create", tenant["id"], "--name", "ci", "--json"], env=env))
+    listed = as_json(run(["admin", "keys", "list", tenant["id"], "--json"], env=env))
+    assert key["id"] in [k["id"] for k in listed]
+    run(["admin", "keys", "revoke", tenant["id"], key["id"]], env=env)
+    refused = run(
+        ["models", "list"], env=env_for(api_only_stack, no_config, key=key["key"]), ok=False
+    )
+    assert refused.exit_code == 1
+    assert "Error 401" in refused.output
+
+    # A tenant key is not an admin key.
+    as_tenant = {**env, "TUNEPLANE_ADMIN_KEY": created["api_key"]}
+    denied = run(["admin", "tenants", "list"], env=as_tenant, ok=False)
+    assert denied.exit_code == 1
+
+
+def test_login_saves_a_config_file_that_env_and_flags_override(
+    api_only_stack: LiveStack, no_config: Path
+) -> None:
+    bare: dict[str, str | None] = {
+        "TUNEPLANE_URL": None,
+        "TUNEPLANE_API_KEY": None,
+        "TUNEPLANE_ADMIN_KEY": None,
+        "TUNEPLANE_CONFIG": str(no_config),
+    }
+    missing = run(["jobs", "list"], env=bare, ok=False)
+    assert missing.exit_code == 2 and "No API key" in missing.output
+
+    wrong = run(["login", "--url", api_only_stack.url, "--api-key", "tp-wrong"], env=bare, ok=False)
+    assert wrong.exit_code == 1 and not no_config.exists()
+
+    run(["login", "--url", api_only_stack.url, "--api-key", api_only_stack.api_key], env=bare)
+    assert stat.S_IMODE(no_config.stat().st_mode) == 0o600
+    # Signed in as that tenant: the same answer as with its key in the environment.
+    from_file = as_json(run(["files", "list", "--json"], env=bare))
+    from_env = as_json(run(["files", "list", "--json"], env=env_for(api_only_stack, no_config)))
+    assert from_file == from_env
+
+    # The environment beats the file, and a flag beats the environment.
+    unreachable = "http://127.0.0.1:9"
+    away = run(["jobs", "list"], env={**bare, "TUNEPLANE_URL": unreachable}, ok=False)
+    assert away.exit_code == 2 and "Cannot reach" in away.output
+    run(["--url", api_only_stack.url, "jobs", "list"], env={**bare, "TUNEPLANE_URL": unreachable})
+
+
+def test_errors_carry_the_api_message(api_only_stack: LiveStack, no_config: Path) -> None:
+    env = env_for(api_only_stack, no_config)
+    missing = run(["jobs", "get", "ftjob-nope"], env=env, ok=False)
+    assert missing.exit_code == 1
+    assert "Error 404" in missing.output and "ftjob-nope" in missing.output
+    bad = run(
+        ["jobs", "create", "--model", "no-such-model", "--training-file", "file-x"],
+        env=env,
+        ok=False,
+    )
+    assert bad.exit_code == 1 and "no-such-model" in bad.output
+
+
+@pytest.mark.ray
+def test_jobs_follow_shows_progress_until_the_job_ends(live_job: LiveJob, no_config: Path) -> None:
+    env = env_for(live_job.stack, no_config)
+    result = run(["jobs", "follow", live_job.job_id], env=env)
+    out = result.stdout
+    # The final progress line: every step done, the last epoch, a loss and the ETA column.
+    assert f"{LIVE_JOB_STEPS}/{LIVE_JOB_STEPS}" in out, out
+    assert f"epoch {LIVE_JOB_EPOCHS}/{LIVE_JOB_EPOCHS}" in out, out
+    assert "loss " in out and "eval " in out and "ETA" in out, out
+    # Then the outcome.
+    assert "succeeded" in out, out
+    assert f"ft:tiny-gpt2:{live_job.stack.tenant_name}:live:{live_job.job_id}" in out, out
+    assert live_job.status() == "succeeded"
