@@ -99,6 +99,7 @@ class _Row:
     request: GenerationRequest
     generator: torch.Generator | None
     tokens: list[int] = field(default_factory=list)
+    generated: int = 0  # tokens sampled, the final EOS included (what usage counts)
     text: str = ""
     done: bool = False
 
@@ -240,6 +241,7 @@ class CausalLMEngine:
     def _advance(self, row: _Row, token: int) -> Delta:
         params = row.request.params
         finish: str | None = None
+        row.generated += 1
         if token == self.eos_id:
             finish = "stop"
         else:
@@ -263,7 +265,7 @@ class CausalLMEngine:
         row.text = text if text.startswith(row.text) else row.text
         if finish is not None:
             row.done = True
-        return Delta(new, finish, len(row.request.prompt_ids), len(row.tokens))
+        return Delta(new, finish, len(row.request.prompt_ids), row.generated)
 
 
 class ClassifierEngine:

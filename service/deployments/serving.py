@@ -196,6 +196,9 @@ class ServingManager:
         with self._lock:
             if fingerprint == self._applied and not force:
                 return False
+            if not config["applications"] and self._applied is None and not force:
+                # Nothing to serve and nothing served by us: do not start Serve for it.
+                return False
             self.backend.deploy_serve(config)
             self._applied = fingerprint
             self._apps = {app["name"] for app in config["applications"]}

@@ -1,0 +1,305 @@
+"""Serving end to end: real fine-tuned adapters on the session's Ray cluster, Ray Serve
+started by the control plane (a real process), called with the official `openai` client."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import redis
+
+from service.config import Settings
+from service.ray_backend import RayJobsBackend
+from service.stack import free_port
+from tests.factories import ADMIN, TenantHandle
+from tests.fixtures.app import ADMIN_KEY
+from tests.fixtures.ray_cluster import RayCluster
+from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.stack import FAST, ControlPlaneProcess, wait_for, worker_env
+from tests.workers.factories import ANIMALS, COLORS, FRUITS, classification_rows
+
+PROMPT = "red ->"
+
+
+def _rows(targets: list[str], n: int = 64) -> list[dict[str, str]]:
+    """Colour -> a fixed word of `targets`: adapters trained on other targets disagree."""
+    return [
+        {"prompt": f"{COLORS[i % len(COLORS)]} ->", "completion": f" {targets[i % len(targets)]}"}
+        for i in range(n)
+    ]
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+@dataclass
+class Served:
+    url: str
+    a: TenantHandle
+    b: TenantHandle
+    animals: str  # model ids
+    fruits: str
+    classifier: str
+    http: httpx.Client
+    backend: RayJobsBackend
+
+    def openai(self, tenant: TenantHandle) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=tenant.key, max_retries=0)
+
+
+def _tenant(http: httpx.Client, name: str) -> TenantHandle:
+    created = http.post("/v1/admin/tenants", json={"name": name}, headers=ADMIN).json()
+    return TenantHandle(created["tenant"]["id"], name, created["api_key"])
+
+
+def _train(http: httpx.Client, t: TenantHandle, rows: list[dict[str, Any]], **job: Any) -> str:
+    up = http.post(
+        "/v1/files",
+        files={"file": ("d.jsonl", _jsonl(rows), "application/jsonl")},
+        data={"purpose": "fine-tune"},
+        headers=t.headers,
+    )
+    assert up.status_code == 200, up.text
+    body = {"training_file": up.json()["id"], **job}
+    r = http.post("/v1/fine_tuning/jobs", json=body, headers=t.headers)
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory,
+    ray_cluster: RayCluster,
+    redis_server: RedisServer,
+    tiny_models_dir: Path,
+    serve_port: int,
+) -> Iterator[Served]:
+    redis.Redis.from_url(redis_server.url).flushall()
+    tmp = tmp_path_factory.mktemp("serving")
+    settings = Settings(
+        data_dir=tmp / "data",
+        admin_key=ADMIN_KEY,
+        redis_url=redis_server.url,
+        ray_address=ray_cluster.dashboard_url,
+        worker_python=sys.executable,
+        worker_env=worker_env(ray_cluster),
+        models_dir=tiny_models_dir,
+        serve_port=serve_port,
+        serve_replica_cpus=0.5,
+        serve_default_max_replicas=2,
+        serve_upscale_delay_s=1.0,
+        serve_downscale_delay_s=4.0,
+        serve_look_back_period_s=2.0,
+        **FAST,  # type: ignore[arg-type]
+    )
+    plane = ControlPlaneProcess(settings, free_port(), tmp / "control-plane.log")
+    backend = RayJobsBackend(ray_cluster.dashboard_url)
+    http = httpx.Client(base_url=plane.url, timeout=60)
+    try:
+        a, b = _tenant(http, "serve-a"), _tenant(http, "serve-b")
+        hp = {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 10}
+        jobs = {
+            "animals": _train(http, a, _rows(ANIMALS), model="tiny-gpt2", hyperparameters=hp),
+            "fruits": _train(http, a, _rows(FRUITS), model="tiny-gpt2", hyperparameters=hp),
+            "classifier": _train(
+                http,
+                a,
+                classification_rows(64, seed=1),
+                model="tiny-bert",
+                task="sequence_classification",
+                hyperparameters={"n_epochs": 1, "batch_size": 8},
+            ),
+        }
+
+        def done() -> dict[str, Any] | None:
+            found = {
+                k: http.get(f"/v1/fine_tuning/jobs/{j}", headers=a.headers).json()
+                for k, j in jobs.items()
+            }
+            if all(j["status"] in ("succeeded", "failed", "cancelled") for j in found.values()):
+                return found
+            return None
+
+        finished = wait_for(done, 300, "the three fine-tunes", 1.0)
+        for name, job in finished.items():
+            assert job["status"] == "succeeded", (name, job)
+        yield Served(
+            plane.url,
+            a,
+            b,
+            finished["animals"]["fine_tuned_model"],
+            finished["fruits"]["fine_tuned_model"],
+            finished["classifier"]["fine_tuned_model"],
+            http,
+            backend,
+        )
+    finally:
+        http.close()
+        plane.stop()
+        # Free the shared cluster: Serve and its replicas go with this module.
+        httpx.delete(
+            f"{ray_cluster.dashboard_url}/api/serve/applications/",
+            headers=backend._headers(),
+            timeout=60,
+        )
+
+
+def _chat(client: openai.OpenAI, model: str, **kw: Any) -> Any:
+    return client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=6,
+        temperature=0,
+        **kw,
+    )
+
+
+def test_openai_client_chat_and_completions_plain_and_streaming(served: Served) -> None:
+    client = served.openai(served.a)
+    # Called right after the job, with no deployment: the default policy serves it.
+    chat = _chat(client, served.animals)
+    assert chat.object == "chat.completion" and chat.model == served.animals
+    text = chat.choices[0].message.content
+    # Trained on completions, not chats: the answer may be just the end of the turn.
+    assert text is not None and chat.choices[0].finish_reason in ("stop", "length")
+    assert chat.usage is not None and chat.usage.prompt_tokens > 0
+    assert 0 < chat.usage.completion_tokens <= 6
+
+    chunks = list(_chat(client, served.animals, stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text, "greedy: streaming says what the plain call said"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == chat.usage.total_tokens
+
+    done = client.completions.create(
+        model=served.animals, prompt=PROMPT, max_tokens=4, temperature=0
+    )
+    assert done.object == "text_completion" and done.usage is not None
+    # The adapter learnt colour -> animal on prompt/completion data.
+    assert done.choices[0].text.strip() in ANIMALS, done.choices[0].text
+    pieces = list(
+        client.completions.create(
+            model=served.animals, prompt=PROMPT, max_tokens=4, temperature=0, stream=True
+        )
+    )
+    assert "".join(p.choices[0].text for p in pieces if p.choices) == done.choices[0].text
+
+
+def test_two_adapters_on_one_base_answer_differently(served: Served) -> None:
+    client = served.openai(served.a)
+
+    def complete(model: str) -> str:
+        r = client.completions.create(model=model, prompt=PROMPT, max_tokens=3, temperature=0)
+        return r.choices[0].text
+
+    animals, fruits = complete(served.animals), complete(served.fruits)
+    assert animals != fruits
+    assert animals.strip() in ANIMALS and fruits.strip() not in ANIMALS, (animals, fruits)
+    # Both adapters live in one application of the base model.
+    apps = [n for n in served.backend.serve_status() if n.startswith("lm-")]
+    assert len(apps) == 1, apps
+
+
+def test_classifier_answers_classifications(served: Served) -> None:
+    r = served.http.post(
+        "/v1/classifications",
+        json={"model": served.classifier, "input": ["red", "cat", "apple", "seven"]},
+        headers=served.a.headers,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["usage"]["prompt_tokens"] > 0
+    labels = {"color", "animal", "fruit", "number"}
+    for item in body["data"]:
+        assert item["label"] in labels and set(item["scores"]) == labels
+
+
+def test_other_tenants_and_deleted_models_are_404(served: Served) -> None:
+    with pytest.raises(openai.NotFoundError):
+        _chat(served.openai(served.b), served.animals)
+    client = served.openai(served.a)
+    assert client.models.delete(served.fruits).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model=served.fruits, prompt=PROMPT, max_tokens=2)
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(served.fruits)
+
+
+def _deployment(served: Served, dep_id: str) -> dict[str, Any]:
+    r = served.http.get(f"/v1/deployments/{dep_id}", headers=served.a.headers)
+    return dict(r.json())
+
+
+def test_replicas_scale_up_under_load_back_down_and_to_zero(served: Served) -> None:
+    r = served.http.post(
+        "/v1/deployments",
+        json={
+            "model": served.animals,
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "target_ongoing_requests": 1,
+        },
+        headers=served.a.headers,
+    )
+    assert r.status_code == 200, r.text
+    dep_id = r.json()["id"]
+    wait_for(
+        lambda: (
+            _deployment(served, dep_id)["running_replicas"] == 1
+            and _deployment(served, dep_id)["status"] == "running"
+        ),
+        120,
+        "one replica",
+    )
+
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def load() -> None:
+        client = served.openai(served.a)
+        while not stop.is_set():
+            try:
+                client.completions.create(
+                    model=served.animals, prompt=PROMPT, max_tokens=48, temperature=1
+                )
+            except Exception as exc:  # every request must succeed; collected, asserted below
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(
+            lambda: _deployment(served, dep_id)["running_replicas"] == 2, 120, "a second replica"
+        )
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    wait_for(
+        lambda: _deployment(served, dep_id)["running_replicas"] == 1, 120, "back to the minimum"
+    )
+
+    r = served.http.patch(
+        f"/v1/deployments/{dep_id}", json={"min_replicas": 0}, headers=served.a.headers
+    )
+    assert r.status_code == 200
+    wait_for(
+        lambda: _deployment(served, dep_id)["status"] == "scaled_to_zero", 120, "zero replicas"
+    )
+    started = time.monotonic()
+    chat = _chat(served.openai(served.a), served.animals)
+    assert chat.choices[0].message.content is not None
+    assert time.monotonic() - started < 120
