@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine
 from typer.testing import CliRunner, Result
 
 from service.cli import app as cli
-from tests.factories import jsonl, prompt_completion_records
+from tests.factories import TenantHandle, add_model, jsonl, prompt_completion_records
 from tests.fixtures.live_stack import LIVE_JOB_EPOCHS, LIVE_JOB_STEPS, LiveJob, LiveStack
 
 pytestmark = pytest.mark.timeout(600)
@@ -71,7 +72,7 @@ def test_files_and_jobs_commands(
     assert job["status"] == "queued"
     assert job["hyperparameters"]["n_epochs"] == 2 and job["hyperparameters"]["batch_size"] == 2
     listed = as_json(run(["jobs", "list", "--json"], env=env))
-    assert [j["id"] for j in listed] == [job["id"]]
+    assert job["id"] in [j["id"] for j in listed]
     table = run(["jobs", "get", job["id"]], env=env).stdout
     assert job["id"] in table and "queued" in table
 
@@ -164,6 +165,52 @@ def test_errors_carry_the_api_message(api_only_stack: LiveStack, no_config: Path
         ok=False,
     )
     assert bad.exit_code == 1 and "no-such-model" in bad.output
+
+
+def test_deployments_commands(api_only_stack: LiveStack, no_config: Path, tmp_path: Path) -> None:
+    env = env_for(api_only_stack, no_config)
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(jsonl(prompt_completion_records(4)))
+    file_id = as_json(run(["files", "upload", str(data), "--json"], env=env))["id"]
+    job = as_json(
+        run(
+            ["jobs", "create", "--model", "tiny-gpt2", "--training-file", file_id, "--json"],
+            env=env,
+        )
+    )
+    # This stack has no Ray to train on: the model row is what a finished job would leave.
+    model_id = f"ft:tiny-gpt2:{api_only_stack.tenant_name}:dep:{job['id']}"
+    engine = create_engine(api_only_stack.database_url)
+    tenant = TenantHandle(api_only_stack.tenant_id, api_only_stack.tenant_name, "")
+    add_model(engine, tenant, job["id"], model_id)
+    engine.dispose()
+
+    created = as_json(
+        run(
+            ["deployments", "create", "--model", model_id, "--min-replicas", "0",
+             "--max-replicas", "2", "--target-ongoing-requests", "4", "--json"],
+            env=env,
+        )
+    )  # fmt: skip
+    assert created["id"].startswith("dep-") and created["model"] == model_id
+    assert (created["min_replicas"], created["max_replicas"]) == (0, 2)
+    assert created["target_ongoing_requests"] == 4
+    listed = as_json(run(["deployments", "list", "--json"], env=env))
+    assert [d["id"] for d in listed] == [created["id"]]
+    assert created["id"] in run(["deployments", "list"], env=env).stdout
+    updated = as_json(
+        run(["deployments", "update", created["id"], "--max-replicas", "3", "--json"], env=env)
+    )
+    assert updated["max_replicas"] == 3 and updated["min_replicas"] == 0
+    got = as_json(run(["deployments", "get", created["id"], "--json"], env=env))
+    assert got["max_replicas"] == 3
+    nothing = run(["deployments", "update", created["id"]], env=env, ok=False)
+    assert nothing.exit_code == 2
+    twice = run(["deployments", "create", "--model", model_id], env=env, ok=False)
+    assert twice.exit_code == 1 and "already" in twice.output
+    run(["deployments", "delete", created["id"]], env=env)
+    assert as_json(run(["deployments", "list", "--json"], env=env)) == []
+    run(["jobs", "cancel", job["id"]], env=env)
 
 
 @pytest.mark.ray
