@@ -14,7 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+from sqlalchemy import create_engine
+from sqlmodel import Session
 
+from service.common import now
+from service.jobs.state import add_event
+from service.models import Trial
+from tests.factories import jsonl, prompt_completion_records
 from tests.fixtures.live_stack import LIVE_JOB_STEPS, LiveJob, LiveStack
 
 ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
@@ -118,3 +124,71 @@ def test_sign_in_and_see_a_finished_job_with_its_loss_curves(page: Page, live_jo
     page.click("#signout")
     page.locator("#signin").wait_for()
     assert page.evaluate("sessionStorage.getItem('tuneplane.apiKey')") is None
+
+
+HOSTILE = '<img src=x onerror="window.__xss=1">'
+
+
+def test_a_search_shows_its_trials_and_untrusted_text_stays_text(
+    page: Page, api_only_stack: LiveStack
+) -> None:
+    """The API-only stack queues the search without running it; its trials and an event
+    carrying markup are written as the event consumer would write them."""
+    stack = api_only_stack
+    with stack.client() as c:
+        ids = []
+        for name in ("t.jsonl", "v.jsonl"):
+            files = {"file": (name, jsonl(prompt_completion_records(8)), "application/jsonl")}
+            r = c.post("/v1/files", files=files, data={"purpose": "fine-tune"})
+            ids.append(r.json()["id"])
+        search = {
+            "space": {"learning_rate": {"type": "grid", "values": [0.001, 0.01]}},
+            "algorithm": "grid",
+            "metric": "eval_loss",
+            "mode": "min",
+        }
+        r = c.post(
+            "/v1/fine_tuning/jobs",
+            json={"model": "tiny-gpt2", "training_file": ids[0], "validation_file": ids[1],
+                  "search": search},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        job_id = r.json()["id"]
+    engine = create_engine(stack.database_url)
+    with Session(engine) as s:
+        for i, (lr, best) in enumerate(((0.001, 1.25), (0.01, 0.75))):
+            s.add(
+                Trial(
+                    id=f"fttrial-{job_id}-{i}",
+                    job_id=job_id,
+                    tenant_id=stack.tenant_id,
+                    trial_id=f"trial_{i}",
+                    status="terminated",
+                    params={"learning_rate": lr},
+                    metrics={"eval_loss": best},
+                    best_metric=best,
+                    iterations=4,
+                    created_at=now(),
+                    updated_at=now(),
+                )
+            )
+        add_event(s, job_id, stack.tenant_id, f"line 3 of your file: {HOSTILE}", level="warn")
+        s.commit()
+    engine.dispose()
+
+    sign_in(page, stack, stack.api_key)
+    page.locator("#jobs-table").wait_for()
+    page.goto(f"{stack.url}/ui/#/jobs/{job_id}")
+    trials = page.locator("#trials-table tbody tr")
+    trials.nth(1).wait_for()
+    assert trials.count() == 2
+    assert "0.7500" in trials.nth(1).inner_text() and "0.01" in trials.nth(1).inner_text()
+    assert "Best eval_loss" in (page.locator("#trials-table thead").text_content() or "")
+    events = page.locator("#events-table")
+    events.get_by_text(HOSTILE, exact=False).wait_for()
+    assert events.locator("img").count() == 0
+    assert page.evaluate("window.__xss") is None
+
+    # A queued job can be cancelled from its page.
+    page.click("#cancel-job")
+    page.locator(".toolbar .badge:text-is('cancelled')").wait_for()
