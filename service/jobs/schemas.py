@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,12 +12,14 @@ Auto = Literal["auto"]
 
 
 class HyperparametersIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     # OpenAI's three.
-    n_epochs: int | Auto | None = Field(None, ge=1, le=1000)
-    batch_size: int | Auto | None = Field(None, ge=1, le=4096)
-    learning_rate_multiplier: float | Auto | None = Field(None, gt=0, le=100)
+    # The bounds sit on the number alone: on the union they would be applied to "auto" too
+    # (a TypeError inside pydantic, which was a 500).
+    n_epochs: Annotated[int, Field(ge=1, le=1000)] | Auto | None = None
+    batch_size: Annotated[int, Field(ge=1, le=4096)] | Auto | None = None
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Auto | None = None
     # Tuneplane's: any TrainingConfig field.
     learning_rate: float | None = Field(None, gt=0, le=1)
     warmup_ratio: float | None = Field(None, ge=0, lt=1)
@@ -33,12 +35,12 @@ class HyperparametersIn(BaseModel):
 
 
 class SupervisedIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     hyperparameters: HyperparametersIn | None = None
 
 
 class MethodIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedIn | None = None
@@ -47,7 +49,7 @@ class MethodIn(BaseModel):
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1, max_length=256)
     training_file: str = Field(min_length=1, max_length=64)
