@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,6 +33,9 @@ CRASH_POINTS = frozenset(
 
 class Quotas(BaseModel):
     """Per-tenant limits; None means unlimited."""
+
+    # Strict: `true` is not a count, and a misspelt quota must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     max_running_jobs: int | None = Field(None, ge=0, le=100_000)
     max_queued_jobs: int | None = Field(None, ge=0, le=1_000_000)

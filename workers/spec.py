@@ -22,7 +22,8 @@ TASK_FORMATS: dict[str, frozenset[str]] = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields and wrong JSON types (`true` for a count, "3" for a number) are errors.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class LoraAdapter(_Strict):

@@ -10,7 +10,7 @@ TENANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class TenantCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     # Tenant names appear in model ids (ft:<base>:<tenant>:...), so no ':' or spaces.
     name: str = Field(pattern=TENANT_NAME)
@@ -19,7 +19,7 @@ class TenantCreate(BaseModel):
 
 
 class TenantUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     weight: float | None = Field(None, gt=0, le=1000)
     quotas: Quotas | None = None
@@ -47,9 +47,10 @@ class TenantList(BaseModel):
 
 
 class ApiKeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str | None = Field(None, max_length=128)
+    # A label for people: printable text only.
+    name: str | None = Field(None, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")
 
 
 class ApiKeyOut(BaseModel):
