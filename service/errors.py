@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -162,6 +164,22 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _data_error(_: Request, exc: Exception) -> JSONResponse:
+    # The database refused a value the request carried (PostgreSQL stores no NUL character
+    # in text or JSON, and no integer past 64 bits): the request's fault, not the server's.
+    log.info("the database refused a request value: %s", exc)
+    return JSONResponse(
+        error_body(
+            "The request holds a value that cannot be stored (a NUL character, or a number "
+            "out of range).",
+            "invalid_request_error",
+            None,
+            "invalid_value",
+        ),
+        status_code=400,
+    )
+
+
 async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse(
@@ -174,4 +192,73 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(Exception, _unhandled)
+    document_errors(app)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+# What any /v1 operation may answer besides its success; FastAPI's generated 422 is never
+# sent (validation errors are 400s, as OpenAI's are).
+DOCUMENTED_ERRORS = {
+    400: "Invalid request (the error's `param` names the field)",
+    401: "Missing, unknown or revoked API key",
+    403: "The key's role may not call this endpoint",
+    404: "No such object (or another tenant's) or endpoint",
+    405: "Method not allowed",
+    409: "Conflict (object in use, Idempotency-Key reused)",
+    413: "Request body too large",
+    429: "Quota or rate limit exceeded",
+    500: "Internal error",
+    503: "A dependency (Redis, Ray) is unavailable",
+}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Put the error answers into the OpenAPI schema, so clients (and schema-driven
+    tests) know every status an operation can return and the body that comes with it."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        body = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components["ErrorResponse"] = body
+        ref = {"$ref": "#/components/schemas/ErrorResponse"}
+        for path, item in schema.get("paths", {}).items():
+            if not path.startswith("/v1/"):
+                continue
+            for operation in item.values():
+                responses = operation.get("responses") if isinstance(operation, dict) else None
+                if responses is None:
+                    continue
+                responses.pop("422", None)
+                for status, description in DOCUMENTED_ERRORS.items():
+                    responses.setdefault(
+                        str(status),
+                        {
+                            "description": description,
+                            "content": {"application/json": {"schema": ref}},
+                        },
+                    )
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
