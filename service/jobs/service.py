@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 from sqlmodel import Session
@@ -39,6 +39,7 @@ from service.tenants.service import effective_quotas
 from workers.spec import (
     SEARCHABLE_PARAMS,
     TASK_FORMATS,
+    DataFormat,
     FullAdapter,
     JobSpec,
     LoraAdapter,
@@ -243,7 +244,7 @@ class JobService:
                 tenant_id=self.tenant.id,
                 base_model=entry.ref(),
                 task=task,
-                data_format=training.format,
+                data_format=cast(DataFormat, training.format),
                 training_file_uri=self.store.uri_for(training.storage_key),
                 validation_file_uri=self.store.uri_for(validation.storage_key)
                 if validation

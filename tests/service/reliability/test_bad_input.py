@@ -71,7 +71,7 @@ def _send(client: TestClient, method: str, url: str, body: Any, headers: dict[st
     )
 
 
-def _refused(r: Any, what: str) -> None:
+def _refused(r: Any, what: object) -> None:
     TALLY[r.status_code] += 1
     assert 400 <= r.status_code < 500, (what, r.status_code, r.text[:300])
     assert _is_openai_error(r), (what, r.text[:300])
