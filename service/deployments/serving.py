@@ -116,6 +116,9 @@ class ServingManager:
         self._apps: set[str] = set()
         self._status: dict[str, ServeAppStatus] = {}
         self._status_at = 0.0
+        # Applications seen running: requests to them skip the status check until one
+        # fails (`forget`).
+        self._running: set[str] = set()
 
     # ------------------------------------------------------------ desired state
 
@@ -244,6 +247,8 @@ class ServingManager:
         """Wait until `app` runs in Serve (applying the config first if it is new)."""
         if self.backend is None:
             raise ServiceUnavailable("Serving is not configured on this server (no Ray address).")
+        if app in self._running:
+            return
         if app not in self._apps:
             await asyncio.to_thread(self.apply)
         deadline = time.monotonic() + self.settings.serve_ready_timeout_s
@@ -251,6 +256,7 @@ class ServingManager:
         while True:
             status = (await asyncio.to_thread(self.status)).get(app)
             if status is not None and status.status == "RUNNING":
+                self._running.add(app)
                 return
             if status is not None and status.status == "DEPLOY_FAILED":
                 raise ServiceUnavailable(
@@ -273,6 +279,7 @@ class ServingManager:
         """A request found `app` missing in Serve: the next `ready` re-checks it."""
         self._status_at = 0.0
         self._status.pop(app, None)
+        self._running.discard(app)
 
 
 class ServingLoop:
