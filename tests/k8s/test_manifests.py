@@ -358,6 +358,20 @@ def test_control_plane_reaches_the_ray_head_jobs_api(kustomization: str) -> None
 
 
 @pytest.mark.parametrize("kustomization", ALL)
+def test_control_plane_reaches_serve_on_the_head(kustomization: str) -> None:
+    objs = render(kustomization)
+    env = env_of(objs, control_plane(objs))
+    cluster = ray_cluster(objs)
+    url = urlparse(env["TUNEPLANE_SERVE_URL"])
+    assert url.hostname == f"{cluster['metadata']['name']}-head-svc"
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in head["ports"]}
+    assert url.port == ports["serve"] == int(env["TUNEPLANE_SERVE_PORT"])
+    # Serve's proxy must listen beyond localhost for another pod to reach it.
+    assert env["TUNEPLANE_SERVE_HOST"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("kustomization", ALL)
 def test_head_does_no_work_and_groups_autoscale(kustomization: str) -> None:
     cluster = ray_cluster(render(kustomization))["spec"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
@@ -528,7 +542,7 @@ def test_only_the_control_plane_reaches_the_ray_head(kustomization: str) -> None
     pods = {p.owner: p for p in pod_templates(objs)}
     head = pods["RayCluster/tuneplane-ray[head]"]
     ray = [p for p in pods.values() if "RayCluster" in p.owner]
-    head_ports = {"gcs-server", "dashboard", "client"}
+    head_ports = {"gcs-server", "dashboard", "client", "serve"}
     port_numbers = {
         port["containerPort"]
         for port in head.spec["containers"][0]["ports"]
