@@ -55,7 +55,7 @@ def test_another_tenants_id_is_404_on_every_endpoint_that_takes_one(client: Test
             continue
         url = _fill(path, a_ids)
         assert "{" not in url, f"the matrix has no object for {method} {path}: add it"
-        body = {} if "requestBody" in op else None
+        body: dict[str, Any] | None = {} if "requestBody" in op else None
         r = client.request(method, url, json=body, headers=b.headers)
         assert r.status_code == 404, (method, path, r.status_code, r.text[:200])
         assert r.json()["error"]["type"] == "invalid_request_error"
@@ -146,7 +146,7 @@ def test_keys_missing_wrong_revoked_or_of_the_wrong_role_are_refused_everywhere(
     checked = 0
     for method, path, op in _operations(client):
         url = _fill(path, ids)
-        body = {} if "requestBody" in op else None
+        body: dict[str, Any] | None = {} if "requestBody" in op else None
         for name, headers in (("none", {}), ("wrong", NOT_A_KEY), ("revoked", revoked)):
             r = client.request(method, url, json=body, headers=headers)
             assert r.status_code == 401, (name, method, path, r.text[:200])
