@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -154,6 +155,27 @@ def _check(r: httpx.Response) -> Any:
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
+def _demo_inference(api: httpx.Client, model: str) -> None:
+    """Ask the new model a held-out question through Ray Serve (the first call starts
+    its replica)."""
+    first = json.loads((DEMO_DATA / "valid.jsonl").read_text().splitlines()[0])
+    question = [m for m in first["messages"] if m["role"] != "assistant"]
+    expected = next(m["content"] for m in first["messages"] if m["role"] == "assistant")
+    began = time.monotonic()
+    r = api.post(
+        "/v1/chat/completions",
+        json={"model": model, "messages": question, "max_tokens": 24, "temperature": 0},
+        timeout=300,
+    )
+    reply = _check(r)
+    console.print(
+        f"asked the fine-tuned model (served by Ray Serve, {time.monotonic() - began:.1f} s "
+        f"with the replica's start): {escape(question[-1]['content'])}\n"
+        f"  it answers: {escape(repr(reply['choices'][0]['message']['content']))}\n"
+        f"  the held-out answer: {escape(expected)}"
+    )
+
+
 def _follow(api: httpx.Client, job_id: str, timeout_s: float) -> tuple[dict[str, Any], list[Any]]:
     """Print the job's events as they come until it ends; returns the job and its events."""
     seen: list[dict[str, Any]] = []
@@ -258,6 +280,8 @@ def demo(
             table.add_row("error", job["error"]["message"])
         table.add_row("wall time", f"{time.monotonic() - started:.0f} s")
         console.print(table)
+        if job["status"] == "succeeded":
+            _demo_inference(api, str(job["fine_tuned_model"]))
     console.print("the stack has been stopped")
     if job["status"] != "succeeded":
         raise typer.Exit(1)
