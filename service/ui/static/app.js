@@ -231,20 +231,72 @@
     return value === null || value === undefined ? "-" : JSON.stringify(value);
   }
 
-  // Training and validation loss against the step, drawn as SVG.
-  function lossChart(train, evals) {
+  // Colours of a search's trials (a plain job uses the CSS train/eval colours).
+  const PALETTE = ["#2f6fed", "#e8590c", "#12b76a", "#9e77ed", "#f04438", "#0ba5ec", "#f79009", "#667085"];
+
+  // Loss series from the job's metric events: training and validation loss by step, one
+  // pair per trial for a search (per-step events of a trial carry its trial_id).
+  function lossSeries(events) {
+    const byKey = new Map();
+    for (const e of events) {
+      const d = e.data || {};
+      if (e.type !== "metrics" || typeof d.step !== "number") continue;
+      let kind = null;
+      let loss = null;
+      if (d.kind === "metrics" && typeof d.train_loss === "number") [kind, loss] = ["train", d.train_loss];
+      if (d.kind === "eval" && typeof d.eval_loss === "number") [kind, loss] = ["eval", d.eval_loss];
+      if (kind === null) continue;
+      const trial = typeof d.trial_id === "string" ? d.trial_id : "";
+      const key = `${trial}\u0000${kind}`;
+      if (!byKey.has(key)) byKey.set(key, { trial, kind, points: [] });
+      byKey.get(key).points.push({ step: d.step, loss });
+    }
+    const trials = [...new Set([...byKey.values()].map((s) => s.trial))].sort();
+    for (const series of byKey.values()) {
+      series.color = series.trial ? PALETTE[trials.indexOf(series.trial) % PALETTE.length] : null;
+      series.points.sort((p, q) => p.step - q.step);
+    }
+    return [...byKey.values()];
+  }
+
+  // A trial's colour is an SVG attribute, which CSS would override: trials opt out of it.
+  function seriesClass(series) {
+    return series.trial ? `series-${series.kind} trial` : `series-${series.kind}`;
+  }
+
+  function swatch(series) {
+    const icon = svg("svg", { width: 18, height: 8, "aria-hidden": "true" });
+    const line = svg("line", { x1: 0, x2: 18, y1: 4, y2: 4, "stroke-width": 3, class: seriesClass(series) });
+    if (series.color) line.setAttribute("stroke", series.color);
+    if (series.kind === "eval" && series.trial) line.setAttribute("stroke-dasharray", "4 2");
+    icon.append(line);
+    return icon;
+  }
+
+  function legend(seriesList) {
+    const box = el("div", { class: "legend" });
+    for (const s of seriesList) {
+      const what = s.kind === "train" ? "training loss" : "validation loss";
+      box.append(el("span", { class: s.kind }, swatch(s), s.trial ? `${s.trial} ${what}` : what));
+    }
+    return box;
+  }
+
+  // Loss against the step, drawn as SVG (no chart library).
+  function lossChart(seriesList) {
     const W = 860;
     const H = 300;
     const m = { left: 56, right: 16, top: 14, bottom: 34 };
+    const count = (kind) => seriesList.filter((s) => s.kind === kind).reduce((n, s) => n + s.points.length, 0);
     const root = svg("svg", {
       viewBox: `0 0 ${W} ${H}`,
       role: "img",
       "aria-label": "loss by step",
       id: "loss-chart",
-      "data-train-points": train.length,
-      "data-eval-points": evals.length,
+      "data-train-points": count("train"),
+      "data-eval-points": count("eval"),
     });
-    const all = train.concat(evals);
+    const all = seriesList.flatMap((s) => s.points);
     if (all.length === 0) {
       root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "tick" }, "No loss reported yet"));
       return root;
@@ -263,38 +315,32 @@
       const y = y0 + ((y1 - y0) * i) / 4;
       root.append(svg("line", { x1: m.left, x2: W - m.right, y1: sy(y), y2: sy(y), class: "grid" }));
       root.append(svg("text", { x: m.left - 6, y: sy(y) + 4, "text-anchor": "end", class: "tick" }, y.toFixed(3)));
-      const x = x0 + ((x1 - x0) * i) / 4;
-      root.append(svg("text", { x: sx(x), y: H - m.bottom + 16, "text-anchor": "middle", class: "tick" }, Math.round(x)));
+    }
+    // Steps are whole numbers: at most about 8 whole ticks, never a repeated label.
+    const every = Math.max(1, Math.ceil((x1 - x0) / 8));
+    for (let x = Math.ceil(x0); x <= x1; x += every) {
+      root.append(svg("text", { x: sx(x), y: H - m.bottom + 16, "text-anchor": "middle", class: "tick" }, x));
     }
     root.append(svg("line", { x1: m.left, x2: m.left, y1: m.top, y2: H - m.bottom, class: "axis" }));
     root.append(svg("line", { x1: m.left, x2: W - m.right, y1: H - m.bottom, y2: H - m.bottom, class: "axis" }));
     root.append(svg("text", { x: (W + m.left) / 2, y: H - 4, "text-anchor": "middle", class: "tick" }, "step"));
-    for (const [name, points] of [["train", train], ["eval", evals]]) {
-      if (points.length === 0) continue;
-      const sorted = points.slice().sort((a, b) => a.step - b.step);
-      root.append(svg("polyline", { class: `series-${name}`, points: sorted.map((p) => `${sx(p.step)},${sy(p.loss)}`).join(" ") }));
+    for (const s of seriesList) {
+      const line = svg("polyline", { class: seriesClass(s), points: s.points.map((p) => `${sx(p.step)},${sy(p.loss)}`).join(" ") });
+      if (s.color) line.setAttribute("stroke", s.color);
+      if (s.kind === "eval" && s.trial) line.setAttribute("stroke-dasharray", "4 2");
+      if (s.trial) line.setAttribute("data-trial", s.trial);
+      root.append(line);
       // Markers for every point when there are few; long runs are a line.
-      if (sorted.length <= 300) {
-        for (const p of sorted) {
-          const dot = svg("circle", { class: name, cx: sx(p.step), cy: sy(p.loss), r: 3 });
-          dot.append(svg("title", {}, `step ${p.step}: ${name} loss ${p.loss.toFixed(4)}`));
-          root.append(dot);
-        }
+      if (s.points.length > 300) continue;
+      for (const p of s.points) {
+        const dot = svg("circle", { class: s.trial ? `${s.kind} trial` : s.kind, cx: sx(p.step), cy: sy(p.loss), r: 3 });
+        if (s.color) dot.setAttribute("fill", s.color);
+        const label = s.trial ? `${s.trial} ` : "";
+        dot.append(svg("title", {}, `step ${p.step}: ${label}${s.kind === "train" ? "training" : "validation"} loss ${p.loss.toFixed(4)}`));
+        root.append(dot);
       }
     }
     return root;
-  }
-
-  function lossPoints(events) {
-    const train = [];
-    const evals = [];
-    for (const e of events) {
-      const d = e.data || {};
-      if (e.type !== "metrics" || typeof d.step !== "number") continue;
-      if (d.kind === "metrics" && typeof d.train_loss === "number") train.push({ step: d.step, loss: d.train_loss });
-      if (d.kind === "eval" && typeof d.eval_loss === "number") evals.push({ step: d.step, loss: d.eval_loss });
-    }
-    return { train, evals };
   }
 
   async function jobPage(view, jobId, gen) {
@@ -302,6 +348,7 @@
     const events = [];
     let lastId = null;
     const chartBox = el("div", { class: "chart" });
+    const legendBox = el("div");
     const header = el("div");
     const details = el("div");
     const trialsBox = el("div");
@@ -311,12 +358,7 @@
       header,
       details,
       el("h2", {}, "Loss"),
-      el(
-        "div",
-        { class: "legend" },
-        el("span", { class: "train" }, el("span", { class: "swatch" }), "training loss"),
-        el("span", { class: "eval" }, el("span", { class: "swatch" }), "validation loss"),
-      ),
+      legendBox,
       chartBox,
       trialsBox,
       el("h2", {}, "Events"),
@@ -362,8 +404,9 @@
           ["Error", job.error ? job.error.message : undefined],
         ]),
       );
-      const { train, evals } = lossPoints(events);
-      chartBox.replaceChildren(lossChart(train, evals));
+      const series = lossSeries(events);
+      legendBox.replaceChildren(legend(series));
+      chartBox.replaceChildren(lossChart(series));
       if (job.search) {
         const trials = await api(`${path}/trials`);
         if (gen !== generation) return false;

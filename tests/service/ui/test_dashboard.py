@@ -126,6 +126,14 @@ def test_sign_in_and_see_a_finished_job_with_its_loss_curves(page: Page, live_jo
     assert page.evaluate("sessionStorage.getItem('tuneplane.apiKey')") is None
 
 
+def metric(s: Session, job_id: str, tenant_id: str, kind: str, step: int, loss: float,
+           trial: str) -> None:  # fmt: skip
+    """A per-step metrics event as the event consumer stores it."""
+    key = "train_loss" if kind == "metrics" else "eval_loss"
+    data = {"kind": kind, "step": step, key: loss, "trial_id": trial}
+    add_event(s, job_id, tenant_id, f"Step {step}: {key}={loss}", type_="metrics", data=data)
+
+
 HOSTILE = '<img src=x onerror="window.__xss=1">'
 
 
@@ -173,8 +181,11 @@ def test_a_search_shows_its_trials_and_untrusted_text_stays_text(
                 )
             )
         add_event(s, job_id, stack.tenant_id, f"line 3 of your file: {HOSTILE}", level="warn")
+        for trial in ("trial_0", "trial_1"):
+            for step in (1, 2):
+                metric(s, job_id, stack.tenant_id, "metrics", step, 2.0 / step, trial)
+            metric(s, job_id, stack.tenant_id, "eval", 2, 1.5, trial)
         s.commit()
-    engine.dispose()
 
     sign_in(page, stack, stack.api_key)
     page.locator("#jobs-table").wait_for()
@@ -188,6 +199,23 @@ def test_a_search_shows_its_trials_and_untrusted_text_stays_text(
     events.get_by_text(HOSTILE, exact=False).wait_for()
     assert events.locator("img").count() == 0
     assert page.evaluate("window.__xss") is None
+
+    # One training and one validation curve per trial, each in the trial's colour.
+    chart = page.locator("#loss-chart")
+    assert chart.locator("polyline.trial").count() == 4
+    colours = {chart.locator(f"polyline.series-train[data-trial={t}]").get_attribute("stroke")
+               for t in ("trial_0", "trial_1")}  # fmt: skip
+    assert len(colours) == 2
+    assert chart.locator("circle.train").count() == 4
+    # The page is live: a new step shows up without a reload.
+    with Session(engine) as s:
+        metric(s, job_id, stack.tenant_id, "metrics", 3, 0.5, "trial_1")
+        s.commit()
+    engine.dispose()
+    chart.locator("circle.train").nth(4).wait_for()
+    assert chart.locator("circle.train").count() == 5
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-search.png"), full_page=True)
 
     # A queued job can be cancelled from its page.
     page.click("#cancel-job")
