@@ -70,7 +70,8 @@ def serve(
     """Run the API server alone (database and storage from TUNEPLANE_* settings)."""
     import uvicorn
 
-    uvicorn.run("service.main:create_app", factory=True, host=host, port=port)
+    # log_config=None: uvicorn's own lines go through the app's JSON logging.
+    uvicorn.run("service.main:create_app", factory=True, host=host, port=port, log_config=None)
 
 
 @app.command()

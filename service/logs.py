@@ -30,7 +30,12 @@ access_log = logging.getLogger("tuneplane.access")
 # A caller's request id is echoed only if it is short and plain (it lands in our logs).
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # LogRecord's own attributes: everything else on a record came in through `extra=`.
-_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# uvicorn's color_message is its message with terminal colours: not for a JSON log.
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 _HANDLER_MARK = "_tuneplane_handler"
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 

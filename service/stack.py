@@ -258,4 +258,6 @@ def run_up(settings: Settings, host: str, port: int, num_cpus: int | None) -> No
     with embedded_stack(settings, num_cpus) as stack_settings:
         app = create_app(stack_settings)
         # uvicorn turns SIGINT/SIGTERM into a graceful shutdown; the stack stops after it.
-        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
+        # log_config=None: uvicorn's lines go through the app's JSON logging.
+        config = uvicorn.Config(app, host=host, port=port, log_level="info", log_config=None)
+        uvicorn.Server(config).run()
