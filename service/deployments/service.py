@@ -23,6 +23,14 @@ from service.models import Deployment
 from service.registry.repository import ModelRepository
 
 
+def _exists(model: str) -> Conflict:
+    return Conflict(
+        f"The model '{model}' has a deployment already; update it instead.",
+        param="model",
+        code="deployment_exists",
+    )
+
+
 class DeploymentService:
     def __init__(self, session: Session, tenant_id: str, serving: ServingManager) -> None:
         self.session = session
@@ -76,11 +84,7 @@ class DeploymentService:
                 code="model_not_found",
             )
         if self.repo.for_model(body.model) is not None:
-            raise Conflict(
-                f"The model '{body.model}' has a deployment already; update it instead.",
-                param="model",
-                code="deployment_exists",
-            )
+            raise _exists(body.model)
         t = now()
         deployment = Deployment(
             id=new_id("dep"),
@@ -95,12 +99,8 @@ class DeploymentService:
         try:
             with self.session.begin_nested():
                 self.repo.add(deployment)
-        except IntegrityError:
-            raise Conflict(
-                f"The model '{body.model}' has a deployment already; update it instead.",
-                param="model",
-                code="deployment_exists",
-            ) from None
+        except IntegrityError:  # a concurrent create of the same model won
+            raise _exists(body.model) from None
         self._changed()
         return deployment
 

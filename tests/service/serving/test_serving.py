@@ -4,7 +4,6 @@ started by the control plane (a real process), called with the official `openai`
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,14 +16,12 @@ import openai
 import pytest
 import redis
 
-from service.config import Settings
 from service.ray_backend import RayJobsBackend
 from service.stack import free_port
 from tests.factories import ADMIN, TenantHandle
-from tests.fixtures.app import ADMIN_KEY
 from tests.fixtures.ray_cluster import RayCluster
 from tests.fixtures.redis_server import RedisServer
-from tests.fixtures.stack import FAST, ControlPlaneProcess, wait_for, worker_env
+from tests.fixtures.stack import ControlPlaneProcess, settings_on, wait_for
 from tests.workers.factories import ANIMALS, COLORS, FRUITS, classification_rows
 
 PROMPT = "red ->"
@@ -86,21 +83,17 @@ def served(
 ) -> Iterator[Served]:
     redis.Redis.from_url(redis_server.url).flushall()
     tmp = tmp_path_factory.mktemp("serving")
-    settings = Settings(
-        data_dir=tmp / "data",
-        admin_key=ADMIN_KEY,
-        redis_url=redis_server.url,
-        ray_address=ray_cluster.dashboard_url,
-        worker_python=sys.executable,
-        worker_env=worker_env(ray_cluster),
-        models_dir=tiny_models_dir,
-        serve_port=serve_port,
+    settings = settings_on(
+        tmp,
+        ray_cluster,
+        redis_server,
+        tiny_models_dir,
+        serve_port,
         serve_replica_cpus=0.5,
         serve_default_max_replicas=2,
         serve_upscale_delay_s=1.0,
         serve_downscale_delay_s=4.0,
         serve_look_back_period_s=2.0,
-        **FAST,  # type: ignore[arg-type]
     )
     plane = ControlPlaneProcess(settings, free_port(), tmp / "control-plane.log")
     backend = RayJobsBackend(ray_cluster.dashboard_url)
