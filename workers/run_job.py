@@ -243,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{_first_line(exc)}); retry the job, and report it if it fails again",
             "training_failed",
         )
-        _report_failure(reporter, message, code, error_type=type(exc).__name__)
+        # Not the user's doing (a lost Ray head or node, a bug): the control plane lets
+        # Ray's view of the job decide between retrying it and failing it.
+        retryable = found is None
+        _report_failure(reporter, message, code, error_type=type(exc).__name__, retryable=retryable)
         return 1
     return 0
 

@@ -289,6 +289,11 @@ class EventConsumer:
             # A run interrupted by a cancel reports a failure; the user asked for it.
             transition(s, job.id, "cancelled", expected=("cancelling",), message="Job cancelled")
             return
+        if record.data.get("retryable") and job.status == "running":
+            # An internal failure (the Ray head or a node went away, say): the reconciler
+            # sees the Ray job end and fails the job with this message, or finds it lost
+            # with its cluster and runs it again.
+            return
         message = record.message or "Training failed"
         transition(
             s,

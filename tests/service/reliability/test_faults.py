@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from service.config import Settings
-from service.stack import RayHead, free_port, start_ray_head, start_ray_worker
+from service.stack import RayHead, _nodes, free_port, start_ray_head, start_ray_worker
 from tests.fixtures.ray_cluster import RayCluster
 from tests.fixtures.stack import ControlPlaneProcess, wait_for
 from tests.service.reliability.harness import (
@@ -193,8 +193,8 @@ def test_worker_node_killed_during_training(
 ) -> None:
     env = _own_env(ray_cluster)
     # The head runs no training (0 CPUs): the job's workers can only be on node1.
-    head = start_ray_head(tmp_path / "ray", num_cpus=0, env=env, extra_args=("--num-gpus=0",))
-    nodes = [start_ray_worker(head, tmp_path / "ray", "node1", num_cpus=2, env=env)]
+    head = start_ray_head(tmp_path, num_cpus=0, env=env, extra_args=("--num-gpus=0",))
+    nodes = [start_ray_worker(head, tmp_path, "node1", num_cpus=2, env=env)]
     plane: ControlPlaneProcess | None = None
     try:
         cp_settings = settings.model_copy(
@@ -210,8 +210,10 @@ def test_worker_node_killed_during_training(
             "a checkpoint",
         )
         kill9(nodes[0])
+        # Ray marks the node dead (the head alone is left) before its replacement joins.
+        wait_for(lambda: len(_nodes(head.dashboard_url)) == 1, 60, "Ray to see node1 gone")
         # A replacement node (what an autoscaler would bring): training resumes there.
-        nodes.append(start_ray_worker(head, tmp_path / "ray", "node2", num_cpus=2, env=env))
+        nodes.append(start_ray_worker(head, tmp_path, "node2", num_cpus=2, env=env))
         wait_terminal(http, t, [job_id], 240)
         evs = events(http, t, job_id)
         assert status(http, t, job_id) == "succeeded", messages(evs)[-5:]
@@ -237,7 +239,7 @@ def test_ray_head_restarted_during_training(
 
     def head_up() -> RayHead:
         return start_ray_head(
-            tmp_path / "ray",
+            tmp_path,
             num_cpus=2,
             env=env,
             extra_args=("--num-gpus=0",),

@@ -7,10 +7,12 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.queue import FairQueue
+from service.scheduling.events import EventConsumer
 from service.scheduling.reconciler import Reconciler
 from service.scheduling.scheduler import Dispatcher, Scheduler
 from tests.factories import TenantHandle, create_job_ok, make_tenant
 from tests.service.scheduling.conftest import FixedCluster
+from workers.report import EVENTS_STREAM, EventRecord
 
 
 def _parts(
@@ -122,3 +124,50 @@ def test_a_cancelling_job_is_stopped_and_ends_cancelled(
     cluster.states[job_id] = "STOPPED"
     reconciler.run_once()
     assert _job(client, t, job_id)["status"] == "cancelled"
+
+
+def _internal_failure(queue: FairQueue, job_id: str, tenant_id: str) -> None:
+    """What workers.run_job reports when training dies of something not the user's doing."""
+    record = EventRecord(
+        job_id=job_id,
+        tenant_id=tenant_id,
+        type="status",
+        level="error",
+        message="training failed with an internal error (ActorUnavailableError: ...)",
+        data={"status": "failed", "code": "training_failed", "retryable": True},
+    )
+    queue.r.xadd(EVENTS_STREAM, record.stream_fields())
+
+
+def test_an_internal_failure_is_retried_when_ray_lost_the_job(
+    client: TestClient, app: FastAPI, queue: FairQueue, cluster: FixedCluster
+) -> None:
+    t = make_tenant(client)
+    job_id = create_job_ok(client, t)["id"]
+    sched, reconciler = _parts(app, queue, cluster)
+    sched.tick()
+    # The Ray head died under the run: the driver reports an internal failure, and the
+    # restarted head knows nothing of the job.
+    _internal_failure(queue, job_id, t.id)
+    EventConsumer(app.state.engine, queue.r, "cp", "r").poll(block_ms=100)
+    assert _job(client, t, job_id)["status"] == "running", "the event alone decides nothing"
+    cluster.states[job_id] = "MISSING"
+    reconciler.run_once()
+    assert _job(client, t, job_id)["status"] == "queued"
+    assert sched.tick() == [job_id]
+
+
+def test_an_internal_failure_fails_the_job_once_ray_says_it_failed(
+    client: TestClient, app: FastAPI, queue: FairQueue, cluster: FixedCluster
+) -> None:
+    t = make_tenant(client)
+    job_id = create_job_ok(client, t)["id"]
+    sched, reconciler = _parts(app, queue, cluster)
+    sched.tick()
+    _internal_failure(queue, job_id, t.id)
+    EventConsumer(app.state.engine, queue.r, "cp", "r").poll(block_ms=100)
+    cluster.states[job_id] = "FAILED"
+    reconciler.run_once()
+    job = _job(client, t, job_id)
+    assert job["status"] == "failed"
+    assert "internal error" in job["error"]["message"]  # type: ignore[index]
