@@ -75,13 +75,28 @@ def _client(ctx: typer.Context, *, admin: bool = False) -> httpx.Client:
     )
 
 
-def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
-    """One API call; an error answer is printed (its OpenAI-shaped message) and exits 1."""
-    try:
-        r = client.request(method, path, **kwargs)
-    except httpx.TransportError as exc:
-        err.print(f"[red]Cannot reach {escape(str(client.base_url))}: {escape(str(exc))}")
-        raise typer.Exit(2) from None
+# Answers a restarting or upgrading control plane gives (through a load balancer).
+UNAVAILABLE = (502, 503, 504)
+
+
+def _call(
+    client: httpx.Client, method: str, path: str, *, patience_s: float = 0.0, **kwargs: Any
+) -> Any:
+    """One API call; an error answer is printed (its OpenAI-shaped message) and exits 1.
+    With `patience_s`, an unreachable or unavailable server is retried that long."""
+    deadline = time.monotonic() + patience_s
+    delay = 0.5
+    while True:
+        try:
+            r = client.request(method, path, **kwargs)
+            if r.status_code not in UNAVAILABLE or time.monotonic() >= deadline:
+                break
+        except httpx.TransportError as exc:
+            if time.monotonic() >= deadline:
+                err.print(f"[red]Cannot reach {escape(str(client.base_url))}: {escape(str(exc))}")
+                raise typer.Exit(2) from None
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
     if r.status_code >= 400:
         try:
             message = r.json()["error"]["message"]
@@ -376,6 +391,10 @@ def jobs_follow(
         _follow_job(c, job_id, timeout)
 
 
+# Following rides out a control plane restart (an upgrade, a replica moving) this long.
+FOLLOW_PATIENCE_S = 300.0
+
+
 class _Follower:
     """New events of one job, oldest first, from the newest-first events API."""
 
@@ -390,7 +409,7 @@ class _Follower:
         after: str | None = None
         while True:
             params: dict[str, Any] = {"limit": 100, **({"after": after} if after else {})}
-            page = _call(self.client, "GET", path, params=params)
+            page = _call(self.client, "GET", path, params=params, patience_s=FOLLOW_PATIENCE_S)
             for e in page["data"]:
                 if e["id"] == self.last_id:
                     page["has_more"] = False
@@ -457,7 +476,9 @@ def _follow_job(client: httpx.Client, job_id: str, timeout_s: float = 24 * 3600)
                     progress.console.print(f"  [dim]{_when(e['created_at'])}[/] "
                                            f"{escape(e['message'])}")  # fmt: skip
             progress.update(task, detail=_detail(last, epochs))
-            job = _call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}")
+            job = _call(
+                client, "GET", f"/v1/fine_tuning/jobs/{job_id}", patience_s=FOLLOW_PATIENCE_S
+            )
             progress.update(task, description=f"{job['status']} ({unit})")
             if job["status"] in TERMINAL:
                 break

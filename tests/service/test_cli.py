@@ -4,18 +4,28 @@ plane process (the API alone, and the full stack on the session's Ray cluster fo
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
 import stat
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import create_engine
 from typer.testing import CliRunner, Result
 
 from service.cli import app as cli
-from tests.factories import TenantHandle, add_model, jsonl, prompt_completion_records
+from service.config import Settings
+from service.stack import free_port
+from tests.factories import ADMIN, TenantHandle, add_model, jsonl, prompt_completion_records
+from tests.fixtures.app import ADMIN_KEY
 from tests.fixtures.live_stack import LIVE_JOB_EPOCHS, LIVE_JOB_STEPS, LiveJob, LiveStack
+from tests.fixtures.stack import ControlPlaneProcess, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -226,3 +236,91 @@ def test_jobs_follow_shows_progress_until_the_job_ends(live_job: LiveJob, no_con
     assert "succeeded" in out, out
     assert f"ft:tiny-gpt2:{live_job.stack.tenant_name}:live:{live_job.job_id}" in out, out
     assert live_job.status() == "succeeded"
+
+
+def test_follow_rides_out_a_control_plane_restart(tmp_path: Path, no_config: Path) -> None:
+    """`jobs follow` (a real process) keeps following while the API is down and comes back."""
+    settings = Settings(data_dir=tmp_path / "data", admin_key=ADMIN_KEY)
+    port = free_port()
+    first = ControlPlaneProcess(settings, port, tmp_path / "first.log")
+    second: ControlPlaneProcess | None = None
+    follower: subprocess.Popen[str] | None = None
+    try:
+        with httpx.Client(base_url=first.url, timeout=30) as http:
+            made = http.post("/v1/admin/tenants", json={"name": "restart"}, headers=ADMIN).json()
+            tenant = {"Authorization": f"Bearer {made['api_key']}"}
+            files = {"file": ("t.jsonl", jsonl(prompt_completion_records(4)), "application/jsonl")}
+            file_id = http.post(
+                "/v1/files", files=files, data={"purpose": "fine-tune"}, headers=tenant
+            ).json()["id"]
+            body = {"model": "tiny-gpt2", "training_file": file_id}
+            job_id = http.post("/v1/fine_tuning/jobs", json=body, headers=tenant).json()["id"]
+        env = {**os.environ, "TUNEPLANE_URL": first.url, "TUNEPLANE_API_KEY": made["api_key"],
+               "TUNEPLANE_CONFIG": str(no_config), "COLUMNS": "200"}  # fmt: skip
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "jobs", "follow", job_id],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        wait_for(lambda: _access_log(tmp_path / "first.log", job_id), 30, "a poll")
+        first.kill9()
+        # What a load balancer answers while no replica is up: 503s, until the follower has
+        # retried through a few of them; then the control plane is back on the same port.
+        with _Unavailable(port) as lb:
+            wait_for(
+                lambda: lb.hits >= 3 or follower.poll() is not None, 60, "retries through 503s"
+            )
+            assert follower.poll() is None, f"the follower gave up: {follower.communicate()[0]}"
+        second = ControlPlaneProcess(settings, port, tmp_path / "second.log")
+        wait_for(lambda: _access_log(tmp_path / "second.log", job_id), 60, "a poll")
+        with httpx.Client(base_url=second.url, timeout=30) as http:
+            assert http.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=tenant).is_success
+        out, _ = follower.communicate(timeout=60)
+        # It saw the job end (cancelled: exit 1), not a lost connection (exit 2).
+        assert follower.returncode == 1, out
+        assert "cancelled" in out and "Cannot reach" not in out
+    finally:
+        if follower is not None and follower.poll() is None:
+            follower.kill()
+            follower.wait()
+        for proc in (first, second):
+            if proc is not None:
+                proc.stop()
+
+
+class _Unavailable:
+    """Answers 503 to everything on `port` (as a load balancer with no backend does)."""
+
+    def __init__(self, port: int) -> None:
+        outer = self
+        self.hits = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.hits += 1
+                self.send_response(503)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _Unavailable:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def _access_log(path: Path, job_id: str) -> str:
+    """The access lines of `path` that name the job, joined (empty while there are none)."""
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    return "\n".join(x for x in lines if '"tuneplane.access"' in x and job_id in x)
