@@ -34,6 +34,20 @@ class JobRepository(ScopedRepository[Job]):
         rows = list(self.session.exec(stmt.order_by(col(JobEvent.seq).desc()).limit(limit + 1)))
         return Page(items=rows[:limit], has_more=len(rows) > limit)
 
+    def metric_events(self, job_id: str, after: str | None, limit: int) -> Page[JobEvent] | None:
+        """Per-step metrics events, oldest first; the cursor is an event id of this job."""
+        stmt = select(JobEvent).where(
+            JobEvent.tenant_id == self.tenant_id, JobEvent.job_id == job_id
+        )
+        if after is not None:
+            anchor = self.session.exec(stmt.where(JobEvent.id == after)).first()
+            if anchor is None:
+                return None
+            stmt = stmt.where(col(JobEvent.seq) > anchor.seq)
+        stmt = stmt.where(JobEvent.type == "metrics").order_by(col(JobEvent.seq))
+        rows = list(self.session.exec(stmt.limit(limit + 1)))
+        return Page(items=rows[:limit], has_more=len(rows) > limit)
+
     def checkpoints(self, job_id: str, after: str | None, limit: int) -> Page[Checkpoint] | None:
         """Newest (highest step) first; the cursor is a checkpoint id of this job."""
         stmt = select(Checkpoint).where(

@@ -15,6 +15,7 @@ from service.jobs.schemas import (
     JobCreate,
     JobList,
     JobOut,
+    MetricList,
     TrialList,
 )
 from service.jobs.service import JobService
@@ -77,6 +78,18 @@ def list_checkpoints(
     job_id: str, jobs: Jobs, after: str | None = None, limit: Limit = 10
 ) -> CheckpointList:
     return jobs.checkpoints(job_id, after, limit)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricList)
+def list_metrics(
+    job_id: str,
+    jobs: Jobs,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> MetricList:
+    """Training and validation metrics by step, oldest first (a Tuneplane extension); page
+    on with `after` = the last point's id."""
+    return jobs.metrics(job_id, after, limit)
 
 
 @router.get("/{job_id}/trials", response_model=TrialList)

@@ -130,6 +130,26 @@ class EventList(BaseModel):
     has_more: bool
 
 
+class MetricPoint(BaseModel):
+    """One training or validation report (a Tuneplane extension, for loss curves)."""
+
+    id: str
+    object: Literal["fine_tuning.job.metric"] = "fine_tuning.job.metric"
+    created_at: int
+    step: int
+    # "train": a training step (train_loss, learning_rate, ...); "eval": a validation pass.
+    kind: Literal["train", "eval"]
+    # For a search: the trial that reported it.
+    trial_id: str | None = None
+    metrics: dict[str, float]
+
+
+class MetricList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[MetricPoint]
+    has_more: bool
+
+
 class CheckpointOut(BaseModel):
     id: str
     object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"

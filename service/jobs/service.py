@@ -26,6 +26,8 @@ from service.jobs.schemas import (
     JobList,
     JobOut,
     MethodIn,
+    MetricList,
+    MetricPoint,
     TrialList,
     TrialOut,
 )
@@ -99,6 +101,28 @@ def event_out(e: JobEvent) -> EventOut:
         message=e.message,
         type=e.type,
         data=e.data,
+    )
+
+
+def metric_point(e: JobEvent) -> MetricPoint | None:
+    """The numbers of a metrics event; None for one without a step."""
+    data = e.data or {}
+    step = data.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        return None
+    numbers = {
+        k: float(v)
+        for k, v in data.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "step"
+    }
+    trial = data.get("trial_id")
+    return MetricPoint(
+        id=e.id,
+        created_at=int(e.created_at),
+        step=step,
+        kind="eval" if data.get("kind") == "eval" else "train",
+        trial_id=str(trial) if trial is not None else None,
+        metrics=numbers,
     )
 
 
@@ -180,6 +204,14 @@ class JobService:
         if page is None:
             raise BadRequest(f"No event '{after}' of this job to page after.", param="after")
         return EventList(data=[event_out(e) for e in page.items], has_more=page.has_more)
+
+    def metrics(self, job_id: str, after: str | None, limit: int) -> MetricList:
+        self._get(job_id)
+        page = self.repo.metric_events(job_id, after, limit)
+        if page is None:
+            raise BadRequest(f"No metric '{after}' of this job to page after.", param="after")
+        points = [p for p in (metric_point(e) for e in page.items) if p is not None]
+        return MetricList(data=points, has_more=page.has_more)
 
     def checkpoints(self, job_id: str, after: str | None, limit: int) -> CheckpointList:
         self._get(job_id)

@@ -90,26 +90,19 @@
     return body;
   }
 
-  // Events come newest first; returns the ones after `lastId`, oldest first.
-  async function newEvents(jobId, lastId) {
+  // The job's metric points after `lastId` (oldest first), every page of them.
+  async function newMetrics(jobId, lastId) {
     const out = [];
-    let after = null;
+    let after = lastId;
     for (;;) {
-      const params = new URLSearchParams({ limit: "100" });
+      const params = new URLSearchParams({ limit: "1000" });
       if (after) params.set("after", after);
-      const page = await api(`/v1/fine_tuning/jobs/${encodeURIComponent(jobId)}/events?${params}`);
-      let reached = false;
-      for (const event of page.data) {
-        if (event.id === lastId) {
-          reached = true;
-          break;
-        }
-        out.push(event);
-      }
-      if (reached || !page.has_more || page.data.length === 0) break;
+      const page = await api(`/v1/fine_tuning/jobs/${encodeURIComponent(jobId)}/metrics?${params}`);
+      out.push(...page.data);
+      if (!page.has_more || page.data.length === 0) break;
       after = page.data[page.data.length - 1].id;
     }
-    return out.reverse();
+    return out;
   }
 
   // -- sign-in and routing ------------------------------------------------------------
@@ -234,22 +227,17 @@
   // Colours of a search's trials (a plain job uses the CSS train/eval colours).
   const PALETTE = ["#2f6fed", "#e8590c", "#12b76a", "#9e77ed", "#f04438", "#0ba5ec", "#f79009", "#667085"];
 
-  // Loss series from the job's metric events: training and validation loss by step, one
-  // pair per trial for a search (per-step events of a trial carry its trial_id).
-  function lossSeries(events) {
+  // Loss series from the job's metric points: training and validation loss by step, one
+  // pair per trial for a search.
+  function lossSeries(points) {
     const byKey = new Map();
-    for (const e of events) {
-      const d = e.data || {};
-      if (e.type !== "metrics" || typeof d.step !== "number") continue;
-      let kind = null;
-      let loss = null;
-      if (d.kind === "metrics" && typeof d.train_loss === "number") [kind, loss] = ["train", d.train_loss];
-      if (d.kind === "eval" && typeof d.eval_loss === "number") [kind, loss] = ["eval", d.eval_loss];
-      if (kind === null) continue;
-      const trial = typeof d.trial_id === "string" ? d.trial_id : "";
-      const key = `${trial}\u0000${kind}`;
-      if (!byKey.has(key)) byKey.set(key, { trial, kind, points: [] });
-      byKey.get(key).points.push({ step: d.step, loss });
+    for (const p of points) {
+      const loss = p.kind === "eval" ? p.metrics.eval_loss : p.metrics.train_loss;
+      if (typeof loss !== "number") continue;
+      const trial = p.trial_id || "";
+      const key = `${trial}\u0000${p.kind}`;
+      if (!byKey.has(key)) byKey.set(key, { trial, kind: p.kind, points: [] });
+      byKey.get(key).points.push({ step: p.step, loss });
     }
     const trials = [...new Set([...byKey.values()].map((s) => s.trial))].sort();
     for (const series of byKey.values()) {
@@ -345,7 +333,7 @@
 
   async function jobPage(view, jobId, gen) {
     const path = `/v1/fine_tuning/jobs/${encodeURIComponent(jobId)}`;
-    const events = [];
+    const points = [];
     let lastId = null;
     const chartBox = el("div", { class: "chart" });
     const legendBox = el("div");
@@ -367,10 +355,11 @@
 
     const refresh = async () => {
       const job = await api(path);
-      const fresh = await newEvents(jobId, lastId);
+      const fresh = await newMetrics(jobId, lastId);
+      const events = await api(`${path}/events?limit=100`);
       if (gen !== generation) return false;
       if (fresh.length) {
-        events.push(...fresh);
+        points.push(...fresh);
         lastId = fresh[fresh.length - 1].id;
       }
       const done = TERMINAL.has(job.status);
@@ -404,7 +393,7 @@
           ["Error", job.error ? job.error.message : undefined],
         ]),
       );
-      const series = lossSeries(events);
+      const series = lossSeries(points);
       legendBox.replaceChildren(legend(series));
       chartBox.replaceChildren(lossChart(series));
       if (job.search) {
@@ -416,13 +405,13 @@
           table(["Trial", "Status", "Params", `Best ${job.search.metric || "metric"}`, "Iterations"], rows, { id: "trials-table" }),
         );
       }
-      const shown = events.slice(-300).reverse();
       eventsBox.replaceChildren(
         table(
           ["Time", "Level", "Message"],
-          shown.map((e) => [when(e.created_at), el("td", { class: `level-${String(e.level).replace(/[^a-z]/g, "")}` }, e.level), e.message]),
+          events.data.map((e) => [when(e.created_at), el("td", { class: `level-${String(e.level).replace(/[^a-z]/g, "")}` }, e.level), e.message]),
           { id: "events-table" },
         ),
+        events.has_more ? el("p", { class: "muted" }, "The newest 100 events; `tuneplane jobs events` lists them all.") : null,
       );
       return done;
     };
