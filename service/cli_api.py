@@ -6,6 +6,7 @@ admin commands), else the config file that `tuneplane login` writes."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,11 @@ from rich.progress import (
 from rich.table import Table
 
 from service.config import ClientSettings, client_config_path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pydantic-settings[toml] brings it
+    import tomli as tomllib
 
 console = Console()
 err = Console(stderr=True)
@@ -166,11 +172,11 @@ def login(
             _call(c, "GET", "/v1/admin/tenants")
     path = client_config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"url = {json.dumps(base)}"]
-    if api_key:
-        lines.append(f"api_key = {json.dumps(api_key)}")
-    if admin_key:
-        lines.append(f"admin_key = {json.dumps(admin_key)}")
+    # Keep what the file had (an admin key saved earlier, a timeout) unless given anew.
+    saved: dict[str, Any] = tomllib.loads(path.read_text()) if path.exists() else {}
+    saved.update({"url": base})
+    saved.update({k: v for k, v in (("api_key", api_key), ("admin_key", admin_key)) if v})
+    lines = [f"{k} = {json.dumps(v)}" for k, v in saved.items() if isinstance(v, str | int | float)]
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)  # it holds keys
     path.write_text("\n".join(lines) + "\n")

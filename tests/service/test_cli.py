@@ -157,6 +157,11 @@ def test_login_saves_a_config_file_that_env_and_flags_override(
     from_env = as_json(run(["files", "list", "--json"], env=env_for(api_only_stack, no_config)))
     assert from_file == from_env
 
+    # A second login adds the admin key and keeps the tenant key.
+    run(["login", "--url", api_only_stack.url, "--admin-key", api_only_stack.admin_key], env=bare)
+    assert api_only_stack.tenant_name in run(["admin", "tenants", "list"], env=bare).stdout
+    assert as_json(run(["files", "list", "--json"], env=bare)) == from_env
+
     # The environment beats the file, and a flag beats the environment.
     unreachable = "http://127.0.0.1:9"
     away = run(["jobs", "list"], env={**bare, "TUNEPLANE_URL": unreachable}, ok=False)
