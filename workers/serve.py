@@ -152,7 +152,17 @@ class _AdapterHost:
             self.loaded.discard(name)
 
     def adapter_kwargs(self, adapters: Sequence[str | None]) -> dict[str, Any]:
+        """Forward arguments that apply each row's adapter; call with the lock held.
+
+        A batch of one adapter only activates it: peft's per-row routing registers hooks
+        on every LoRA layer at every forward, which costs more than a tiny model's step."""
         if self.model is self.base:
+            return {}
+        unique = set(adapters)
+        if len(unique) == 1 and None not in unique:
+            name = next(iter(unique))
+            if self.model.active_adapter != name:
+                self.model.set_adapter(name)
             return {}
         return {"adapter_names": [a if a is not None else "__base__" for a in adapters]}
 
@@ -206,18 +216,19 @@ class CausalLMEngine:
             mask[i, width - len(r.prompt_ids) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        adapters = self.host.adapter_kwargs([r.adapter for r in requests])
+        adapters = [r.adapter for r in requests]
         steps = max(r.params.max_tokens for r in requests)
         past: Any = None
         for step in range(steps):
             with self.host.lock, torch.inference_mode():
+                # Per step: an adapter load between steps may have changed the active one.
                 out = self.host.model(
                     input_ids=ids,
                     attention_mask=mask,
                     position_ids=positions,
                     past_key_values=past,
                     use_cache=True,
-                    **adapters,
+                    **self.host.adapter_kwargs(adapters),
                 )
             past = out.past_key_values
             logits = out.logits[:, -1, :].float().cpu()
