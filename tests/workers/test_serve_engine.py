@@ -47,7 +47,7 @@ def make_adapter(models_dir: Path, out: Path, seed: int, task: str = "causal_lm"
             task_type=TaskType.SEQ_CLS,
         )
     model = get_peft_model(base, config)
-    model.save_pretrained(out)
+    model.save_pretrained(str(out))
     return out
 
 
