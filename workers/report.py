@@ -44,6 +44,7 @@ import json
 import logging
 import sys
 import time
+import uuid
 from collections import deque
 from typing import IO, Any, Literal, Protocol
 
@@ -60,6 +61,9 @@ logger = logging.getLogger(__name__)
 
 
 class EventRecord(BaseModel):
+    # Unique per record: a record sent twice (a retry after Redis took it but the reply
+    # was lost) is stored once.
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     job_id: str
     tenant_id: str
     type: EventType

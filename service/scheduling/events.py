@@ -1,8 +1,9 @@
 """Consumes the workers' Redis event stream into the database.
 
 At-least-once: entries are acknowledged only after their rows are committed, and each
-stored event's id derives from its stream entry id, so an entry seen twice (a replica
-died between commit and XACK) is stored once.
+stored event's id derives from the record's own id, so an entry seen twice (a replica died
+between commit and XACK) or a record sent twice (a worker retried after Redis took it but
+the reply was lost) is stored once.
 """
 
 from __future__ import annotations
@@ -192,7 +193,9 @@ class EventConsumer:
         if job is None or job.tenant_id != record.tenant_id:
             log.warning("event %s for unknown job %s", entry_id, record.job_id)
             return
-        event_id = f"ftevent-{entry_id.replace('-', '_')}"
+        # The record's own id: the same record in two stream entries (the worker resent it
+        # after a lost reply) and one entry delivered twice are both stored once.
+        event_id = f"ftevent-{record.id}"
         if s.exec(select(JobEvent.id).where(JobEvent.id == event_id)).first() is not None:
             return  # seen before
         kind = "metrics" if record.type in ("metrics", "eval") else "message"

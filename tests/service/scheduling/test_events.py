@@ -196,3 +196,18 @@ def test_trial_events_become_trials_and_the_winner_is_named(
         client.get(f"/v1/fine_tuning/jobs/{job_id}/trials", headers=other.headers).status_code
         == 404
     )
+
+
+def test_a_record_sent_twice_is_stored_once(
+    client: TestClient, app: FastAPI, redis_client: redis.Redis
+) -> None:
+    job_id, tenant_id, headers = _running_job(client, app)
+    record = EventRecord(
+        job_id=job_id, tenant_id=tenant_id, type="metrics", data={"step": 1, "train_loss": 1.0}
+    )
+    # The worker resent it: Redis had taken the first XADD, but its reply was lost.
+    redis_client.xadd(EVENTS_STREAM, record.stream_fields())  # type: ignore[arg-type]
+    redis_client.xadd(EVENTS_STREAM, record.stream_fields())  # type: ignore[arg-type]
+    assert EventConsumer(app.state.engine, redis_client, "cp", "r").poll(block_ms=100) == 2
+    events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", headers=headers).json()["data"]
+    assert [e["message"] for e in events].count("Step 1: training loss=1.0000") == 1
