@@ -18,6 +18,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,6 +42,9 @@ from tests.service.reliability.harness import (
 )
 
 pytestmark = pytest.mark.ray
+# A run long enough (128 steps, some seconds) that a fault injected once its first steps
+# or checkpoint are seen lands in the middle of it, not after its end.
+LONG: dict[str, Any] = {"examples": 64, "n_epochs": 2, "batch_size": 1}
 
 
 @pytest.fixture
@@ -64,10 +68,17 @@ def settings(stack_settings: Settings, own_redis: RedisProcess) -> Settings:
     )
 
 
+class _CrashingPlane(ControlPlaneProcess):
+    """A control plane armed to crash, which may do so before it ever answers /readyz
+    (the work that trips it may be waiting for it)."""
+
+    def _ready(self) -> bool:
+        return self.proc.poll() is not None or super()._ready()
+
+
 def _crashing(settings: Settings, point: str, log: Path) -> ControlPlaneProcess:
-    return ControlPlaneProcess(
-        settings.model_copy(update={"fault_crash_at": point}), free_port(), log
-    )
+    armed = settings.model_copy(update={"fault_crash_at": point})
+    return _CrashingPlane(armed, free_port(), log)
 
 
 def _wait_killed(plane: ControlPlaneProcess) -> None:
@@ -105,24 +116,25 @@ def test_sigkill_between_starting_a_job_and_submitting_it_to_ray(
         second.stop()
 
 
-@pytest.mark.parametrize("point", ["events.before_commit:metrics", "events.after_commit:result"])
-def test_sigkill_while_ingesting_worker_events(
-    settings: Settings, tmp_path: Path, point: str
-) -> None:
-    first = _crashing(settings, point, tmp_path / "cp1.log")
+def test_sigkill_while_ingesting_worker_events(settings: Settings, tmp_path: Path) -> None:
+    # Two crashes in one job's life: with a batch of training metrics applied but not
+    # committed, then with the batch holding its result committed but not acknowledged.
+    first = _crashing(settings, "events.before_commit:metrics", tmp_path / "cp1.log")
     http = httpx.Client(base_url=first.url, timeout=30)
     t = make_tenant(http, "ingest")
     job_id = submit(http, t)
     _wait_killed(first)
+    second = _crashing(settings, "events.after_commit:result", tmp_path / "cp2.log")
+    _wait_killed(second)
 
-    second = ControlPlaneProcess(settings, free_port(), tmp_path / "cp2.log")
+    third = ControlPlaneProcess(settings, free_port(), tmp_path / "cp3.log")
     try:
-        http = httpx.Client(base_url=second.url, timeout=30)
+        http = httpx.Client(base_url=third.url, timeout=30)
         wait_terminal(http, t, [job_id], 240)
         assert status(http, t, job_id) == "succeeded"
         evs = events(http, t, job_id)
-        # The batch the dead replica read was taken over and stored exactly once: every
-        # training step once, in order, none missing; one start; one result.
+        # The batches the dead replicas read were taken over and stored exactly once:
+        # every training step once, in order, none missing; one start; one result.
         steps = train_steps(evs)
         assert steps == list(range(1, max(steps) + 1))
         assert starts(evs) == [1]
@@ -133,7 +145,7 @@ def test_sigkill_while_ingesting_worker_events(
         assert len(succeeded) == 1
         assert ray_states(settings.ray_address or "", job_id, 2) == ["SUCCEEDED", "MISSING"]
     finally:
-        second.stop()
+        third.stop()
 
 
 def test_redis_restarted_and_redis_data_lost(
@@ -144,7 +156,7 @@ def test_redis_restarted_and_redis_data_lost(
         http = httpx.Client(base_url=plane.url, timeout=30)
         t = make_tenant(http, "redis")
         # Long enough to be mid-training at each kill; the second job waits in the queue.
-        jobs = [submit(http, t, examples=32, n_epochs=2, batch_size=2) for _ in range(3)]
+        jobs = [submit(http, t, **LONG) for _ in range(3)]
 
         def training(job_id: str) -> bool:
             return len(train_steps(events(http, t, job_id))) >= 2
@@ -203,7 +215,7 @@ def test_worker_node_killed_during_training(
         plane = ControlPlaneProcess(cp_settings, free_port(), tmp_path / "cp.log")
         http = httpx.Client(base_url=plane.url, timeout=30)
         t = make_tenant(http, "nodes")
-        job_id = submit(http, t, examples=32, n_epochs=2, batch_size=2, checkpoint_every_steps=4)
+        job_id = submit(http, t, **LONG, checkpoint_every_steps=16)
         wait_for(
             lambda: any("Checkpoint saved" in m for m in messages(events(http, t, job_id))),
             180,
@@ -254,7 +266,7 @@ def test_ray_head_restarted_during_training(
         plane = ControlPlaneProcess(cp_settings, free_port(), tmp_path / "cp.log")
         http = httpx.Client(base_url=plane.url, timeout=30)
         t = make_tenant(http, "head")
-        job_id = submit(http, t, examples=32, n_epochs=2, batch_size=2)
+        job_id = submit(http, t, **LONG)
         wait_for(lambda: len(train_steps(events(http, t, job_id))) >= 2, 180, "training")
         kill9(head.process)  # the head, its GCS, the job's driver and workers, all at once
         head = head_up()
