@@ -13,6 +13,7 @@ import logging
 import time
 
 import fsspec
+import redis
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
@@ -25,11 +26,13 @@ from service.queue import FairQueue
 from service.ray_backend import ComputeBackend, submission_id
 from service.scheduling.events import complete_job
 from service.scheduling.scheduler import Dispatcher
+from workers.report import EVENTS_STREAM
 
 log = logging.getLogger(__name__)
 # What workers.run_job publishes under the job's output_uri before reporting its result.
 ARTIFACT_MANIFEST = "model/tuneplane.json"
-# After Ray says a job succeeded, its result event may still be in flight to the consumer.
+# After Ray says a job succeeded, its result event may still be in flight to the consumer:
+# it is waited for this long at most, and not at all once the event stream is drained.
 RESULT_GRACE_S = 20.0
 
 
@@ -121,9 +124,10 @@ class Reconciler:
             )
             return
         if state == "SUCCEEDED":
-            # Success is recorded by the result event; give it time to arrive.
+            # Success is recorded by the result event: while it may still be on its way,
+            # wait for it (at most RESULT_GRACE_S); once the stream is drained it is lost.
             first = self._succeeded_seen.setdefault(job.id, time.time())
-            if time.time() - first < RESULT_GRACE_S:
+            if time.time() - first < RESULT_GRACE_S and not self._events_drained():
                 return
             self._succeeded_seen.pop(job.id, None)
             if not self._recover_result(job):
@@ -136,6 +140,21 @@ class Reconciler:
         # FAILED or STOPPED without a cancel: a worker crash the run did not survive.
         reason = self.backend.message(sid) or f"the Ray job ended {state}"
         self._fail(job, "training_failed", f"{self._last_error(job.id) or reason}")
+
+    def _events_drained(self) -> bool:
+        """Every worker event in Redis is delivered and stored: none is still on its way."""
+        r = self.queue.r
+        try:
+            if not r.exists(EVENTS_STREAM):
+                return True  # Redis lost its data: whatever was in flight is gone
+            last = r.xinfo_stream(EVENTS_STREAM)["last-generated-id"]
+            groups = r.xinfo_groups(EVENTS_STREAM)
+        except redis.RedisError:
+            return False  # cannot tell: wait for the grace to end
+        group = next((g for g in groups if g["name"] == self.settings.events_group), None)
+        return (
+            group is not None and int(group["pending"]) == 0 and group["last-delivered-id"] == last
+        )
 
     def _recover_result(self, job: Job) -> bool:
         """The result event was lost (Redis flushed, say), but the worker publishes a

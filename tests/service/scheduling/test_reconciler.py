@@ -171,3 +171,51 @@ def test_an_internal_failure_fails_the_job_once_ray_says_it_failed(
     job = _job(client, t, job_id)
     assert job["status"] == "failed"
     assert "internal error" in job["error"]["message"]  # type: ignore[index]
+
+
+def _publish_manifest(app: FastAPI, t: TenantHandle, job_id: str, tokens: int) -> None:
+    manifest = {"job_id": job_id, "metrics": {"trained_tokens": tokens}}
+    app.state.store.write_bytes(
+        f"{t.id}/jobs/{job_id}/model/tuneplane.json", json.dumps(manifest).encode()
+    )
+
+
+def test_a_lost_result_is_recovered_on_the_first_pass_once_no_event_is_in_flight(
+    client: TestClient, app: FastAPI, queue: FairQueue, cluster: FixedCluster
+) -> None:
+    t = make_tenant(client, "drained")
+    job_id = create_job_ok(client, t)["id"]
+    sched, reconciler = _parts(app, queue, cluster)
+    sched.tick()
+    _publish_manifest(app, t, job_id, 321)
+    EventConsumer(app.state.engine, queue.r, "control-plane", "r").poll(block_ms=100)
+    cluster.states[job_id] = "SUCCEEDED"  # and Redis lost the result event
+    reconciler.run_once()
+    job = _job(client, t, job_id)
+    assert job["status"] == "succeeded"
+    assert job["trained_tokens"] == 321
+
+
+def test_a_result_event_still_on_its_way_is_waited_for(
+    client: TestClient, app: FastAPI, queue: FairQueue, cluster: FixedCluster
+) -> None:
+    t = make_tenant(client, "inflight")
+    job_id = create_job_ok(client, t)["id"]
+    sched, reconciler = _parts(app, queue, cluster)
+    sched.tick()
+    consumer = EventConsumer(app.state.engine, queue.r, "control-plane", "r")
+    consumer.ensure_group()
+    _publish_manifest(app, t, job_id, 321)
+    result = EventRecord(
+        job_id=job_id,
+        tenant_id=t.id,
+        type="result",
+        data={"artifact_uri": "file:///m", "trained_tokens": 999},
+    )
+    queue.r.xadd(EVENTS_STREAM, result.stream_fields())
+    cluster.states[job_id] = "SUCCEEDED"
+    reconciler.run_once()
+    assert _job(client, t, job_id)["status"] == "running", "the event is not lost, only late"
+    consumer.poll(block_ms=100)
+    job = _job(client, t, job_id)
+    assert (job["status"], job["trained_tokens"]) == ("succeeded", 999)
