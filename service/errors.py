@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DataError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,22 @@ async def _data_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _overloaded(_: Request, exc: Exception) -> JSONResponse:
+    # No database connection came free in time: the service is overloaded, not broken;
+    # the client should come back shortly.
+    log.warning("no database connection free in time: %s", exc)
+    return JSONResponse(
+        error_body(
+            "The service is overloaded; retry shortly.",
+            "server_error",
+            None,
+            "service_unavailable",
+        ),
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse(
@@ -193,6 +210,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DataError, _data_error)
+    app.add_exception_handler(PoolTimeout, _overloaded)
     app.add_exception_handler(Exception, _unhandled)
     document_errors(app)
 
