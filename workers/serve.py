@@ -82,6 +82,7 @@ class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams
     adapter: str | None = None  # None: the base model
+    stream: bool = False  # its caller wants each step's text as it comes
 
 
 @dataclass
@@ -277,6 +278,18 @@ class CausalLMEngine:
         if finish is not None:
             row.done = True
         return Delta(new, finish, len(row.request.prompt_ids), row.generated)
+
+
+def _run_to_end(engine: CausalLMEngine, requests: Sequence[GenerationRequest]) -> list[Delta]:
+    """Generate the whole batch; each request's deltas folded into one."""
+    folded = [Delta("") for _ in requests]
+    for deltas in engine.generate(requests):
+        for out, d in zip(folded, deltas, strict=True):
+            if d is not None:
+                out.text += d.text
+                out.finish_reason = d.finish_reason
+                out.prompt_tokens, out.completion_tokens = d.prompt_tokens, d.completion_tokens
+    return folded
 
 
 class ClassifierEngine:
@@ -531,6 +544,12 @@ class ModelServer:
         self, requests: list[GenerationRequest]
     ) -> AsyncIterator[list[Delta | type[StopIteration]]]:
         assert isinstance(self.engine, CausalLMEngine)
+        if not any(r.stream for r in requests):
+            # Nobody streams: one hop to the decode thread for the whole batch, not one
+            # per step (each hop wakes every caller of the batch).
+            folded = await asyncio.to_thread(_run_to_end, self.engine, requests)
+            yield list[Delta | type[StopIteration]](folded)
+            return
         steps = self.engine.generate(requests)
         while True:
             # The decode step runs off the event loop so new requests keep queueing for
@@ -629,7 +648,7 @@ class ModelServer:
             params = SamplingParams(
                 room, params.temperature, params.top_p, params.stop, params.seed
             )
-        stream = self.generate_batch(GenerationRequest(ids, params, adapter.name))
+        stream = self.generate_batch(GenerationRequest(ids, params, adapter.name, body.stream))
         completion = _Completion(kind, body.model)
         completion.prompt_tokens = len(ids)
         if not body.stream:

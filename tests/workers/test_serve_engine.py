@@ -9,6 +9,7 @@ import torch
 
 from workers.serve import (
     CausalLMEngine,
+    _run_to_end,
     ClassifierEngine,
     Delta,
     GenerationRequest,
@@ -99,6 +100,15 @@ def test_batched_generation_equals_one_at_a_time(
     for p in range(len(prompts)):
         outputs = {alone[p * 4 + k][0] for k in range(4)}
         assert len(outputs) >= 3, outputs
+
+
+def test_a_batch_run_to_its_end_folds_each_requests_steps(engine: CausalLMEngine) -> None:
+    requests = [
+        GenerationRequest(engine.encode_prompt(p), SamplingParams(max_tokens=n, temperature=0))
+        for p, n in (("red ->", 3), ("a green cat ->", 9))
+    ]
+    folded = _run_to_end(engine, requests)
+    assert [(d.text, d.finish_reason, d.completion_tokens) for d in folded] == run(engine, requests)
 
 
 def test_sampling_is_seeded_per_request(engine: CausalLMEngine) -> None:
