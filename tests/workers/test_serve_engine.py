@@ -9,11 +9,11 @@ import torch
 
 from workers.serve import (
     CausalLMEngine,
-    _run_to_end,
     ClassifierEngine,
     Delta,
     GenerationRequest,
     SamplingParams,
+    _run_to_end,
 )
 from workers.tiny import resolve_model_source
 
