@@ -55,20 +55,25 @@ def _serialize_sqlite_writers(engine: Engine) -> None:
     wakes it the moment the previous writer's connection goes back to the pool. Reads are
     not affected (WAL), and another process still meets SQLite's own busy handling.
     """
-    lock = threading.Lock()
+    engine.tp_writer_lock = threading.Lock()  # type: ignore[attr-defined]
 
     @event.listens_for(engine, "before_cursor_execute")
     def _take(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        if conn.info.get("tp_writer"):
+        # Once per transaction: a writer whose wait timed out went on without the lock and
+        # may now hold SQLite's own write lock, so it must not queue on this one again (it
+        # did, per statement: waiting for the lock's holder, which waited for SQLite's lock
+        # this writer held, stalled every writer for a busy timeout under load).
+        if "tp_writer" in conn.info:
             return
         if statement.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
             # Bounded: a thread that writes on two connections at once must not hang.
+            lock = engine.tp_writer_lock  # type: ignore[attr-defined]
             conn.info["tp_writer"] = lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S)
 
     @event.listens_for(engine, "checkin")
     def _release(dbapi_conn: Any, record: Any) -> None:
         if record.info.pop("tp_writer", False):
-            lock.release()
+            engine.tp_writer_lock.release()  # type: ignore[attr-defined]
 
 
 def alembic_config(url: str) -> Config:
