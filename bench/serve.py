@@ -12,7 +12,8 @@ closed-loop clients at concurrency 1, 8 and 32 for:
   (b) 8 adapters interleaved (request i uses adapter i mod 8),
   (c) batching off (the same as (a) with the replica's batch size set to 1).
 
-Prints requests/s, generated tokens/s, p50/p99 latency per cell; the ratios (b)/(a) and
+Prints requests/s, generated tokens/s, p50/p99 latency and the mean batch a request was
+decoded in per cell; the ratios (b)/(a) and
 (a)/(c) at concurrency 32; the adapter cold-load time (the replica's own measure, over the
 8 first loads); and the control plane's added latency: p50 through the control plane
 minus p50 straight to Serve's proxy, same request, one at a time. Targets: (b)/(a) >= 0.8,
@@ -51,7 +52,7 @@ import httpx  # noqa: E402
 
 from service.config import Settings  # noqa: E402
 from service.stack import embedded_stack, free_port  # noqa: E402
-from workers.spec import ADAPTER_LOAD_HEADER  # noqa: E402
+from workers.spec import ADAPTER_LOAD_HEADER, BATCH_SIZE_HEADER  # noqa: E402
 
 ADMIN_KEY = "bench-admin-key"
 N_ADAPTERS = 8
@@ -171,6 +172,7 @@ class Cell:
     seconds: float
     latencies: list[float]
     errors: int
+    batch_sizes: list[int]
 
     @property
     def rps(self) -> float:
@@ -189,6 +191,7 @@ async def closed_loop(
     seconds: float,
 ) -> Cell:
     latencies: list[float] = []
+    batch_sizes: list[int] = []
     tokens = errors = 0
     counter = 0
     limits = httpx.Limits(max_connections=concurrency + 4)
@@ -207,11 +210,12 @@ async def closed_loop(
                     continue
                 latencies.append(time.perf_counter() - started)
                 tokens += int(r.json()["usage"]["completion_tokens"])
+                batch_sizes.append(int(r.headers.get(BATCH_SIZE_HEADER, "0")))
 
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
-    return Cell(len(latencies), tokens, elapsed, latencies, errors)
+    return Cell(len(latencies), tokens, elapsed, latencies, errors, batch_sizes)
 
 
 def wait_replicas(url: str, key: str, dep_id: str, want: int) -> None:
@@ -373,12 +377,13 @@ def report(
 ) -> None:
     names = {"a": "(a) one adapter", "b": "(b) 8 adapters", "c": "(c) batching off"}
     print()
-    head = ("scenario", "conc", "req/s", "tok/s", "p50 ms", "p99 ms", "errors")
+    head = ("scenario", "conc", "req/s", "tok/s", "p50 ms", "p99 ms", "batch", "errors")
     print(f"{head[0]:<20} " + " ".join(f"{h:>8}" for h in head[1:]))
     for (name, conc), cell in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         print(
             f"{names[name]:<20} {conc:>8} {cell.rps:>8.1f} {cell.tokens / cell.seconds:>8.1f} "
-            f"{cell.pct(0.5):>8.1f} {cell.pct(0.99):>8.1f} {cell.errors:>8}"
+            f"{cell.pct(0.5):>8.1f} {cell.pct(0.99):>8.1f} "
+            f"{statistics.mean(cell.batch_sizes or [0]):>8.1f} {cell.errors:>8}"
         )
     a, b, c = results[("a", 32)], results[("b", 32)], results[("c", 32)]
     print()

@@ -108,10 +108,11 @@ class Settings(BaseSettings):
     serve_port: int = Field(8001, ge=1, le=65535)
     # The interface Serve's proxy binds; 0.0.0.0 where the control plane runs elsewhere (k8s).
     serve_host: str = "127.0.0.1"
-    # Adapters each replica keeps loaded (LRU), and the generation batch size and wait.
+    # Adapters each replica keeps loaded (LRU), and the generation batch size.
     serve_max_adapters_per_replica: int = Field(16, ge=1)
     serve_max_batch_size: int = Field(32, ge=1, le=1024)
-    serve_batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    # A longer wait fills batches better under load and costs a lone request that much.
+    serve_batch_wait_timeout_s: float = Field(0.02, ge=0, le=10)
     serve_max_context_tokens: int = Field(1024, ge=8)
     serve_replica_cpus: float = Field(1.0, ge=0)
     serve_replica_gpus: float = Field(0.0, ge=0)

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict
 from ray import serve
 
 from workers.data import chat_prompt_ids, load_tokenizer, prompt_ids
-from workers.spec import ADAPTER_LOAD_HEADER, BASE_MODEL_ID, ServeArgs
+from workers.spec import ADAPTER_LOAD_HEADER, BASE_MODEL_ID, BATCH_SIZE_HEADER, ServeArgs
 from workers.tiny import resolve_model_source
 
 MANIFEST_FILE = "tuneplane.json"
@@ -93,6 +93,7 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    batch_size: int = 1  # requests decoded together with this one
 
 
 @dataclass
@@ -548,6 +549,8 @@ class ModelServer:
             # Nobody streams: one hop to the decode thread for the whole batch, not one
             # per step (each hop wakes every caller of the batch).
             folded = await asyncio.to_thread(_run_to_end, self.engine, requests)
+            for d in folded:
+                d.batch_size = len(requests)
             yield list[Delta | type[StopIteration]](folded)
             return
         steps = self.engine.generate(requests)
@@ -654,6 +657,7 @@ class ModelServer:
         if not body.stream:
             async for delta in stream:
                 completion.add(delta)
+            headers[BATCH_SIZE_HEADER] = str(delta.batch_size)
             return JSONResponse(completion.final(), headers=headers)
 
         async def events() -> AsyncIterator[bytes]:

@@ -177,6 +177,8 @@ class JobSpec(_Strict):
 BASE_MODEL_ID = "__base__"
 # Response header with the seconds an adapter took to load, on the request that loaded it.
 ADAPTER_LOAD_HEADER = "x-tuneplane-adapter-load-s"
+# How many requests were decoded together with this one (observability, benchmarks).
+BATCH_SIZE_HEADER = "x-tuneplane-batch-size"
 SERVE_IMPORT_PATH = "workers.serve:build_app"
 
 

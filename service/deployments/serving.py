@@ -157,6 +157,9 @@ class ServingManager:
                         "look_back_period_s": s.serve_look_back_period_s,
                     },
                     "ray_actor_options": actor,
+                    # A log line per request costs a tiny model's replica more than the
+                    # request; the control plane logs every request already.
+                    "logging_config": {"enable_access_log": False},
                 }
             ],
         }

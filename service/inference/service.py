@@ -29,7 +29,7 @@ from service.ratelimit import RateLimiter
 from service.registry.catalog import Catalog
 from service.registry.repository import ModelRepository
 from service.tenants.service import effective_quotas
-from workers.spec import ADAPTER_LOAD_HEADER
+from workers.spec import ADAPTER_LOAD_HEADER, BATCH_SIZE_HEADER
 
 log = logging.getLogger(__name__)
 Task = Literal["causal_lm", "sequence_classification"]
@@ -147,7 +147,9 @@ class InferenceService:
         await upstream.aclose()
         usage = _usage_of(data)
         self._record(target, endpoint, 200, started, usage)
-        return Response(data, media_type="application/json")
+        batch = upstream.headers.get(BATCH_SIZE_HEADER)
+        headers = {BATCH_SIZE_HEADER: batch} if batch is not None else None
+        return Response(data, media_type="application/json", headers=headers)
 
     async def _send(self, target: Target, path: str, content: str) -> httpx.Response:
         request = self.client.build_request(
