@@ -97,6 +97,8 @@ class Reconciler:
                 log.exception("reconciling %s failed; will retry", job.id)
 
     def _reconcile_job(self, job: Job) -> None:
+        if job.id in self.dispatcher.submitting:
+            return  # being submitted right now: Ray may not list it yet
         sid = submission_id(job.id, job.attempts)
         state = self.backend.state(sid)
         age = time.time() - (job.updated_at or job.created_at)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlmodel import col, select
 
 from service.config import Quotas, Settings
@@ -144,6 +144,9 @@ class Dispatcher:
         # Per job: consecutive refused submissions, and when the next try may happen.
         self.submit_failures: dict[str, int] = {}
         self.retry_at: dict[str, float] = {}
+        # Jobs whose submission to Ray is under way: Ray may not know them yet, and the
+        # reconciler must not take that for a lost job (it would start the job again).
+        self.submitting: set[str] = set()
 
     def entrypoint(self, job_id: str, spec_uri: str) -> str:
         s = self.settings
@@ -189,6 +192,7 @@ class Dispatcher:
                 return False
             s.commit()
         crash_point(self.settings.fault_crash_at, "dispatch.after_commit")
+        self.submitting.add(job_id)
         try:
             self.backend.submit(
                 submission_id(job_id, attempt),
@@ -196,12 +200,31 @@ class Dispatcher:
                 self.env(),
             )
         except Exception as exc:
+            self.submitting.discard(job_id)
             log.warning("submitting %s to the cluster failed: %s", job_id, exc)
             self._submit_failed(job_id, attempt, str(exc))
             return False
+        try:
+            self._submitted(job_id, attempt)
+        except Exception:
+            log.warning("could not note the submission of %s", job_id, exc_info=True)
+        finally:
+            self.submitting.discard(job_id)
         crash_point(self.settings.fault_crash_at, "dispatch.after_submit")
         self.submit_failures.pop(job_id, None)
         return True
+
+    def _submitted(self, job_id: str, attempt: int) -> None:
+        """The grace a dispatched job has to show up on Ray counts from here, not from the
+        database commit before a submission that may have been slow."""
+        with new_session(self.engine) as s:
+            s.exec(
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.status) == "running")
+                .where(col(Job.attempts) == attempt)
+                .values(updated_at=time.time())
+            )
+            s.commit()
 
     def _submit_failed(self, job_id: str, attempt: int, why: str) -> None:
         """Ray refused or did not answer: the job never ran, so this is no attempt. It goes

@@ -42,9 +42,11 @@ from tests.service.reliability.harness import (
 )
 
 pytestmark = pytest.mark.ray
-# A run long enough (128 steps, some seconds) that a fault injected once its first steps
-# or checkpoint are seen lands in the middle of it, not after its end.
+# A run of 128 steps.
 LONG: dict[str, Any] = {"examples": 64, "n_epochs": 2, "batch_size": 1}
+# Tiny-gpt2 trains ~50 steps a second here: a fault injected once the first steps or a
+# checkpoint are seen needs a run of many seconds to be sure to land inside it.
+LONGER: dict[str, Any] = {"examples": 64, "n_epochs": 16, "batch_size": 1}
 
 
 @pytest.fixture
@@ -156,7 +158,8 @@ def test_redis_restarted_and_redis_data_lost(
         http = httpx.Client(base_url=plane.url, timeout=30)
         t = make_tenant(http, "redis")
         # Long enough to be mid-training at each kill; the second job waits in the queue.
-        jobs = [submit(http, t, **LONG) for _ in range(3)]
+        # Two long runs (each is killed under), then one that waits in the queue.
+        jobs = [submit(http, t, **LONGER), submit(http, t, **LONGER), submit(http, t)]
 
         def training(job_id: str) -> bool:
             return len(train_steps(events(http, t, job_id))) >= 2
@@ -215,7 +218,7 @@ def test_worker_node_killed_during_training(
         plane = ControlPlaneProcess(cp_settings, free_port(), tmp_path / "cp.log")
         http = httpx.Client(base_url=plane.url, timeout=30)
         t = make_tenant(http, "nodes")
-        job_id = submit(http, t, **LONG, checkpoint_every_steps=16)
+        job_id = submit(http, t, **LONGER, checkpoint_every_steps=64)
         wait_for(
             lambda: any("Checkpoint saved" in m for m in messages(events(http, t, job_id))),
             180,
@@ -267,7 +270,8 @@ def test_ray_head_restarted_during_training(
         http = httpx.Client(base_url=plane.url, timeout=30)
         t = make_tenant(http, "head")
         job_id = submit(http, t, **LONG)
-        wait_for(lambda: len(train_steps(events(http, t, job_id))) >= 2, 180, "training")
+        # Once the run is on Ray (its workers start after this), any moment loses it.
+        wait_for(lambda: "training started" in messages(events(http, t, job_id)), 180, "a run")
         kill9(head.process)  # the head, its GCS, the job's driver and workers, all at once
         head = head_up()
         wait_terminal(http, t, [job_id], 240)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -219,3 +221,35 @@ def test_a_result_event_still_on_its_way_is_waited_for(
     consumer.poll(block_ms=100)
     job = _job(client, t, job_id)
     assert (job["status"], job["trained_tokens"]) == ("succeeded", 999)
+
+
+@dataclass
+class SlowCluster(FixedCluster):
+    """Ray taking its time to accept a submission (a head just restarted, say)."""
+
+    accept: threading.Event = field(default_factory=threading.Event)
+    arrived: threading.Event = field(default_factory=threading.Event)
+
+    def submit(self, submission_id: str, entrypoint: str, env: dict[str, str]) -> None:
+        self.arrived.set()
+        assert self.accept.wait(30)
+        super().submit(submission_id, entrypoint, env)
+
+
+def test_a_slow_submission_is_not_taken_for_a_lost_job(
+    client: TestClient, app: FastAPI, queue: FairQueue
+) -> None:
+    t = make_tenant(client)
+    job_id = create_job_ok(client, t)["id"]
+    cluster = SlowCluster()
+    sched, reconciler = _parts(app, queue, cluster)  # dispatch grace 0
+    ticking = threading.Thread(target=sched.tick)
+    ticking.start()
+    assert cluster.arrived.wait(30)
+    reconciler.run_once()  # Ray does not list the job yet
+    assert _job(client, t, job_id)["status"] == "running"
+    cluster.accept.set()
+    ticking.join(30)
+    reconciler.run_once()
+    assert _job(client, t, job_id)["status"] == "running"
+    assert cluster.submitted == [job_id], "started once, on one submission id"
