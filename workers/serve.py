@@ -281,6 +281,25 @@ class CausalLMEngine:
         return Delta(new, finish, len(row.request.prompt_ids), row.generated)
 
 
+def _unsplit(batched: Any, request: GenerationRequest) -> Any:
+    """Queue `request` for the batch with no multiplexed model id in its context.
+
+    Serve splits a batch by the callers' multiplexed model ids, which would decode each
+    adapter's requests alone; our batches carry each row's adapter themselves and mix
+    them in one decode loop, so the id is hidden while the request is queued."""
+    import dataclasses
+
+    from ray.serve import context
+
+    var: Any = context._serve_request_context  # typed as holding None in Ray 2.60
+    current = var.get() or context._RequestContext()
+    token = var.set(dataclasses.replace(current, multiplexed_model_id=""))
+    try:
+        return batched(request)
+    finally:
+        var.reset(token)
+
+
 def _run_to_end(engine: CausalLMEngine, requests: Sequence[GenerationRequest]) -> list[Delta]:
     """Generate the whole batch; each request's deltas folded into one."""
     folded = [Delta("") for _ in requests]
@@ -651,7 +670,9 @@ class ModelServer:
             params = SamplingParams(
                 room, params.temperature, params.top_p, params.stop, params.seed
             )
-        stream = self.generate_batch(GenerationRequest(ids, params, adapter.name, body.stream))
+        stream = _unsplit(
+            self.generate_batch, GenerationRequest(ids, params, adapter.name, body.stream)
+        )
         completion = _Completion(kind, body.model)
         completion.prompt_tokens = len(ids)
         if not body.stream:

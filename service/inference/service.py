@@ -121,7 +121,13 @@ class InferenceService:
 
     def prepare(self, model_id: str, task: Task) -> Target:
         self.admit()
-        return self.resolve(model_id, task)
+        target = self.resolve(model_id, task)
+        # Nothing more is read: give the connection back before waiting on the model
+        # (a generation can take seconds; holding a pooled connection that long starves
+        # every other request).
+        self.session.commit()
+        self.session.close()
+        return target
 
     # ------------------------------------------------------------ forwarding
 
