@@ -97,8 +97,8 @@ class Settings(BaseSettings):
     # Logs: one JSON object a line ("json") or plain text ("text").
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # None: GET /metrics answers anyone who reaches it (as Prometheus scrapes expect);
-    # set, it wants `Authorization: Bearer <metrics_token>`.
+    # A bearer token for Prometheus' scrapes of GET /metrics (the admin key works too;
+    # anonymous scrapes and tenant keys never do: the series name every tenant).
     metrics_token: str | None = None
 
     # Serving (Ray Serve). The Serve HTTP proxy the control plane forwards inference to;

@@ -14,13 +14,17 @@ router = APIRouter(tags=["ops"])
 
 @router.get("/metrics", response_class=Response)
 def prometheus_metrics(request: Request) -> Response:
-    """Prometheus text format. Open unless TUNEPLANE_METRICS_TOKEN is set; tenant API keys
-    are never accepted here (the figures span every tenant)."""
+    """Prometheus text format, for the metrics token (TUNEPLANE_METRICS_TOKEN) or the admin
+    key: the series name every tenant, so neither anonymous scrapes nor tenant keys get
+    them."""
     state = request.app.state
-    token: str | None = state.settings.metrics_token
-    if token is not None:
-        given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise Unauthorized("GET /metrics needs the metrics token (TUNEPLANE_METRICS_TOKEN).")
+    given = request.headers.get("authorization", "").encode()
+    accepted = [t for t in (state.settings.metrics_token, state.settings.admin_key) if t]
+    # Compare with every accepted token, so the time taken says nothing about which matched.
+    matches = [secrets.compare_digest(given, f"Bearer {t}".encode()) for t in accepted]
+    if not any(matches):
+        raise Unauthorized(
+            "GET /metrics needs the metrics token (TUNEPLANE_METRICS_TOKEN) or the admin key."
+        )
     body, content_type = metrics.render(metrics.StateCollector(state.engine, state.redis))
     return Response(body, media_type=content_type)

@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from service import metrics
 from service.config import Settings
 from service.main import create_app
-from tests.factories import create_job_ok, make_tenant
+from tests.factories import ADMIN, create_job_ok, make_tenant
+from tests.fixtures.app import ADMIN_KEY
 from tests.fixtures.live_stack import LiveJob
 from tests.fixtures.redis_server import RedisServer
 
@@ -41,7 +42,8 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def test_a_scrape_after_a_real_job_has_its_series(live_job: LiveJob) -> None:
     assert live_job.wait_finished() == "succeeded"
     stack = live_job.stack
-    r = httpx.get(f"{stack.url}/metrics", timeout=30)  # no key: Prometheus scrapes bare
+    # Prometheus scrapes with a bearer token (here the admin key; or TUNEPLANE_METRICS_TOKEN).
+    r = httpx.get(f"{stack.url}/metrics", headers=ADMIN, timeout=30)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     samples = parse(r.text)
@@ -86,7 +88,7 @@ def test_queue_depth_and_jobs_by_state_are_read_at_scrape_time(queue_settings: S
         jobs = [create_job_ok(client, a)["id"] for _ in range(3)]
         create_job_ok(client, b)
         client.post(f"/v1/fine_tuning/jobs/{jobs[0]}/cancel", headers=a.headers)
-        samples = parse(client.get("/metrics").text)
+        samples = parse(client.get("/metrics", headers=ADMIN).text)
     assert value(samples, "tuneplane_queue_depth", tenant=a.name, tenant_id=a.id) == 2
     assert value(samples, "tuneplane_queue_depth", tenant=b.name) == 1
     assert value(samples, "tuneplane_jobs", tenant=a.name, status="queued") == 2
@@ -98,14 +100,14 @@ def test_queue_depth_and_jobs_by_state_are_read_at_scrape_time(queue_settings: S
 def test_inference_and_adapter_series_count_what_was_recorded(tmp_path: Path) -> None:
     # The counters are this process's: compare a scrape before and after.
     labels = {"tenant": "t-metrics", "endpoint": "chat.completions", "model": "ft:x:y:z:w"}
-    with TestClient(create_app(Settings(data_dir=tmp_path))) as client:
-        before = parse(client.get("/metrics").text)
+    with TestClient(create_app(Settings(data_dir=tmp_path, admin_key=ADMIN_KEY))) as client:
+        before = parse(client.get("/metrics", headers=ADMIN).text)
         for status, latency in ((200, 0.2), (200, 0.4), (429, 0.001)):
             metrics.record_inference(
                 **labels, status=status, latency_s=latency, prompt_tokens=10, completion_tokens=5
             )
         metrics.record_adapter_load(base_model="tiny-metrics", seconds=1.5)
-        after = parse(client.get("/metrics").text)
+        after = parse(client.get("/metrics", headers=ADMIN).text)
 
     def grew(name: str, **more: str) -> float:
         had = value(before, name, **labels, **more) if _has(before, name, **more) else 0.0
@@ -139,6 +141,15 @@ def test_a_metrics_token_guards_the_endpoint(settings: Settings) -> None:
         assert client.get("/metrics", headers=tenant.headers).status_code == 401
         ok = client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
         assert ok.status_code == 200 and "tuneplane_jobs" in ok.text
+        assert client.get("/metrics", headers=ADMIN).status_code == 200
+
+
+def test_metrics_are_never_open_to_anonymous_scrapes_or_tenants(client: TestClient) -> None:
+    # The series name every tenant: without a metrics token only the admin key reads them.
+    tenant = make_tenant(client)
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=tenant.headers).status_code == 401
+    assert client.get("/metrics", headers=ADMIN).status_code == 200
 
 
 def test_a_rolled_back_transition_is_not_counted(settings: Settings) -> None:
