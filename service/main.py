@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx
 import redis
 from fastapi import FastAPI, Request
@@ -34,6 +35,7 @@ from service.storage import ArtifactStore
 from service.tenants.router import router as tenants_router
 from service.ui.router import router as ui_router
 
+THREADS = 256
 # JSON bodies are small; only file uploads may be large (their own limit, a setting).
 JSON_BODY_LIMIT = 1024 * 1024
 MULTIPART_OVERHEAD = 64 * 1024
@@ -130,6 +132,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Sync endpoints and the session's teardown (its commit) run in this pool. A request
+        # holding SQLite's writer lock needs a thread again to commit and let it go; with
+        # the pool full of requests waiting for that lock, nobody could (a freeze of up to
+        # the lock's timeout under 100 clients). More threads than requests in flight.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         if settings.run_migrations_on_start:
             db.upgrade(settings.database_url)
         loops: ControlLoops | None = None
