@@ -71,9 +71,8 @@ def _slug(text: str) -> str:
     return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-def route_of(model: FineTunedModel, job: Job) -> tuple[Route, ServeArgs, str]:
-    """The model's route, its application's arguments (less the settings) and the
-    application's key (its name)."""
+def route_of(model: FineTunedModel, job: Job) -> tuple[Route, ServeArgs]:
+    """The model's route and its application's arguments (less the settings)."""
     spec = job.spec or {}
     source = str((spec.get("base_model") or {}).get("source") or model.base_model)
     labels = spec.get("labels") or []
@@ -94,7 +93,6 @@ def route_of(model: FineTunedModel, job: Job) -> tuple[Route, ServeArgs, str]:
     return (
         Route(app, multiplexed, model.task, model.base_model),
         ServeArgs.model_validate({**args, "models_dir": ""}),
-        app,
     )
 
 
@@ -177,7 +175,8 @@ class ServingManager:
             models = repo.live_models()
         apps: dict[str, tuple[ServeArgs, Policy]] = {}
         for model, job in models:
-            _, args, name = route_of(model, job)
+            route, args = route_of(model, job)
+            name = route.app
             policy = explicit.get((model.tenant_id, model.id), default)
             if name in apps:
                 apps[name] = (apps[name][0], apps[name][1].union(policy))

@@ -23,7 +23,6 @@ from service import metrics
 from service.config import Settings
 from service.deployments.serving import Route, ServingManager, route_of
 from service.errors import BadRequest, NotFound, ServiceUnavailable, TooManyRequests
-from service.jobs.repository import JobRepository
 from service.models import Tenant
 from service.ratelimit import RateLimiter
 from service.registry.catalog import Catalog
@@ -62,7 +61,6 @@ class InferenceService:
         self.catalog = catalog
         self.client = client
         self.models = ModelRepository(session, tenant_id)
-        self.jobs = JobRepository(session, tenant_id)
 
     # ------------------------------------------------------------ before forwarding
 
@@ -91,8 +89,8 @@ class InferenceService:
             )
 
     def resolve(self, model_id: str, task: Task) -> Target:
-        model = self.models.get_live(model_id)
-        if model is None:
+        found = self.models.get_live_with_job(model_id)
+        if found is None:
             if self.catalog.get(model_id) is not None:
                 raise BadRequest(
                     f"'{model_id}' is a base model; inference serves fine-tuned models.",
@@ -104,6 +102,7 @@ class InferenceService:
                 param="model",
                 code="model_not_found",
             )
+        model, job = found
         if model.task != task:
             what = "a classifier" if model.task == "sequence_classification" else "a causal LM"
             use = (
@@ -114,9 +113,6 @@ class InferenceService:
             raise BadRequest(
                 f"'{model_id}' is {what}; use {use}.", param="model", code="wrong_model_task"
             )
-        job = self.jobs.get(model.job_id)
-        if job is None:  # a model always has its job; never serve a half-known one
-            raise NotFound(f"The model '{model_id}' does not exist.", param="model")
         return Target(route_of(model, job)[0], model.id)
 
     def prepare(self, model_id: str, task: Task) -> Target:
