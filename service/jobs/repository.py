@@ -23,29 +23,35 @@ class JobRepository(ScopedRepository[Job]):
 
     def events(self, job_id: str, after: str | None, limit: int) -> Page[JobEvent] | None:
         """Newest first, like OpenAI; the cursor is an event id of this job."""
-        stmt = select(JobEvent).where(
-            JobEvent.tenant_id == self.tenant_id, JobEvent.job_id == job_id
-        )
-        if after is not None:
-            anchor = self.session.exec(stmt.where(JobEvent.id == after)).first()
-            if anchor is None:
-                return None
-            stmt = stmt.where(col(JobEvent.seq) < anchor.seq)
-        rows = list(self.session.exec(stmt.order_by(col(JobEvent.seq).desc()).limit(limit + 1)))
-        return Page(items=rows[:limit], has_more=len(rows) > limit)
+        return self._event_page(job_id, after, limit, newest_first=True)
 
     def metric_events(self, job_id: str, after: str | None, limit: int) -> Page[JobEvent] | None:
         """Per-step metrics events, oldest first; the cursor is an event id of this job."""
+        return self._event_page(job_id, after, limit, newest_first=False, of_type="metrics")
+
+    def _event_page(
+        self,
+        job_id: str,
+        after: str | None,
+        limit: int,
+        *,
+        newest_first: bool,
+        of_type: str | None = None,
+    ) -> Page[JobEvent] | None:
+        """A page of the job's events by `seq`; None when `after` is not an event of it."""
         stmt = select(JobEvent).where(
             JobEvent.tenant_id == self.tenant_id, JobEvent.job_id == job_id
         )
+        seq = col(JobEvent.seq)
         if after is not None:
             anchor = self.session.exec(stmt.where(JobEvent.id == after)).first()
             if anchor is None:
                 return None
-            stmt = stmt.where(col(JobEvent.seq) > anchor.seq)
-        stmt = stmt.where(JobEvent.type == "metrics").order_by(col(JobEvent.seq))
-        rows = list(self.session.exec(stmt.limit(limit + 1)))
+            stmt = stmt.where(seq < anchor.seq if newest_first else seq > anchor.seq)
+        if of_type is not None:
+            stmt = stmt.where(JobEvent.type == of_type)
+        order = seq.desc() if newest_first else seq.asc()
+        rows = list(self.session.exec(stmt.order_by(order).limit(limit + 1)))
         return Page(items=rows[:limit], has_more=len(rows) > limit)
 
     def checkpoints(self, job_id: str, after: str | None, limit: int) -> Page[Checkpoint] | None:
