@@ -106,7 +106,9 @@ def create_job_ok(client: TestClient, tenant: TenantHandle, **body: Any) -> dict
     return dict(r.json())
 
 
-def add_model(engine: Engine, tenant: TenantHandle, job_id: str, model_id: str) -> None:
+def add_model(
+    engine: Engine, tenant: TenantHandle, job_id: str, model_id: str, task: str = "causal_lm"
+) -> None:
     """A fine-tuned model row, as the event consumer registers one when a job succeeds."""
     with Session(engine) as s:
         s.add(
@@ -115,7 +117,7 @@ def add_model(engine: Engine, tenant: TenantHandle, job_id: str, model_id: str) 
                 tenant_id=tenant.id,
                 job_id=job_id,
                 base_model="tiny-gpt2",
-                task="causal_lm",
+                task=task,
                 adapter_type="lora",
                 artifact_uri="file:///nowhere",
                 created_at=now(),

@@ -32,6 +32,11 @@ def _owned(client: TestClient, t: TenantHandle) -> dict[str, str]:
     model_id = f"ft:tiny-gpt2:{t.name}:x:{job_id}"
     add_model(client.app.state.engine, t, job_id, model_id)  # type: ignore[attr-defined]
     ids = {"file_id": file_id, "job_id": job_id, "model_id": model_id, "tenant_id": t.id}
+    # A classifier too (no path takes one, but inference bodies name it).
+    cls_job = create_job_ok(client, t, training_file=file_id, suffix="cls")["id"]
+    ids["classifier_id"] = f"ft:tiny-bert:{t.name}:cls:{cls_job}"
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    add_model(engine, t, cls_job, ids["classifier_id"], task="sequence_classification")
     r = client.post("/v1/deployments", json={"model": model_id}, headers=t.headers)
     if r.status_code == 200:
         ids["deployment_id"] = r.json()["id"]
@@ -83,6 +88,7 @@ def test_another_tenants_ids_in_a_body_answer_as_if_they_did_not_exist(
     b = make_tenant(client, "intruder")
     a_ids = _owned(client, a)
     missing_model = a_ids["model_id"].replace(a_ids["job_id"], "ftjob-000000000000000000000000")
+    missing_cls = a_ids["classifier_id"].rsplit(":", 1)[0] + ":ftjob-000000000000000000000000"
     bodies: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         "/v1/fine_tuning/jobs": (
             {"model": "tiny-gpt2", "training_file": a_ids["file_id"]},
@@ -97,11 +103,30 @@ def test_another_tenants_ids_in_a_body_answer_as_if_they_did_not_exist(
             {"model": a_ids["model_id"], "prompt": "hi"},
             {"model": missing_model, "prompt": "hi"},
         ),
+        "/v1/classifications": (
+            {"model": a_ids["classifier_id"], "input": "hi"},
+            {"model": missing_cls, "input": "hi"},
+        ),
     }
-    present = {path for method, path, _ in _operations(client) if method == "POST"}
-    for path, (theirs, nobodys) in bodies.items():
-        if path not in present:
-            continue
+    # A's model through the other task's endpoint: still "does not exist", not "wrong task".
+    crossed = {
+        "/v1/chat/completions": (
+            {"model": a_ids["classifier_id"], "messages": [{"role": "user", "content": "hi"}]},
+            {"model": missing_cls, "messages": [{"role": "user", "content": "hi"}]},
+        ),
+        "/v1/classifications": (
+            {"model": a_ids["model_id"], "input": "hi"},
+            {"model": missing_model, "input": "hi"},
+        ),
+    }
+    present = {
+        path
+        for method, path, _ in _operations(client)
+        if method == "POST" and "{" not in path and not path.startswith("/v1/admin/")
+    }
+    # Every body that can name an object is in the matrix (uploads name none).
+    assert present - {"/v1/files"} == set(bodies), present ^ set(bodies)
+    for path, (theirs, nobodys) in [*bodies.items(), *crossed.items()]:
         r = client.post(path, json=theirs, headers=b.headers)
         same = client.post(path, json=nobodys, headers=b.headers)
         assert r.status_code == same.status_code and 400 <= r.status_code < 500, (path, r.text)
