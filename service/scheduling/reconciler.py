@@ -57,17 +57,20 @@ class Reconciler:
         self.reconcile_queue()
 
     def reconcile_queue(self) -> None:
+        # Ids only: the queue may hold thousands of jobs, and this runs every few seconds
+        # (whole rows, specs and all, made the control plane's memory grow with the queue).
         with new_session(self.engine) as s:
-            queued = {j.id: j for j in s.exec(select(Job).where(Job.status == "queued"))}
+            queued = set(s.exec(select(Job.id).where(Job.status == "queued")))
         in_redis = self.queue.queued_ids()
-        missing = queued.keys() - in_redis
-        for job_id in missing:
-            enqueue(self.queue, queued[job_id])
-            log.info("re-enqueued %s (missing from Redis)", job_id)
+        missing = queued - in_redis
         if missing:
             with new_session(self.engine) as s:
-                for job_id in sorted(missing):
-                    job = queued[job_id]
+                rows = s.exec(select(Job).where(col(Job.id).in_(sorted(missing)))).all()
+                for job in rows:
+                    if job.status != "queued":
+                        continue
+                    enqueue(self.queue, job)
+                    log.info("re-enqueued %s (missing from Redis)", job.id)
                     add_event(
                         s,
                         job.id,
@@ -78,14 +81,17 @@ class Reconciler:
                         level="warn",
                     )
                 s.commit()
-        stale = in_redis - queued.keys()
+        stale = in_redis - queued
         if stale:
             with new_session(self.engine) as s:
-                rows = s.exec(select(Job).where(col(Job.id).in_(sorted(stale)))).all()
-            for job in rows:
-                # Re-read: only drop entries of jobs that really left the queued state.
-                if job.status != "queued":
-                    self.queue.remove(job.id, job.tenant_id)
+                left = s.exec(
+                    select(Job.id, Job.tenant_id).where(
+                        col(Job.id).in_(sorted(stale)), Job.status != "queued"
+                    )
+                ).all()
+            # Re-read: only drop entries of jobs that really left the queued state.
+            for job_id, tenant_id in left:
+                self.queue.remove(job_id, tenant_id)
 
     def reconcile_active(self) -> None:
         with new_session(self.engine) as s:
