@@ -37,4 +37,4 @@ RUN pip install . s3fs==2026.9.0 \
 EXPOSE 8000
 # The control plane. KubeRay replaces the command for Ray pods; the migrations Job runs
 # `tuneplane db upgrade`.
-CMD ["uvicorn", "--factory", "service.main:create_app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "--factory", "service.main:create_app", "--host", "0.0.0.0", "--port", "8000", "--timeout-keep-alive", "75"]

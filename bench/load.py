@@ -119,7 +119,7 @@ def start_control_plane(
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-         "--no-access-log"],
+         "--no-access-log", "--timeout-keep-alive", "75"],
         env=cp_env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

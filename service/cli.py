@@ -70,8 +70,17 @@ def serve(
     """Run the API server alone (database and storage from TUNEPLANE_* settings)."""
     import uvicorn
 
+    from service.main import KEEP_ALIVE_S
+
     # log_config=None: uvicorn's own lines go through the app's JSON logging.
-    uvicorn.run("service.main:create_app", factory=True, host=host, port=port, log_config=None)
+    uvicorn.run(
+        "service.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
 
 
 @app.command()

@@ -36,6 +36,10 @@ from service.tenants.router import router as tenants_router
 from service.ui.router import router as ui_router
 
 THREADS = 256
+# Longer than clients keep idle connections (httpx and the openai client: 5 s). With
+# uvicorn's default of 5 s both sides let go at once, and a request sent on a connection
+# the server is closing fails with a reset (seen under 100 clients as ReadErrors).
+KEEP_ALIVE_S = 75
 # JSON bodies are small; only file uploads may be large (their own limit, a setting).
 JSON_BODY_LIMIT = 1024 * 1024
 MULTIPART_OVERHEAD = 64 * 1024

@@ -253,11 +253,18 @@ def embedded_stack(settings: Settings, num_cpus: int | None = None) -> Iterator[
 def run_up(settings: Settings, host: str, port: int, num_cpus: int | None) -> None:
     import uvicorn
 
-    from service.main import create_app
+    from service.main import KEEP_ALIVE_S, create_app
 
     with embedded_stack(settings, num_cpus) as stack_settings:
         app = create_app(stack_settings)
         # uvicorn turns SIGINT/SIGTERM into a graceful shutdown; the stack stops after it.
         # log_config=None: uvicorn's lines go through the app's JSON logging.
-        config = uvicorn.Config(app, host=host, port=port, log_level="info", log_config=None)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            log_config=None,
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
         uvicorn.Server(config).run()
