@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 
-def _service(
+async def _service(
     request: Request, session: SessionDep, principal: TenantPrincipal
 ) -> DeploymentService:
     assert principal.tenant_id is not None

@@ -14,7 +14,9 @@ from service.idempotency import IdempotencyDep
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-def _service(request: Request, session: SessionDep, principal: TenantPrincipal) -> FileService:
+async def _service(
+    request: Request, session: SessionDep, principal: TenantPrincipal
+) -> FileService:
     assert principal.tenant_id is not None
     state = request.app.state
     return FileService(session, principal.tenant_id, state.store, state.settings)

@@ -20,7 +20,9 @@ from service.inference.service import InferenceService
 router = APIRouter(prefix="/v1", tags=["inference"])
 
 
-def _service(request: Request, session: SessionDep, principal: TenantPrincipal) -> InferenceService:
+async def _service(
+    request: Request, session: SessionDep, principal: TenantPrincipal
+) -> InferenceService:
     assert principal.tenant_id is not None
     state = request.app.state
     return InferenceService(

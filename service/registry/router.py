@@ -12,7 +12,9 @@ from service.registry.service import ModelService
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def _service(request: Request, session: SessionDep, principal: TenantPrincipal) -> ModelService:
+async def _service(
+    request: Request, session: SessionDep, principal: TenantPrincipal
+) -> ModelService:
     assert principal.tenant_id is not None
     state = request.app.state
     return ModelService(session, principal.tenant_id, state.catalog, state.serving.apply_soon)

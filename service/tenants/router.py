@@ -22,7 +22,7 @@ from service.tenants.service import TenantService
 router = APIRouter(prefix="/v1/admin/tenants", tags=["admin"])
 
 
-def _service(request: Request, session: SessionDep, _: AdminPrincipal) -> TenantService:
+async def _service(request: Request, session: SessionDep, _: AdminPrincipal) -> TenantService:
     return TenantService(session, request.app.state.settings)
 
 
