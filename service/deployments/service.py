@@ -18,7 +18,6 @@ from service.deployments.schemas import (
 )
 from service.deployments.serving import ServingManager, route_of
 from service.errors import BadRequest, Conflict, NotFound
-from service.jobs.repository import JobRepository
 from service.models import Deployment
 from service.registry.repository import ModelRepository
 
@@ -36,16 +35,14 @@ class DeploymentService:
         self.session = session
         self.repo = DeploymentRepository(session, tenant_id)
         self.models = ModelRepository(session, tenant_id)
-        self.jobs = JobRepository(session, tenant_id)
         self.serving = serving
 
     def _out(self, d: Deployment) -> DeploymentOut:
         status: DeploymentStatus = "not_deployed"
         running = 0
-        model = self.models.get_live(d.model)
-        job = self.jobs.get(model.job_id) if model is not None else None
-        if model is not None and job is not None:
-            app = route_of(model, job)[0].app
+        found = self.models.get_live_with_job(d.model)
+        if found is not None:
+            app = route_of(*found)[0].app
             try:
                 live = self.serving.status().get(app)
             except Exception:  # Serve unreachable: report what is known
