@@ -45,6 +45,7 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from service.main import KEEP_ALIVE_S  # noqa: E402
 from service.stack import (  # noqa: E402
     free_port,
     ray_auth_env,
@@ -119,7 +120,7 @@ def start_control_plane(
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-         "--no-access-log", "--timeout-keep-alive", "75"],
+         "--no-access-log", "--timeout-keep-alive", str(KEEP_ALIVE_S)],
         env=cp_env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -65,10 +65,10 @@ class Reconciler:
         missing = queued - in_redis
         if missing:
             with new_session(self.engine) as s:
-                rows = s.exec(select(Job).where(col(Job.id).in_(sorted(missing)))).all()
+                rows = s.exec(
+                    select(Job).where(col(Job.id).in_(sorted(missing)), Job.status == "queued")
+                ).all()
                 for job in rows:
-                    if job.status != "queued":
-                        continue
                     enqueue(self.queue, job)
                     log.info("re-enqueued %s (missing from Redis)", job.id)
                     add_event(
