@@ -94,6 +94,11 @@ def served(
         serve_upscale_delay_s=1.0,
         serve_downscale_delay_s=4.0,
         serve_look_back_period_s=2.0,
+        # The scaling test's 8 clients must meet the autoscaler, not the rate limit: the
+        # trained adapters answer in a few tokens, and 8 clients then pass the default
+        # 6000 a minute (the limit has its own test in test_deployments_api.py).
+        inference_requests_per_minute=1_000_000,
+        inference_burst=1_000,
     )
     plane = ControlPlaneProcess(settings, free_port(), tmp / "control-plane.log")
     backend = RayJobsBackend(ray_cluster.dashboard_url)
