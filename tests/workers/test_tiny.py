@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.tiny import BUILDERS, build, resolve_model_source
+from workers.sources import resolve_model_source
+from workers.tiny import BUILDERS, build
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

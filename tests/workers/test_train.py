@@ -17,7 +17,7 @@ from tests.workers.factories import (
 )
 from tests.workers.training import Run, fit
 from workers.data import TokenizeOptions, collate, load_tokenizer, tokenize_record
-from workers.tiny import resolve_model_source
+from workers.sources import resolve_model_source
 from workers.train import PROBE_FILE, FaultInjection, causal_lm_loss_sum
 
 pytestmark = pytest.mark.ray
