@@ -11,6 +11,7 @@ Each tokenized row has:
 - ``labels``: for causal LM, int32 per token (``-100`` on prompt tokens, which carry no
   loss); for classification, the label's index in ``JobSpec.labels``
 - ``num_tokens``: ``len(input_ids)``, so throughput can be counted without the padding
+- ``truncated``: 1 when the example was longer than ``max_length`` and was cut to it
 
 Prompt masking: in chat data only assistant messages (with ``weight`` 1, the default)
 carry loss; in prompt/completion data only the completion (and the EOS after it); text
@@ -31,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workers.formats import check_record
+from workers.sources import resolve_model_source
 from workers.spec import DataFormat, JobSpec, Task
-from workers.tiny import resolve_model_source
 
 if TYPE_CHECKING:
     import ray.data
@@ -192,9 +193,15 @@ def tokenize_record(
     if options.task == "sequence_classification":
         if fmt != "classification":
             raise DataError(f"classification needs 'text'/'label' examples, got format '{fmt}'")
-        ids = _encode(tokenizer, record["text"], special=True)[: options.max_length]
+        full = _encode(tokenizer, record["text"], special=True)
+        ids = encode_classification(tokenizer, [record["text"]], options.max_length)[0]
         label_index = _label_index(label, options)
-        return {"input_ids": ids, "labels": label_index, "num_tokens": len(ids)}
+        return {
+            "input_ids": ids,
+            "labels": label_index,
+            "num_tokens": len(ids),
+            "truncated": len(full) > len(ids),
+        }
     if fmt == "chat":
         ids, labels = tokenize_chat(tokenizer, record["messages"])
     elif fmt == "prompt_completion":
@@ -203,11 +210,26 @@ def tokenize_record(
         ids, labels = tokenize_text(tokenizer, record["text"])
     else:
         raise DataError("classification examples need task 'sequence_classification'")
+    truncated = len(ids) > options.max_length
+    # The end goes: serving likewise keeps a prompt's start (its context limit refuses
+    # longer ones rather than cutting them).
     ids, labels = ids[: options.max_length], labels[: options.max_length]
     # A causal LM predicts token t+1 from t, so the first label never counts.
     if all(label == IGNORE_INDEX for label in labels[1:]):
         return None
-    return {"input_ids": ids, "labels": labels, "num_tokens": len(ids)}
+    return {"input_ids": ids, "labels": labels, "num_tokens": len(ids), "truncated": truncated}
+
+
+def encode_classification(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Texts to classify, as training and serving both encode them.
+
+    The tokenizer truncates inside its special tokens, so a long text keeps its closing
+    [SEP] (cutting the ids after encoding would drop it and the model would see an input
+    it never saw in pre-training). One function for both sides: what a classifier is
+    trained on is what it is asked.
+    """
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    return [list(ids) for ids in encoded["input_ids"]]
 
 
 def _label_index(label: str | None, options: TokenizeOptions) -> int:
@@ -245,6 +267,7 @@ def tokenize_batch(batch: dict[str, np.ndarray], options: TokenizeOptions) -> di
             else _ragged([r["labels"] for r in rows])
         ),
         "num_tokens": np.array([r["num_tokens"] for r in rows], dtype=np.int64),
+        "truncated": np.array([r["truncated"] for r in rows], dtype=np.int64),
     }
 
 
@@ -298,6 +321,9 @@ class JobData:
     validation: ray.data.Dataset | None
     train_examples: int
     validation_examples: int
+    # Examples longer than max_length, cut to it (see tokenize_record).
+    train_truncated: int = 0
+    validation_truncated: int = 0
 
 
 def load_job_data(spec: JobSpec, models_dir: str) -> JobData:
@@ -324,7 +350,22 @@ def load_job_data(spec: JobSpec, models_dir: str) -> JobData:
             "the training file has no example left to learn from: every example is empty "
             f"after truncation to max_length={spec.training.max_length}"
         )
-    return JobData(train, validation, n_train, validation.count() if validation else 0)
+    return JobData(
+        train,
+        validation,
+        n_train,
+        validation.count() if validation else 0,
+        train_truncated=_count_truncated(train),
+        validation_truncated=_count_truncated(validation) if validation else 0,
+    )
+
+
+def _count_truncated(ds: ray.data.Dataset) -> int:
+    # Read off the materialized blocks: Dataset.sum plans a hash aggregate (seconds).
+    return sum(
+        int(np.sum(batch["truncated"]))
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy")
+    )
 
 
 @dataclass(frozen=True)
@@ -332,6 +373,8 @@ class StepPlan:
     """How the examples of one epoch become optimizer steps on each worker."""
 
     micro_batch_size: int
+    # Rows each worker gets per epoch (Ray's equal split).
+    examples_per_worker: int
     micro_batches_per_epoch: int
     steps_per_epoch: int
     total_steps: int
@@ -353,7 +396,7 @@ def plan_steps(spec: JobSpec, train_examples: int) -> StepPlan:
     micro = max(1, spec.training.batch_size // (workers * accumulation))
     micro_batches = math.ceil(per_worker / micro)
     steps = math.ceil(micro_batches / accumulation)
-    return StepPlan(micro, micro_batches, steps, steps * spec.training.n_epochs)
+    return StepPlan(micro, per_worker, micro_batches, steps, steps * spec.training.n_epochs)
 
 
 def collate(batch: dict[str, np.ndarray], pad_id: int, task: Task) -> dict[str, torch.Tensor]:

@@ -30,8 +30,9 @@ from workers.data import (
 )
 from workers.formats import DataFormatError
 from workers.report import JsonLinesSink, RedisEventSink, Reporter
+from workers.sources import resolve_model_source
 from workers.spec import JobSpec, LoraAdapter
-from workers.tiny import default_models_dir, resolve_model_source
+from workers.tiny import default_models_dir
 
 logger = logging.getLogger("workers.run_job")
 
@@ -78,6 +79,8 @@ def publish(spec: JobSpec, checkpoint_dir: Path, models_dir: str, metrics: dict[
             "task": spec.task,
             "adapter": spec.adapter.type,
             "labels": spec.labels,
+            # Serving encodes inputs with the same limit as training did.
+            "max_length": spec.training.max_length,
             "metrics": metrics,
         }
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
@@ -154,6 +157,16 @@ def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> dict[str, Any]:
         validation_examples=data.validation_examples,
         total_steps=plan.total_steps,
     )
+    truncated = data.train_truncated + data.validation_truncated
+    if truncated:
+        reporter.message(
+            f"{data.train_truncated} training and {data.validation_truncated} validation "
+            f"examples are longer than max_length={spec.training.max_length} tokens and were "
+            "cut to it (raise hyperparameters.max_length to keep them whole)",
+            level="warn",
+            train_truncated=data.train_truncated,
+            validation_truncated=data.validation_truncated,
+        )
     if spec.search is not None:
         return _search(spec, data, plan, reporter, models_dir)
     reporter.status("training", "training started")

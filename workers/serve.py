@@ -35,29 +35,14 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 
-from workers.data import chat_prompt_ids, load_tokenizer, prompt_ids
+from workers.data import chat_prompt_ids, encode_classification, load_tokenizer, prompt_ids
+from workers.sources import local_dir, resolve_model_source
 from workers.spec import ADAPTER_LOAD_HEADER, BASE_MODEL_ID, BATCH_SIZE_HEADER, ServeArgs
-from workers.tiny import resolve_model_source
 
 MANIFEST_FILE = "tuneplane.json"
 
 
 # ---------------------------------------------------------------- artifacts
-
-
-def local_dir(uri: str, cache: Path) -> Path:
-    """A local directory holding the artifact at `uri` (downloaded once if it is remote)."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(uri)
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        return Path(path)
-    target = cache / uuid.uuid5(uuid.NAMESPACE_URL, uri).hex
-    if not target.exists():
-        staging = Path(tempfile.mkdtemp(dir=cache))
-        fs.get(path.rstrip("/") + "/", str(staging), recursive=True)
-        staging.rename(target)
-    return target
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -325,26 +310,35 @@ class ClassifierEngine:
         ).eval()
         self.host = _AdapterHost(base)
         self.labels: dict[str | None, list[str]] = {None: [str(i) for i in range(num_labels)]}
+        # Per adapter: the max_length its job trained with (the manifest's).
+        self.max_lengths: dict[str | None, int] = {}
+        self.default_max_length = int(
+            min(getattr(self.tokenizer, "model_max_length", 512) or 512, 512)
+        )
         config_labels = getattr(base.config, "id2label", None) or {}
         if len(config_labels) == num_labels:
             self.labels[None] = [str(config_labels[i]) for i in range(num_labels)]
 
     def load_adapter(self, name: str, directory: Path) -> None:
-        labels = read_manifest(directory).get("labels")
+        manifest = read_manifest(directory)
+        labels = manifest.get("labels")
         self.host.load(name, directory)
         if labels:
             self.labels[name] = [str(x) for x in labels]
+        if manifest.get("max_length"):
+            self.max_lengths[name] = int(manifest["max_length"])
 
     def unload_adapter(self, name: str) -> None:
         self.host.unload(name)
         self.labels.pop(name, None)
+        self.max_lengths.pop(name, None)
 
     def classify(
-        self, texts: Sequence[str], adapter: str | None, max_length: int = 512
+        self, texts: Sequence[str], adapter: str | None
     ) -> tuple[list[dict[str, Any]], int]:
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
+        max_length = self.max_lengths.get(adapter, self.default_max_length)
+        ids = encode_classification(self.tokenizer, texts, max_length)
+        enc = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
         model = self.host.model
         with self.host.lock, torch.inference_mode():
             if model is self.host.base:

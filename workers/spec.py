@@ -31,10 +31,16 @@ class LoraAdapter(_Strict):
     r: int = Field(8, ge=1, le=512)
     alpha: int = Field(16, ge=1, le=4096)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    # None: defaulted per architecture by the worker (attention projections).
-    target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
-        None, min_length=1, max_length=64
-    )
+    # Module names, or "all-linear" (every linear layer but the output head, as peft
+    # means it); None: defaulted per architecture by the worker.
+    target_modules: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=128)]],
+            Field(min_length=1, max_length=64),
+        ]
+        | Literal["all-linear"]
+        | None
+    ) = None
 
 
 class FullAdapter(_Strict):
@@ -71,6 +77,9 @@ class TrainingConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0, le=1e6)
     weight_decay: float = Field(0.0, ge=0, le=10)
     max_length: int = Field(512, ge=8, le=131072)
+    # Evaluate the base model before the first step too (costs a pass over the
+    # validation data; gives the score the fine-tuned model is compared with).
+    eval_at_start: bool = False
     # None: evaluate once per epoch (when there is validation data).
     eval_every_steps: int | None = Field(None, ge=1, le=10_000_000)
     # None: checkpoint once per epoch.

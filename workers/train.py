@@ -43,8 +43,8 @@ from torch import nn
 
 from workers.data import IGNORE_INDEX, JobData, StepPlan, collate, load_tokenizer, pad_token_id
 from workers.report import Reporter
+from workers.sources import resolve_model_source
 from workers.spec import JobSpec, LoraAdapter
-from workers.tiny import resolve_model_source
 
 # LoRA targets when the job does not name them: the attention projections, as in the LoRA
 # paper; architectures not listed fall back to peft's own table.
@@ -59,6 +59,9 @@ DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
 }
 # Modules stored in GPT-2's Conv1D layout (weight transposed), which LoRA must know about.
 _CONV1D_ARCHITECTURES = frozenset({"gpt2"})
+
+# The most rows a worker holds to shuffle an epoch: above it the shuffle is windowed.
+SHUFFLE_BUFFER_ROWS = 100_000
 
 MODEL_DIR = "model"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -101,6 +104,8 @@ class TrainerState:
     micro_batches_done: int = 0
     trained_tokens: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    # The first validation loss measured, which the final one is judged against.
+    first_eval_loss: float | None = None
 
 
 def lr_lambda(step: int, warmup_steps: int, total_steps: int, kind: str) -> float:
@@ -132,7 +137,9 @@ def load_base_model(spec: JobSpec, source: str) -> nn.Module:
     return AutoModelForCausalLM.from_pretrained(source)
 
 
-def lora_targets(adapter: LoraAdapter, model_type: str) -> list[str] | None:
+def lora_targets(adapter: LoraAdapter, model_type: str) -> list[str] | str | None:
+    if adapter.target_modules == "all-linear":
+        return "all-linear"
     if adapter.target_modules:
         return list(adapter.target_modules)
     return DEFAULT_LORA_TARGETS.get(model_type)
@@ -328,6 +335,7 @@ class FineTuneRecipe:
             micro_batches_done=saved["micro_batches_done"],
             trained_tokens=saved["trained_tokens"],
             metrics=saved.get("metrics", {}),
+            first_eval_loss=saved.get("first_eval_loss"),
         )
         if self.reporter:
             self.reporter.message(
@@ -340,7 +348,7 @@ class FineTuneRecipe:
 
     def train(self) -> None:
         training = self.spec.training
-        if self.state.step == 0 and self.validation is not None:
+        if self.state.step == 0 and self.validation is not None and training.eval_at_start:
             self.evaluate()  # the base model's score, to compare the fine-tuned one with
         self._clock = time.perf_counter()
         while self.state.epoch < training.n_epochs:
@@ -368,9 +376,19 @@ class FineTuneRecipe:
                 )
 
     def _micro_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """This epoch's micro-batches, in an order drawn from the job's seed and the epoch.
+
+        A buffer as large as the worker's part makes it a full shuffle, so a file sorted by
+        label still gives mixed batches; the same seed gives the same order again, which
+        is what lets a resumed run skip the micro-batches it had trained on.
+        """
         assert self.train_shard is not None
         yield from self.train_shard.iter_batches(
-            batch_size=self.plan.micro_batch_size, batch_format="numpy", prefetch_batches=2
+            batch_size=self.plan.micro_batch_size,
+            batch_format="numpy",
+            prefetch_batches=2,
+            local_shuffle_buffer_size=min(self.plan.examples_per_worker, SHUFFLE_BUFFER_ROWS),
+            local_shuffle_seed=(self.spec.seed + 7919 * self.state.epoch) % 2**32,
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -452,7 +470,9 @@ class FineTuneRecipe:
             or (every_eval is not None and step % every_eval == 0)
             or (every_eval is None and end_of_epoch)
         ):
-            self.evaluate()
+            metrics = self.evaluate()
+            if last:
+                self._warn_if_never_improved(metrics["eval_loss"])
         if (
             last
             or (every_checkpoint is not None and step % every_checkpoint == 0)
@@ -491,12 +511,27 @@ class FineTuneRecipe:
             [loss_sum, targets, correct, examples], self.device
         )
         metrics = {"eval_loss": loss_sum / max(1.0, targets)}
+        if self.state.first_eval_loss is None:
+            self.state.first_eval_loss = metrics["eval_loss"]
         if self.spec.task == "sequence_classification":
             metrics["eval_accuracy"] = correct / max(1.0, examples)
         self.state.metrics.update(metrics)
         if self.reporter:
             self.reporter.eval({"step": self.state.step, **metrics})
         return metrics
+
+    def _warn_if_never_improved(self, final_loss: float) -> None:
+        first = self.state.first_eval_loss
+        if self.reporter is None or first is None or final_loss < first:
+            return
+        self.reporter.message(
+            f"the validation loss never improved: {final_loss:.4f} at the end, {first:.4f} "
+            "at the first evaluation; the model may have learned nothing useful (try a "
+            "higher learning rate, more epochs or more data) or overfitted (fewer epochs)",
+            level="warn",
+            first_eval_loss=first,
+            final_eval_loss=final_loss,
+        )
 
     # ---------------------------------------------------------------- save
 
@@ -536,6 +571,7 @@ class FineTuneRecipe:
             "epoch": self.state.epoch,
             "micro_batches_done": self.state.micro_batches_done,
             "trained_tokens": self.state.trained_tokens,
+            "first_eval_loss": self.state.first_eval_loss,
             "metrics": metrics,
             "scheduler": self.scheduler.state_dict(),
             "optimizer": optimizer,

@@ -29,6 +29,7 @@ class HyperparametersIn(BaseModel):
     weight_decay: float | None = Field(None, ge=0, le=10)
     max_length: int | None = Field(None, ge=8, le=131072)
     eval_every_steps: int | None = Field(None, ge=1, le=10_000_000)
+    eval_at_start: bool | None = None
     checkpoint_every_steps: int | None = Field(None, ge=1, le=10_000_000)
     num_checkpoints_to_keep: int | None = Field(None, ge=1, le=100)
     max_failures: int | None = Field(None, ge=0, le=100)

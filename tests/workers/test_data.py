@@ -151,7 +151,7 @@ def test_ray_data_pipeline_and_step_plan(
     data = load_job_data(spec, str(models_dir))
     assert (data.train_examples, data.validation_examples) == (50, 7)
     row = data.train.take(1)[0]
-    assert set(row) == {"input_ids", "labels", "num_tokens"}
+    assert set(row) == {"input_ids", "labels", "num_tokens", "truncated"}
     assert len(row["input_ids"]) == len(row["labels"]) == row["num_tokens"]
     plan = plan_steps(spec, data.train_examples)
     # 25 rows per worker in micro-batches of 8 // (2 workers x 2 accumulation) = 2.
