@@ -13,6 +13,7 @@ from service.config import Settings
 from service.db import on_commit
 from service.errors import BadRequest, NotFound, TooManyRequests
 from service.files.repository import FileRepository
+from service.jobs.auto import auto_batch_size, auto_epochs, auto_learning_rate
 from service.jobs.queueing import dequeue_quietly, enqueue_quietly
 from service.jobs.repository import QUEUED_STATES, JobRepository
 from service.jobs.schemas import (
@@ -51,8 +52,6 @@ from workers.spec import (
     TrainingConfig,
 )
 
-DEFAULT_EPOCHS = 3
-DEFAULT_BATCH = 8
 # Search params that set LoRA fields rather than TrainingConfig fields.
 LORA_PARAMS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"}
 INT_PARAMS = {"batch_size", "n_epochs", "lora_r", "lora_alpha"}
@@ -246,6 +245,13 @@ class JobService:
         entry = self._entry(body.model)
         task = self._task(body, entry)
         training = self._file(body.training_file, "training_file", task)
+        if training.format == "chat" and not entry.chat:
+            raise BadRequest(
+                f"Model '{entry.name}' has no chat template, so it cannot train on chat data; "
+                "use prompt/completion or text data.",
+                param="training_file",
+                code="invalid_file_format",
+            )
         validation = (
             self._file(body.validation_file, "validation_file", task)
             if body.validation_file
@@ -296,11 +302,14 @@ class JobService:
         resolved_hp: dict[str, Any] = {
             "n_epochs": training_config.n_epochs,
             "batch_size": training_config.batch_size,
-            "learning_rate_multiplier": hp.learning_rate_multiplier
-            if isinstance(hp.learning_rate_multiplier, float | int)
-            else 1.0,
             **training_config.model_dump(exclude={"n_epochs", "batch_size"}),
         }
+        if hp.learning_rate is None:
+            # The rate relative to the base model's; meaningless beside an absolute rate.
+            base_lr = entry.learning_rate.get(adapter.type, 2e-4)
+            resolved_hp["learning_rate_multiplier"] = round(
+                training_config.learning_rate / base_lr, 6
+            )
         # Files are validated line by line when they are uploaded, so a job that passed the
         # checks above is born queued: it never waits in validating_files.
         job = Job(
@@ -407,21 +416,29 @@ class JobService:
                 param="hyperparameters.learning_rate",
             )
         base_lr = entry.learning_rate.get(adapter_type, 2e-4)
-        lr = hp.learning_rate or base_lr * (
-            float(multiplier) if isinstance(multiplier, float | int) else 1.0
-        )
-        batch = (
-            hp.batch_size
-            if isinstance(hp.batch_size, int)
-            else min(DEFAULT_BATCH, training.examples)
-        )
+        if isinstance(hp.batch_size, int):
+            batch = hp.batch_size
+            auto_lr = base_lr
+        else:
+            # The auto learning rate goes with the auto batch size; a batch the user chose
+            # keeps the base model's rate.
+            batch = min(auto_batch_size(training.examples), training.examples)
+            auto_lr = auto_learning_rate(base_lr, batch)
+        if hp.learning_rate is not None:
+            lr = hp.learning_rate
+        elif isinstance(multiplier, float | int):
+            lr = base_lr * float(multiplier)
+        else:
+            lr = auto_lr
         extra = hp.model_dump(
             exclude_none=True,
             exclude={"n_epochs", "batch_size", "learning_rate_multiplier", "learning_rate"},
         )
         try:
             return TrainingConfig(
-                n_epochs=hp.n_epochs if isinstance(hp.n_epochs, int) else DEFAULT_EPOCHS,
+                n_epochs=(
+                    hp.n_epochs if isinstance(hp.n_epochs, int) else auto_epochs(training.examples)
+                ),
                 batch_size=batch,
                 learning_rate=lr,
                 max_length=extra.pop("max_length", entry.max_length),

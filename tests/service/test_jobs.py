@@ -8,11 +8,13 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from service.common import now
+from service.jobs.auto import auto_batch_size, auto_epochs, auto_learning_rate
 from service.jobs.state import transition
 from service.models import Checkpoint
 from tests.factories import (
     ADMIN,
     TenantHandle,
+    chat_records,
     classification_records,
     create_job,
     create_job_ok,
@@ -50,7 +52,7 @@ def test_create_job_is_queued_in_openai_shape(client: TestClient) -> None:
     assert job["user_provided_suffix"] == "my-model"
     assert job["metadata"] == {"team": "search"}
     assert job["hyperparameters"]["n_epochs"] == 2
-    assert job["hyperparameters"]["batch_size"] == 4  # "auto": capped at the example count
+    assert job["hyperparameters"]["batch_size"] == 4  # "auto": 4 at least, capped at the examples
     assert job["method"]["type"] == "supervised"
     assert job["adapter"]["r"] == 4
     assert job["resources"]["num_workers"] == 2
@@ -74,6 +76,33 @@ def test_legacy_hyperparameters_and_learning_rate_multiplier(client: TestClient)
     assert (hp["n_epochs"], hp["batch_size"], hp["learning_rate_multiplier"]) == (1, 2, 2)
     base = create_job_ok(client, t)["hyperparameters"]["learning_rate"]
     assert hp["learning_rate"] == pytest.approx(2 * base)
+
+
+def test_auto_hyperparameters_follow_the_data_size() -> None:
+    # OpenAI's epoch rule: about 100 examples seen at least, 25,000 at most, 3 between.
+    assert [auto_epochs(n) for n in (4, 10, 34, 64, 8000, 20000)] == [25, 10, 3, 3, 3, 1]
+    # About a step per 16 examples an epoch, a power of two within 4..32.
+    assert [auto_batch_size(n) for n in (4, 64, 100, 500, 2000)] == [4, 4, 8, 32, 32]
+    assert auto_learning_rate(1e-3, 4) == pytest.approx(1e-3)
+    assert auto_learning_rate(1e-3, 16) == pytest.approx(2e-3)
+    assert auto_learning_rate(1e-3, 32) == pytest.approx(2e-3)
+
+
+def test_auto_hyperparameters_on_a_job_and_an_absolute_learning_rate(
+    client: TestClient,
+) -> None:
+    t = make_tenant(client)
+    train = upload_ok(client, t, jsonl(chat_records(64)))
+    auto = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    hp = create_job_ok(client, t, training_file=train, hyperparameters=auto)["hyperparameters"]
+    assert (hp["n_epochs"], hp["batch_size"], hp["learning_rate_multiplier"]) == (3, 4, 1.0)
+    # An absolute rate is not also shown as a multiplier of 1.0.
+    hp = create_job_ok(client, t, training_file=train, hyperparameters={"learning_rate": 1e-4})[
+        "hyperparameters"
+    ]
+    assert hp["learning_rate"] == 1e-4 and "learning_rate_multiplier" not in hp
+    # The step-0 evaluation is off unless asked for.
+    assert hp["eval_at_start"] is False
 
 
 def test_classification_job_on_tiny_bert(client: TestClient) -> None:
