@@ -28,6 +28,7 @@ from service.ops.router import router as ops_router
 from service.queue import FairQueue
 from service.ratelimit import RateLimiter
 from service.ray_backend import Capacity, ComputeBackend, RayJobsBackend, ServeBackend
+from service.registry.admin_router import router as base_models_router
 from service.registry.catalog import Catalog
 from service.registry.router import router as models_router
 from service.scheduling.loops import ControlLoops
@@ -188,13 +189,14 @@ def create_app(
     )
     app.state.queue = FairQueue(app.state.redis) if app.state.redis is not None else None
     app.state.rate_limiter = RateLimiter(app.state.redis) if app.state.redis is not None else None
-    app.state.serving = ServingManager(app.state.engine, serve_backend, settings)
+    app.state.serving = ServingManager(app.state.engine, serve_backend, settings, app.state.catalog)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_upload_bytes)
     # Outermost: a request id for everything, the 413s above included.
     app.add_middleware(RequestContextMiddleware)
     for router in (
         tenants_router,
+        base_models_router,
         files_router,
         jobs_router,
         models_router,

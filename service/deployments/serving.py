@@ -29,6 +29,8 @@ from service.deployments.repository import ServingRepository
 from service.errors import ServiceUnavailable
 from service.models import Deployment, FineTunedModel, Job
 from service.ray_backend import ServeAppStatus, ServeBackend
+from service.registry.catalog import Catalog, CatalogEntry
+from service.registry.repository import BaseModelRepository
 from workers.spec import BASE_MODEL_ID, SERVE_IMPORT_PATH, ServeArgs
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,13 @@ def route_of(model: FineTunedModel, job: Job) -> tuple[Route, ServeArgs]:
     )
 
 
+def base_route(entry: CatalogEntry) -> tuple[Route, ServeArgs]:
+    """A base causal LM itself: its adapters' application, with no adapter applied, so a
+    user compares a fine-tuned model with its base on the same replica."""
+    route = Route(f"lm-{_slug(entry.source)}", BASE_MODEL_ID, "causal_lm", entry.name)
+    return route, ServeArgs(source=entry.source, task="causal_lm", models_dir="")
+
+
 def serve_url(settings: Settings) -> str:
     if settings.serve_url:
         return settings.serve_url.rstrip("/")
@@ -104,8 +113,15 @@ def serve_url(settings: Settings) -> str:
 
 
 class ServingManager:
-    def __init__(self, engine: Engine, backend: ServeBackend | None, settings: Settings) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        backend: ServeBackend | None,
+        settings: Settings,
+        catalog: Catalog | None = None,
+    ) -> None:
         self.engine = engine
+        self.catalog = catalog
         self.backend = backend
         self.settings = settings
         self.url = serve_url(settings)
@@ -163,6 +179,10 @@ class ServingManager:
         }
 
     def desired(self) -> dict[str, Any]:
+        return self._desired()[0]
+
+    def _desired(self) -> tuple[dict[str, Any], set[str]]:
+        """Serve's config, and the applications in it that serve base models alone."""
         s = self.settings
         default = Policy(
             s.serve_default_min_replicas,
@@ -173,6 +193,7 @@ class ServingManager:
             repo = ServingRepository(session)
             explicit = {(d.tenant_id, d.model): Policy.of(d) for d in repo.deployments()}
             models = repo.live_models()
+            catalog = BaseModelRepository(session).catalog(self.catalog) if self.catalog else None
         apps: dict[str, tuple[ServeArgs, Policy]] = {}
         for model, job in models:
             route, args = route_of(model, job)
@@ -182,26 +203,41 @@ class ServingManager:
                 apps[name] = (apps[name][0], apps[name][1].union(policy))
             else:
                 apps[name] = (args, policy)
-        return {
+        # Every causal-LM base model answers inference too; at the default minimum of 0
+        # replicas an application costs nothing until its first request.
+        base_only: set[str] = set()
+        for entry in catalog.entries() if catalog else []:
+            if "causal_lm" in entry.tasks:
+                route, args = base_route(entry)
+                if route.app not in apps:
+                    apps[route.app] = (args, default)
+                    base_only.add(route.app)
+        config = {
             "http_options": {"host": s.serve_host, "port": s.serve_port},
             "applications": [
                 self._app_config(name, args, policy)
                 for name, (args, policy) in sorted(apps.items())
             ],
         }
+        return config, base_only
 
     # ------------------------------------------------------------ applying
 
-    def apply(self, force: bool = False) -> bool:
-        """Write the desired config to Serve if it changed (or `force`); True if written."""
+    def apply(self, force: bool = False, start: bool = False) -> bool:
+        """Write the desired config to Serve if it changed (or `force`); True if written.
+
+        Serve is started only when a fine-tuned model needs it, or when a request needs it
+        (`start`: a base model asked for); a config of base models alone leaves it down.
+        """
         if self.backend is None:
             return False
-        config = self.desired()
+        config, base_only = self._desired()
         fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+        needed = any(app["name"] not in base_only for app in config["applications"])
         with self._lock:
             if fingerprint == self._applied and not force:
                 return False
-            if not config["applications"] and self._applied is None and not force:
+            if not needed and self._applied is None and not force and not start:
                 # Nothing to serve and nothing served by us: do not start Serve for it.
                 return False
             self.backend.deploy_serve(config)
@@ -252,7 +288,7 @@ class ServingManager:
         if app in self._running:
             return
         if app not in self._apps:
-            await asyncio.to_thread(self.apply)
+            await asyncio.to_thread(self.apply, False, True)
         deadline = time.monotonic() + self.settings.serve_ready_timeout_s
         forced = False
         while True:

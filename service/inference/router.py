@@ -16,6 +16,7 @@ from service.inference.schemas import (
     CompletionRequest,
 )
 from service.inference.service import InferenceService
+from service.registry.repository import LazyCatalog
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
@@ -31,7 +32,7 @@ async def _service(
         state.settings,
         state.serving,
         state.rate_limiter,
-        state.catalog,
+        LazyCatalog(session, state.catalog),
         state.serve_client,
     )
 

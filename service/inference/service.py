@@ -21,7 +21,7 @@ from starlette.responses import Response, StreamingResponse
 
 from service import metrics
 from service.config import Settings
-from service.deployments.serving import Route, ServingManager, route_of
+from service.deployments.serving import Route, ServingManager, base_route, route_of
 from service.errors import BadRequest, NotFound, ServiceUnavailable, TooManyRequests
 from service.models import Tenant
 from service.ratelimit import RateLimiter
@@ -91,9 +91,16 @@ class InferenceService:
     def resolve(self, model_id: str, task: Task) -> Target:
         found = self.models.get_live_with_job(model_id)
         if found is None:
-            if self.catalog.get(model_id) is not None:
+            entry = self.catalog.get(model_id)
+            if entry is not None and task == "causal_lm" and "causal_lm" in entry.tasks:
+                return Target(base_route(entry)[0], entry.name)
+            if entry is not None:
                 raise BadRequest(
-                    f"'{model_id}' is a base model; inference serves fine-tuned models.",
+                    f"'{model_id}' is a base model with no classification head of its own; "
+                    "fine-tune it on your labels, then classify with the fine-tuned model."
+                    if task == "sequence_classification"
+                    else f"'{model_id}' is a base encoder for classification; it does not "
+                    "generate text.",
                     param="model",
                     code="model_not_servable",
                 )

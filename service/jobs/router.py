@@ -20,6 +20,7 @@ from service.jobs.schemas import (
 )
 from service.jobs.service import JobService
 from service.models import Tenant
+from service.registry.repository import LazyCatalog
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
@@ -33,7 +34,7 @@ def _service(request: Request, session: SessionDep, principal: TenantPrincipal) 
         session,
         tenant,
         settings=state.settings,
-        catalog=state.catalog,
+        catalog=LazyCatalog(session, state.catalog),
         store=state.store,
         backend=state.backend,
         queue=state.queue,

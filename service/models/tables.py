@@ -184,6 +184,23 @@ class Deployment(SQLModel, table=True):
     updated_at: float
 
 
+class RegisteredBaseModel(SQLModel, table=True):
+    """A base model an admin registered (beside the built-in catalog). Deleting one
+    unregisters it: jobs and models made from it keep the source in their own spec."""
+
+    __tablename__ = "base_models"
+
+    name: str = Field(primary_key=True, max_length=128)
+    source: str = Field(max_length=1024)
+    tasks: list[str] = _json(nullable=False)
+    architecture: str | None = Field(None, max_length=128)
+    description: str = Field("", max_length=1024)
+    learning_rate: dict[str, float] = _json(nullable=False)
+    max_length: int
+    chat: bool
+    created_at: float
+
+
 class IdempotencyRecord(SQLModel, table=True):
     __tablename__ = "idempotency_keys"
 

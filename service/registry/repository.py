@@ -1,9 +1,78 @@
 from __future__ import annotations
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
-from service.models import FineTunedModel, Job
+from service.models import FineTunedModel, Job, RegisteredBaseModel
+from service.registry.catalog import Catalog, CatalogEntry
 from service.repository import ScopedRepository
+
+
+def registered_entry(row: RegisteredBaseModel) -> CatalogEntry:
+    return CatalogEntry(
+        name=row.name,
+        source=row.source,
+        tasks=row.tasks,
+        architecture=row.architecture,
+        description=row.description,
+        learning_rate=row.learning_rate,
+        max_length=row.max_length,
+        chat=row.chat,
+        created=int(row.created_at),
+        registered=True,
+    )
+
+
+class BaseModelRepository:
+    """Registered base models: shared by all tenants, written by admins only."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def all(self) -> list[RegisteredBaseModel]:
+        stmt = select(RegisteredBaseModel).order_by(col(RegisteredBaseModel.name))
+        return list(self.session.exec(stmt))
+
+    def get(self, name: str) -> RegisteredBaseModel | None:
+        return self.session.get(RegisteredBaseModel, name)
+
+    def add(self, row: RegisteredBaseModel) -> None:
+        self.session.add(row)
+        self.session.flush()
+
+    def delete(self, row: RegisteredBaseModel) -> None:
+        self.session.delete(row)
+        self.session.flush()
+
+    def catalog(self, builtin: Catalog) -> Catalog:
+        """The built-in models and the registered ones, as one catalog."""
+        return builtin.with_entries([registered_entry(r) for r in self.all()])
+
+
+class LazyCatalog(Catalog):
+    """The merged catalog, read from the database on first use only: most requests that
+    build a service never look a base model up."""
+
+    def __init__(self, session: Session, builtin: Catalog) -> None:
+        self._session = session
+        self._builtin = builtin
+        self._loaded: Catalog | None = None
+
+    def _view(self) -> Catalog:
+        if self._loaded is None:
+            self._loaded = BaseModelRepository(self._session).catalog(self._builtin)
+        return self._loaded
+
+    def get(self, name: str) -> CatalogEntry | None:
+        return self._view().get(name)
+
+    def names(self) -> list[str]:
+        return self._view().names()
+
+    def entries(self) -> list[CatalogEntry]:
+        return self._view().entries()
+
+    def with_entries(self, more: list[CatalogEntry]) -> Catalog:
+        return self._view().with_entries(more)
 
 
 class ModelRepository(ScopedRepository[FineTunedModel]):

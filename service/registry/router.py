@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 
 from service.auth import TenantPrincipal
 from service.db import SessionDep
+from service.registry.repository import LazyCatalog
 from service.registry.schemas import ModelDeleted, ModelList, ModelOut
 from service.registry.service import ModelService
 
@@ -17,7 +18,9 @@ async def _service(
 ) -> ModelService:
     assert principal.tenant_id is not None
     state = request.app.state
-    return ModelService(session, principal.tenant_id, state.catalog, state.serving.apply_soon)
+    return ModelService(
+        session, principal.tenant_id, LazyCatalog(session, state.catalog), state.serving.apply_soon
+    )
 
 
 Models = Annotated[ModelService, Depends(_service)]

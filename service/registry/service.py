@@ -11,7 +11,7 @@ from service.db import on_commit
 from service.deployments.repository import DeploymentRepository
 from service.errors import NotFound, PermissionDenied
 from service.models import FineTunedModel
-from service.registry.catalog import CATALOG_CREATED, Catalog, CatalogEntry
+from service.registry.catalog import Catalog, CatalogEntry
 from service.registry.repository import ModelRepository
 from service.registry.schemas import ModelDeleted, ModelOut
 
@@ -19,9 +19,7 @@ BASE_OWNER = "tuneplane"
 
 
 def base_model_out(entry: CatalogEntry) -> ModelOut:
-    return ModelOut(
-        id=entry.name, created=CATALOG_CREATED, owned_by=BASE_OWNER, task=entry.tasks[0]
-    )
+    return ModelOut(id=entry.name, created=entry.created, owned_by=BASE_OWNER, task=entry.tasks[0])
 
 
 def fine_tuned_out(model: FineTunedModel, owner: str) -> ModelOut:

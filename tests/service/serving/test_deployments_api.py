@@ -114,7 +114,10 @@ def test_inference_refuses_unknown_foreign_base_and_wrong_task_models(client: Te
     cases = [
         (b, {"model": model, **chat}, "/v1/chat/completions", 404, "model_not_found"),
         (a, {"model": "ft:nope", **chat}, "/v1/chat/completions", 404, "model_not_found"),
-        (a, {"model": "tiny-gpt2", **chat}, "/v1/chat/completions", 400, "model_not_servable"),
+        # A base LM answers chat (tests/service/serving/test_serving.py); a base encoder
+        # neither generates nor has a head of its own.
+        (a, {"model": "tiny-bert", **chat}, "/v1/chat/completions", 400, "model_not_servable"),
+        (a, {"model": "tiny-bert", "input": "x"}, "/v1/classifications", 400, "model_not_servable"),
         (a, {"model": model, "input": "x"}, "/v1/classifications", 400, "wrong_model_task"),
         (b, {"model": model, "prompt": "x"}, "/v1/completions", 404, "model_not_found"),
     ]
