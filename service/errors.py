@@ -41,6 +41,7 @@ class ServiceError(Exception):
 
 class BadRequest(ServiceError):
     status = 400
+    code = "invalid_request"
 
 
 class Unauthorized(ServiceError):
@@ -159,7 +160,9 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404 and message == "Not Found":
         message = "Unknown URL: no such endpoint"
     return JSONResponse(
-        error_body(message, "invalid_request_error", None, codes.get(exc.status_code)),
+        error_body(
+            message, "invalid_request_error", None, codes.get(exc.status_code, "invalid_request")
+        ),
         status_code=exc.status_code,
         headers=getattr(exc, "headers", None),
     )

@@ -60,7 +60,12 @@ def _is_openai_error(r: Any) -> bool:
         err = r.json().get("error")
     except ValueError:
         return False
-    return isinstance(err, dict) and set(err) == {"message", "type", "param", "code"}
+    # Every 4xx names a code (clients branch on it; null told them nothing).
+    return (
+        isinstance(err, dict)
+        and set(err) == {"message", "type", "param", "code"}
+        and isinstance(err["code"], str)
+    )
 
 
 def _send(client: TestClient, method: str, url: str, body: Any, headers: dict[str, str]) -> Any:
