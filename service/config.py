@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     # Held back from the scheduler's view of Ray: Ray Data's tokenize tasks and the job
     # drivers need a CPU while training workers hold the rest.
     reserved_cpus: float = Field(1.0, ge=0)
+    # The most CPUs per worker a job whose cpus_per_worker is "auto" (the default) gets.
+    max_auto_cpus_per_worker: float = Field(32.0, ge=1)
     # The interpreter that runs `-m workers.run_job` on the Ray head.
     worker_python: str = "python"
     scheduler_interval_s: float = Field(0.5, gt=0)

@@ -43,6 +43,9 @@ class QueuedJob:
     # A search whose concurrency the scheduler chooses: up to this many trials at once,
     # each holding cpus/gpus. 0 for anything else.
     auto_trials: int = 0
+    # The scheduler gives each worker the CPUs free when it starts ("auto"); `cpus` is
+    # then the least it needs (one per worker).
+    auto_cpus: bool = False
 
     @classmethod
     def from_meta(cls, job_id: str, tenant_id: str, raw: str | None) -> QueuedJob:
@@ -53,6 +56,7 @@ class QueuedJob:
             float(meta.get("cpus", 1.0)),
             float(meta.get("gpus", 0.0)),
             int(meta.get("auto_trials", 0)),
+            bool(meta.get("auto_cpus", False)),
         )
 
 
@@ -110,9 +114,16 @@ class FairQueue:
         cpus: float,
         gpus: float,
         auto_trials: int = 0,
+        auto_cpus: bool = False,
     ) -> None:
         meta = json.dumps(
-            {"tenant": tenant_id, "cpus": cpus, "gpus": gpus, "auto_trials": auto_trials}
+            {
+                "tenant": tenant_id,
+                "cpus": cpus,
+                "gpus": gpus,
+                "auto_trials": auto_trials,
+                "auto_cpus": auto_cpus,
+            }
         )
         pipe = self.r.pipeline(transaction=True)
         pipe.zadd(queue_key(tenant_id), {job_id: score(priority, created_at)})

@@ -11,6 +11,10 @@ from service.queue import FairQueue
 
 log = logging.getLogger(__name__)
 
+# In a job's stored resources: cpus_per_worker was left to the scheduler ("auto"); until it
+# starts, the job's cpus_per_worker is the least it needs (1).
+AUTO_CPUS = "auto_cpus"
+
 
 def cost_of(
     resources: Mapping[str, Any] | None, search: Mapping[str, Any] | None
@@ -35,7 +39,8 @@ def enqueue(queue: FairQueue, job: Job) -> None:
     else:
         cpus, gpus = cost_of(job.resources, job.search)
         auto = 0
-    queue.enqueue(job.id, job.tenant_id, job.priority, job.created_at, cpus, gpus, auto)
+    auto_cpus = bool((job.resources or {}).get(AUTO_CPUS)) and not search
+    queue.enqueue(job.id, job.tenant_id, job.priority, job.created_at, cpus, gpus, auto, auto_cpus)
 
 
 def enqueue_quietly(queue: FairQueue, job: Job) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from workers.spec import Adapter, Resources, SearchSpec, Task
+from workers.spec import Adapter, SearchSpec, Task
 
 Auto = Literal["auto"]
 
@@ -33,6 +33,18 @@ class HyperparametersIn(BaseModel):
     checkpoint_every_steps: int | None = Field(None, ge=1, le=10_000_000)
     num_checkpoints_to_keep: int | None = Field(None, ge=1, le=100)
     max_failures: int | None = Field(None, ge=0, le=100)
+
+
+class ResourcesIn(BaseModel):
+    """`Resources` as a request gives them: cpus_per_worker may be left to the scheduler."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    num_workers: int = Field(1, ge=1, le=256)
+    use_gpu: bool = False
+    # None or "auto": the CPUs free when the job starts, split over its workers.
+    cpus_per_worker: Annotated[float, Field(gt=0, le=256)] | Auto | None = None
+    gpus_per_worker: float = Field(1.0, gt=0, le=16)
 
 
 class SupervisedIn(BaseModel):
@@ -66,7 +78,7 @@ class JobCreate(BaseModel):
     adapter: Adapter | None = None
     task: Task | None = None
     search: SearchSpec | None = None
-    resources: Resources | None = None
+    resources: ResourcesIn | None = None
     priority: int = Field(0, ge=-100, le=100)
 
 

@@ -14,7 +14,7 @@ from service.db import on_commit
 from service.errors import BadRequest, NotFound, TooManyRequests
 from service.files.repository import FileRepository
 from service.jobs.auto import auto_batch_size, auto_epochs, auto_learning_rate
-from service.jobs.queueing import dequeue_quietly, enqueue_quietly
+from service.jobs.queueing import AUTO_CPUS, dequeue_quietly, enqueue_quietly
 from service.jobs.repository import QUEUED_STATES, JobRepository
 from service.jobs.schemas import (
     CheckpointList,
@@ -29,6 +29,7 @@ from service.jobs.schemas import (
     MethodIn,
     MetricList,
     MetricPoint,
+    ResourcesIn,
     TrialList,
     TrialOut,
 )
@@ -85,11 +86,18 @@ def job_out(job: Job) -> JobOut:
         method=job.method or {"type": "supervised"},
         task=job.task,
         adapter=job.adapter or {},
-        resources=job.resources or {},
+        resources=_resources_out(job.resources or {}),
         search=job.search,
         priority=job.priority,
         search_result=job.search_result,
     )
+
+
+def _resources_out(resources: dict[str, Any]) -> dict[str, Any]:
+    """What the job holds, as a user reads it: no GPU fields on a CPU job."""
+    if resources.get("use_gpu"):
+        return resources
+    return {k: v for k, v in resources.items() if k != "gpus_per_worker"}
 
 
 def event_out(e: JobEvent) -> EventOut:
@@ -267,7 +275,17 @@ class JobService:
         adapter = body.adapter or LoraAdapter()
         hp = self._hyperparameters(body)
         training_config = self._training_config(hp, entry, adapter.type, training)
-        resources = body.resources or Resources()
+        requested = body.resources or ResourcesIn()
+        given = requested.cpus_per_worker
+        # A search's trials share the cluster by their number instead (trial_slots).
+        auto_cpus = body.search is None and not isinstance(given, float | int)
+        resources = Resources.model_validate(
+            {
+                **requested.model_dump(exclude={"cpus_per_worker"}),
+                # The least a worker needs; the scheduler gives it what is free at start.
+                "cpus_per_worker": float(given) if isinstance(given, float | int) else 1.0,
+            }
+        )
         self._check_resources(resources.num_workers, resources.total_gpus, quotas.max_gpus)
         if body.search is not None:
             self._check_search(body.search, adapter, training_config, task, validation)
@@ -327,7 +345,7 @@ class JobService:
             method={"type": "supervised", "supervised": {"hyperparameters": resolved_hp}},
             metadata_=body.metadata,
             adapter=adapter.model_dump(),
-            resources=resources.model_dump(),
+            resources={**resources.model_dump(), AUTO_CPUS: auto_cpus},
             search=body.search.model_dump() if body.search else None,
             spec=spec.model_dump(mode="json"),
             result_files=[],

@@ -91,6 +91,8 @@ class ClusterView:
     usage: dict[str, Usage] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     quotas: dict[str, Quotas] = field(default_factory=dict)
+    # CPUs held back for concurrent jobs' data preparation (Settings.reserved_cpus).
+    reserved_cpus: float = 0.0
 
     def eligible(self, job: QueuedJob) -> bool:
         if not self.free.fits(job.cpus, job.gpus):
@@ -116,6 +118,15 @@ class ClusterView:
                 used = self.usage.get(job.tenant_id, Usage()).gpus
                 slots = min(slots, int((quotas.max_gpus - used + 1e-9) // job.gpus))
         return max(1, slots)
+
+    def cpu_share(self, job: QueuedJob, cap: float) -> float:
+        """CPUs per worker for a job left to the scheduler: what is free, split over its
+        workers. On an idle cluster the reserve goes to it too: the reserve is there so
+        a job starting beside running ones can prepare its data, and while this one holds
+        every CPU nothing else starts."""
+        workers = max(1, round(job.cpus))  # queued at one CPU per worker
+        free = self.free.cpus + (self.reserved_cpus if not self.usage else 0.0)
+        return float(max(1, min(int(cap), int((free + 1e-9) // workers))))
 
     def hold(self, job: QueuedJob) -> None:
         self.free = self.free - Capacity(job.cpus, job.gpus)
@@ -160,9 +171,15 @@ class Dispatcher:
         # SIGINT rather than SIGTERM on cancel, so Tune and Train can save their state.
         return {**self.settings.worker_env, "RAY_JOB_STOP_SIGNAL": "SIGINT"}
 
-    def start(self, job_id: str, concurrent_trials: int | None = None) -> bool:
+    def start(
+        self,
+        job_id: str,
+        concurrent_trials: int | None = None,
+        cpus_per_worker: float | None = None,
+    ) -> bool:
         """`concurrent_trials`: for a search left to the scheduler, how many trials may run
-        at once; it is written into the job and its spec in the same update."""
+        at once; `cpus_per_worker`: for a job whose CPUs were left to it, what each worker
+        gets. Both are written into the job and its spec in the same update."""
         with new_session(self.engine) as s:
             job = s.get(Job, job_id)
             if job is None or job.status != "queued":
@@ -174,11 +191,17 @@ class Dispatcher:
                 extra["search"] = {**job.search, "max_concurrent_trials": concurrent_trials}
                 spec["search"] = {**spec["search"], "max_concurrent_trials": concurrent_trials}
                 extra["spec"] = spec
+            if cpus_per_worker is not None and spec.get("resources"):
+                extra["resources"] = {**(job.resources or {}), "cpus_per_worker": cpus_per_worker}
+                spec["resources"] = {**spec["resources"], "cpus_per_worker": cpus_per_worker}
+                extra["spec"] = spec
             spec_key = f"{job.tenant_id}/jobs/{job_id}/spec.json"
             self.store.write_bytes(spec_key, json.dumps(spec).encode())
             message = f"Job started on the cluster (attempt {attempt})"
             if "search" in extra:
                 message += f", up to {concurrent_trials} trials at once"
+            if "resources" in extra:
+                message += f", {cpus_per_worker:g} CPUs per worker"
             if not transition(
                 s,
                 job_id,
@@ -331,7 +354,9 @@ class Scheduler:
     def view(self) -> ClusterView:
         total = self.capacity.total_capacity() - Capacity(self.settings.reserved_cpus, 0)
         weights, quotas = self._tenants()
-        view = ClusterView(free=total, weights=weights, quotas=quotas)
+        view = ClusterView(
+            free=total, weights=weights, quotas=quotas, reserved_cpus=self.settings.reserved_cpus
+        )
         with new_session(self.engine) as s:
             rows = s.exec(
                 select(Job.id, Job.tenant_id, Job.resources, Job.search).where(
@@ -364,9 +389,17 @@ class Scheduler:
             if job is None:
                 break
             slots = view.trial_slots(job) if job.auto_trials else None
-            if self.dispatcher.start(job.job_id, concurrent_trials=slots):
+            per_worker = (
+                view.cpu_share(job, self.settings.max_auto_cpus_per_worker)
+                if job.auto_cpus
+                else None
+            )
+            if self.dispatcher.start(
+                job.job_id, concurrent_trials=slots, cpus_per_worker=per_worker
+            ):
                 n = slots or 1
-                view.hold(replace(job, cpus=job.cpus * n, gpus=job.gpus * n))
+                cpus = job.cpus * (per_worker or 1.0)
+                view.hold(replace(job, cpus=cpus * n, gpus=job.gpus * n))
                 started.append(job.job_id)
             # Started, or no longer queued (cancelled, started by another replica): either
             # way it leaves the queue. A failed submit re-enqueues it itself.

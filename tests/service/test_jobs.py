@@ -105,6 +105,18 @@ def test_auto_hyperparameters_on_a_job_and_an_absolute_learning_rate(
     assert hp["eval_at_start"] is False
 
 
+def test_cpus_are_left_to_the_scheduler_unless_given_and_cpu_jobs_show_no_gpus(
+    client: TestClient,
+) -> None:
+    t = make_tenant(client)
+    auto = create_job_ok(client, t)["resources"]
+    assert auto == {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 1.0, "auto_cpus": True}
+    fixed = create_job_ok(client, t, resources={"cpus_per_worker": 3})["resources"]
+    assert (fixed["cpus_per_worker"], fixed["auto_cpus"]) == (3.0, False)
+    gpu = create_job_ok(client, t, resources={"use_gpu": True, "cpus_per_worker": "auto"})
+    assert gpu["resources"]["gpus_per_worker"] == 1.0 and gpu["resources"]["auto_cpus"]
+
+
 def test_classification_job_on_tiny_bert(client: TestClient) -> None:
     t = make_tenant(client)
     file_id = upload_ok(client, t, jsonl(classification_records(6)))

@@ -12,7 +12,7 @@ from service.jobs.state import transition
 from service.models import Job
 from service.queue import FairQueue, QueuedJob
 from service.ray_backend import Capacity
-from service.scheduling.scheduler import DeficitRoundRobin, Dispatcher, Scheduler
+from service.scheduling.scheduler import ClusterView, DeficitRoundRobin, Dispatcher, Scheduler
 from tests.factories import TenantHandle, create_job_ok, make_tenant, upload_ok
 from tests.service.scheduling.conftest import FixedCluster
 
@@ -26,7 +26,13 @@ def _scheduler(app: FastAPI, queue: FairQueue, cluster: FixedCluster, token: str
 
 def _submit_many(client: TestClient, tenant: TenantHandle, n: int) -> list[str]:
     file_id = upload_ok(client, tenant)
-    return [create_job_ok(client, tenant, training_file=file_id)["id"] for _ in range(n)]
+    # One CPU each, as these tests count starts by CPUs (left "auto", a job on an idle
+    # cluster takes all of it: test_auto_cpus_...).
+    one_cpu = {"cpus_per_worker": 1}
+    return [
+        create_job_ok(client, tenant, training_file=file_id, resources=one_cpu)["id"]
+        for _ in range(n)
+    ]
 
 
 def _finish(app: FastAPI, job_id: str) -> None:
@@ -51,6 +57,22 @@ def test_drr_gives_starts_in_proportion_to_weight() -> None:
     # An ineligible tenant is skipped without stopping the others.
     picks = [drr.pick(heads, {}, lambda j: j.tenant_id != "a") for _ in range(10)]
     assert {p.tenant_id for p in picks if p is not None} == {"b", "c"}
+
+
+def test_auto_cpus_take_what_is_free_and_the_reserve_only_on_an_idle_cluster() -> None:
+    one = QueuedJob("j", "t", 1, 0, auto_cpus=True)
+    two = QueuedJob("k", "t", 2, 0, auto_cpus=True)
+    idle = ClusterView(free=Capacity(7, 0), reserved_cpus=1)
+    assert idle.cpu_share(one, cap=32) == 8  # the whole machine
+    assert idle.cpu_share(two, cap=32) == 4  # split over its workers
+    assert idle.cpu_share(one, cap=4) == 4
+    busy = ClusterView(free=Capacity(5, 0), reserved_cpus=1)
+    busy.hold(QueuedJob("other", "u", 2, 0))
+    # Beside a running job: what is left, the reserve kept; never below one a worker.
+    assert busy.cpu_share(one, cap=32) == 3
+    assert busy.cpu_share(two, cap=32) == 1
+    busy.hold(QueuedJob("more", "u", 3, 0))
+    assert busy.cpu_share(two, cap=32) == 1
 
 
 def test_a_small_tenant_is_not_starved_by_a_big_backlog(
