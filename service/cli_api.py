@@ -26,6 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from service.cli_follow import FollowState, validation_rows
 from service.config import ClientSettings, client_config_path
 
 if sys.version_info >= (3, 11):
@@ -241,7 +242,7 @@ def _job_rows(jobs: list[dict[str, Any]]) -> list[list[Any]]:
     ]
 
 
-def _show_job(job: dict[str, Any]) -> None:
+def _show_job(job: dict[str, Any], seen: FollowState | None = None) -> None:
     table = Table(title=f"job {escape(job['id'])}", show_header=False)
     table.add_column("", style="bold")
     table.add_column("", overflow="fold")
@@ -255,6 +256,7 @@ def _show_job(job: dict[str, Any]) -> None:
         ("epochs / batch / lr", f"{hp.get('n_epochs')} / {hp.get('batch_size')} / "
                                 f"{hp.get('learning_rate', hp.get('learning_rate_multiplier'))}"),
         ("trained tokens", job.get("trained_tokens")),
+        *validation_rows(job, seen),
         ("created", _when(job.get("created_at"))),
         ("finished", _when(job.get("finished_at"))),
     ]  # fmt: skip
@@ -430,16 +432,6 @@ class _Follower:
         return out
 
 
-def _detail(last: dict[str, Any], epochs: Any) -> str:
-    parts = []
-    if last.get("epoch") is not None:
-        parts.append(f"epoch {last['epoch']}/{epochs}")
-    for name, key in (("loss", "loss"), ("eval", "eval")):
-        if isinstance(last.get(key), int | float):
-            parts.append(f"{name} {last[key]:.4f}")
-    return "  ".join(parts)
-
-
 def _follow_job(client: httpx.Client, job_id: str, timeout_s: float = 24 * 3600) -> None:
     job = _call(client, "GET", f"/v1/fine_tuning/jobs/{job_id}")
     epochs = (job.get("hyperparameters") or {}).get("n_epochs", "?")
@@ -459,7 +451,7 @@ def _follow_job(client: httpx.Client, job_id: str, timeout_s: float = 24 * 3600)
     unit = "trials" if search else "steps"
     task = progress.add_task(job["status"], total=None, detail="")
     trials_done: set[str] = set()
-    last: dict[str, Any] = {}  # the latest epoch, training loss and validation loss seen
+    seen = FollowState()  # the latest epoch, training loss and validation metrics
     with progress:
         while True:
             for e in follower.fresh():
@@ -469,19 +461,17 @@ def _follow_job(client: httpx.Client, job_id: str, timeout_s: float = 24 * 3600)
                     if data.get("total_steps"):
                         progress.update(task, total=int(data["total_steps"]))
                     progress.update(task, completed=int(data.get("step", 0)))
-                    last["epoch"] = data.get("epoch")
-                    last["loss"] = data.get("train_loss")
-                elif kind == "eval":
-                    last["eval"] = data.get("eval_loss")
                 elif kind == "trial" and search:
                     progress.update(task, total=int(search.get("num_trials") or 0) or None)
                     if data.get("status") in ("terminated", "early_stopped", "error"):
                         trials_done.add(str(data.get("trial_id")))
                         progress.update(task, completed=len(trials_done))
-                if e["type"] != "metrics":
+                # Validation passes get a line each; training steps only move the bar.
+                line = seen.see(e, search=bool(search))
+                if e["type"] != "metrics" or line:
                     progress.console.print(f"  [dim]{_when(e['created_at'])}[/] "
-                                           f"{escape(e['message'])}")  # fmt: skip
-            progress.update(task, detail=_detail(last, epochs))
+                                           f"{escape(line or e['message'])}")  # fmt: skip
+            progress.update(task, detail=seen.detail(epochs))
             job = _call(
                 client, "GET", f"/v1/fine_tuning/jobs/{job_id}", patience_s=FOLLOW_PATIENCE_S
             )
@@ -492,7 +482,7 @@ def _follow_job(client: httpx.Client, job_id: str, timeout_s: float = 24 * 3600)
                 err.print(f"[red]{job_id} is still {job['status']} after {timeout_s:.0f} s")
                 raise typer.Exit(1)
             time.sleep(1.0)
-    _show_job(job)
+    _show_job(job, seen)
     if job["status"] != "succeeded":
         raise typer.Exit(1)
 
@@ -508,9 +498,10 @@ def models_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if as_json:
         _print_json(data)
         return
-    rows = [[m["id"], m["owned_by"], m.get("task"), m.get("base_model"), _when(m["created"])]
-            for m in data]  # fmt: skip
-    _table("models", ["id", "owned by", "task", "base model", "created"], rows)
+    # A base model says what it is for; a fine-tuned one, what it was made from.
+    rows = [[m["id"], m.get("task"), m.get("base_model") or m.get("description") or "",
+             _when(m["created"])] for m in data]  # fmt: skip
+    _table("models", ["id", "task", "base model / what it is for", "created"], rows)
 
 
 @models_app.command("get")

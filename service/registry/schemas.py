@@ -17,6 +17,8 @@ class ModelOut(BaseModel):
     base_model: str | None = None
     fine_tuning_job: str | None = None
     adapter: str | None = None
+    # Base models: what it is for.
+    description: str | None = None
 
 
 class ModelList(BaseModel):

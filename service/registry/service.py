@@ -19,7 +19,13 @@ BASE_OWNER = "tuneplane"
 
 
 def base_model_out(entry: CatalogEntry) -> ModelOut:
-    return ModelOut(id=entry.name, created=entry.created, owned_by=BASE_OWNER, task=entry.tasks[0])
+    return ModelOut(
+        id=entry.name,
+        created=entry.created,
+        owned_by=BASE_OWNER,
+        task=entry.tasks[0],
+        description=entry.description,
+    )
 
 
 def fine_tuned_out(model: FineTunedModel, owner: str) -> ModelOut:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -17,12 +18,22 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import create_engine
+from sqlmodel import Session
 from typer.testing import CliRunner, Result
 
 from service.cli import app as cli
+from service.cli_follow import FollowState, validation_rows
 from service.config import Settings
+from service.jobs.state import add_event
 from service.stack import free_port
-from tests.factories import ADMIN, TenantHandle, add_model, jsonl, prompt_completion_records
+from tests.factories import (
+    ADMIN,
+    TenantHandle,
+    add_model,
+    classification_records,
+    jsonl,
+    prompt_completion_records,
+)
 from tests.fixtures.app import ADMIN_KEY
 from tests.fixtures.live_stack import LIVE_JOB_EPOCHS, LIVE_JOB_STEPS, LiveJob, LiveStack
 from tests.fixtures.stack import ControlPlaneProcess, wait_for
@@ -236,11 +247,76 @@ def test_jobs_follow_shows_progress_until_the_job_ends(live_job: LiveJob, no_con
     # The final progress line: every step done, the last epoch, a loss and the ETA column.
     assert f"{LIVE_JOB_STEPS}/{LIVE_JOB_STEPS}" in out, out
     assert f"epoch {LIVE_JOB_EPOCHS}/{LIVE_JOB_EPOCHS}" in out, out
-    assert "loss " in out and "eval " in out and "ETA" in out, out
-    # Then the outcome.
+    assert "loss " in out and "eval_loss " in out and "ETA" in out, out
+    # A line per validation pass (every 2 steps), no accuracy for a language model.
+    passes = re.findall(r"step (\d+): eval_loss \d+\.\d{4}\n", out)
+    assert len(passes) >= LIVE_JOB_STEPS // 2, out
+    assert "eval_acc" not in out, out
+    # Then the outcome, with the final validation loss.
     assert "succeeded" in out, out
+    assert re.search(r"validation loss\s+\S?\s*\d+\.\d{4}", out), out
     assert f"ft:tiny-gpt2:{live_job.stack.tenant_name}:live:{live_job.job_id}" in out, out
     assert live_job.status() == "succeeded"
+
+
+def test_jobs_follow_shows_validation_loss_and_accuracy(
+    api_only_stack: LiveStack, no_config: Path, tmp_path: Path
+) -> None:
+    """A classification job's validation passes (stored as the event consumer stores them)
+    show as lines, in the progress bar and in the final summary."""
+    stack = api_only_stack
+    env = env_for(stack, no_config)
+    ids = []
+    for name, n in (("ct.jsonl", 8), ("cv.jsonl", 4)):
+        data = tmp_path / name
+        data.write_bytes(jsonl(classification_records(n)))
+        ids.append(as_json(run(["files", "upload", str(data), "--json"], env=env))["id"])
+    job = as_json(
+        run(["jobs", "create", "--model", "tiny-bert", "--training-file", ids[0],
+             "--validation-file", ids[1], "--epochs", "1", "--json"], env=env)
+    )  # fmt: skip
+    engine = create_engine(stack.database_url)
+    with Session(engine) as s:
+        for step, numbers in (
+            (1, {"kind": "metrics", "epoch": 1, "train_loss": 0.75}),
+            (2, {"kind": "eval", "eval_loss": 0.6875, "eval_accuracy": 0.5}),
+            (2, {"kind": "metrics", "epoch": 1, "train_loss": 0.5}),
+            (2, {"kind": "eval", "eval_loss": 0.4375, "eval_accuracy": 0.75}),
+        ):
+            add_event(s, job["id"], stack.tenant_id, f"step {step}", type_="metrics",
+                      data={"step": step, **numbers})  # fmt: skip
+        s.commit()
+    engine.dispose()
+    run(["jobs", "cancel", job["id"]], env=env)
+    out = run(["jobs", "follow", job["id"]], env=env, ok=False).stdout
+    assert "step 2: eval_loss 0.6875  eval_accuracy 0.5000" in out, out
+    assert "step 2: eval_loss 0.4375  eval_accuracy 0.7500" in out, out
+    assert "loss 0.5000  eval_loss 0.4375  eval_acc 0.7500" in out, out  # the progress bar
+    assert re.search(r"validation loss\s+\S?\s*0\.4375 \(step 2\)", out), out
+    assert re.search(r"validation accuracy\s+\S?\s*0\.7500 \(step 2\)", out), out
+    assert "cancelled" in out
+
+
+def test_follow_summary_prefers_the_final_validation_metrics() -> None:
+    seen = FollowState()
+    seen.see({"data": {"kind": "eval", "step": 4, "eval_loss": 0.5}}, search=False)
+    assert validation_rows({}, seen) == [("validation loss", "0.5000 (step 4)")]
+    # The finished run's metrics (the `succeeded` event's) win over the last pass seen...
+    done = {"status": "succeeded", "metrics": {"eval_loss": 0.25, "eval_accuracy": 1}}
+    seen.see({"data": done}, search=False)
+    assert validation_rows({}, seen) == [
+        ("validation loss", "0.2500"),
+        ("validation accuracy", "1.0000"),
+    ]
+    # ...and the job's own result, when its JSON has one, wins over both.
+    job = {"result": {"metrics": {"eval_loss": 0.125}}}
+    assert validation_rows(job, seen) == [("validation loss", "0.1250")]
+    assert validation_rows({}, None) == []
+    # A search's trials report their own passes: printed, not taken as the job's.
+    line = FollowState().see(
+        {"data": {"kind": "eval", "step": 2, "eval_loss": 0.5, "trial_id": "t1"}}, search=True
+    )
+    assert line == "trial t1 step 2: eval_loss 0.5000"
 
 
 def test_follow_rides_out_a_control_plane_restart(tmp_path: Path, no_config: Path) -> None:

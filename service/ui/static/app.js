@@ -205,7 +205,7 @@
         page.data.length
           ? table(["Job", "Status", "Base model", "Fine-tuned model", "Created", "Finished"], rows, { id: "jobs-table" })
           : el("p", { class: "muted" }, "No jobs yet."),
-        page.has_more ? el("p", { class: "muted" }, "Showing the newest 100 jobs.") : null,
+        ...(page.has_more ? [el("p", { class: "muted" }, "Showing the newest 100 jobs.")] : []),
       );
     };
     await load();
@@ -227,25 +227,33 @@
   // Colours of a search's trials (a plain job uses the CSS train/eval colours).
   const PALETTE = ["#2f6fed", "#e8590c", "#12b76a", "#9e77ed", "#f04438", "#0ba5ec", "#f79009", "#667085"];
 
-  // Loss series from the job's metric points: training and validation loss by step, one
-  // pair per trial for a search.
-  function lossSeries(points) {
+  // Series of one number by step from the job's metric points: `pick` gives a point's
+  // value (or undefined); one series per kind ("train", "eval") and trial. A trial keeps
+  // its colour across charts: colours follow the sorted trial ids of all the points.
+  function metricSeries(points, pick) {
+    const trials = [...new Set(points.map((p) => p.trial_id || "").filter(Boolean))].sort();
     const byKey = new Map();
     for (const p of points) {
-      const loss = p.kind === "eval" ? p.metrics.eval_loss : p.metrics.train_loss;
-      if (typeof loss !== "number") continue;
+      const value = pick(p);
+      if (typeof value !== "number" || !Number.isFinite(value)) continue;
       const trial = p.trial_id || "";
       const key = `${trial}\u0000${p.kind}`;
-      if (!byKey.has(key)) byKey.set(key, { trial, kind: p.kind, points: [] });
-      byKey.get(key).points.push({ step: p.step, loss });
+      if (!byKey.has(key)) {
+        const color = trial ? PALETTE[trials.indexOf(trial) % PALETTE.length] : null;
+        byKey.set(key, { trial, kind: p.kind, color, points: [] });
+      }
+      byKey.get(key).points.push({ step: p.step, value });
     }
-    const trials = [...new Set([...byKey.values()].map((s) => s.trial))].sort();
-    for (const series of byKey.values()) {
-      series.color = series.trial ? PALETTE[trials.indexOf(series.trial) % PALETTE.length] : null;
-      series.points.sort((p, q) => p.step - q.step);
-    }
+    for (const series of byKey.values()) series.points.sort((p, q) => p.step - q.step);
     return [...byKey.values()];
   }
+
+  // Training and validation loss, one pair per trial for a search.
+  const lossSeries = (points) => metricSeries(points, (p) => (p.kind === "eval" ? p.metrics.eval_loss : p.metrics.train_loss));
+  // Validation accuracy (classification), 0..1.
+  const accuracySeries = (points) => metricSeries(points, (p) => (p.kind === "eval" ? p.metrics.eval_accuracy : undefined));
+  const LOSS_NAMES = { train: "training loss", eval: "validation loss" };
+  const ACCURACY_NAMES = { eval: "validation accuracy" };
 
   // A trial's colour is an SVG attribute, which CSS would override: trials opt out of it.
   function seriesClass(series) {
@@ -261,48 +269,58 @@
     return icon;
   }
 
-  function legend(seriesList) {
+  function legend(seriesList, names) {
     const box = el("div", { class: "legend" });
     for (const s of seriesList) {
-      const what = s.kind === "train" ? "training loss" : "validation loss";
+      const what = names[s.kind];
       box.append(el("span", { class: s.kind }, swatch(s), s.trial ? `${s.trial} ${what}` : what));
     }
     return box;
   }
 
-  // Loss against the step, drawn as SVG (no chart library).
-  function lossChart(seriesList) {
+  // A number against the step, drawn as SVG (no chart library). `opts`: id, what (the
+  // aria label), names (kind -> what a series shows), height, digits (of the y ticks),
+  // range ([min, max] of y, fixed; else fitted to the points) and steps (points whose
+  // steps the x axis spans too, to line charts of one job up).
+  function lineChart(seriesList, opts) {
     const W = 860;
-    const H = 300;
+    const H = opts.height || 300;
     const m = { left: 56, right: 16, top: 14, bottom: 34 };
     const count = (kind) => seriesList.filter((s) => s.kind === kind).reduce((n, s) => n + s.points.length, 0);
     const root = svg("svg", {
       viewBox: `0 0 ${W} ${H}`,
       role: "img",
-      "aria-label": "loss by step",
-      id: "loss-chart",
+      "aria-label": `${opts.what} by step`,
+      id: opts.id,
       "data-train-points": count("train"),
       "data-eval-points": count("eval"),
     });
     const all = seriesList.flatMap((s) => s.points);
     if (all.length === 0) {
-      root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "tick" }, "No loss reported yet"));
+      root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "tick" }, `No ${opts.what} reported yet`));
       return root;
     }
-    let x0 = Math.min(...all.map((p) => p.step));
-    let x1 = Math.max(...all.map((p) => p.step));
-    let y0 = Math.min(...all.map((p) => p.loss));
-    let y1 = Math.max(...all.map((p) => p.loss));
+    const steps = [...all, ...(opts.steps || [])].map((p) => p.step);
+    let x0 = Math.min(...steps);
+    let x1 = Math.max(...steps);
     if (x1 === x0) x1 = x0 + 1;
-    const pad = (y1 - y0) * 0.08 || Math.abs(y0) * 0.1 || 1;
-    y0 -= pad;
-    y1 += pad;
+    let y0;
+    let y1;
+    if (opts.range) {
+      [y0, y1] = opts.range;
+    } else {
+      y0 = Math.min(...all.map((p) => p.value));
+      y1 = Math.max(...all.map((p) => p.value));
+      const pad = (y1 - y0) * 0.08 || Math.abs(y0) * 0.1 || 1;
+      y0 -= pad;
+      y1 += pad;
+    }
     const sx = (x) => m.left + ((x - x0) / (x1 - x0)) * (W - m.left - m.right);
     const sy = (y) => H - m.bottom - ((y - y0) / (y1 - y0)) * (H - m.top - m.bottom);
     for (let i = 0; i <= 4; i += 1) {
       const y = y0 + ((y1 - y0) * i) / 4;
       root.append(svg("line", { x1: m.left, x2: W - m.right, y1: sy(y), y2: sy(y), class: "grid" }));
-      root.append(svg("text", { x: m.left - 6, y: sy(y) + 4, "text-anchor": "end", class: "tick" }, y.toFixed(3)));
+      root.append(svg("text", { x: m.left - 6, y: sy(y) + 4, "text-anchor": "end", class: "tick" }, y.toFixed(opts.digits ?? 3)));
     }
     // Steps are whole numbers: at most about 8 whole ticks, never a repeated label.
     const every = Math.max(1, Math.ceil((x1 - x0) / 8));
@@ -313,7 +331,7 @@
     root.append(svg("line", { x1: m.left, x2: W - m.right, y1: H - m.bottom, y2: H - m.bottom, class: "axis" }));
     root.append(svg("text", { x: (W + m.left) / 2, y: H - 4, "text-anchor": "middle", class: "tick" }, "step"));
     for (const s of seriesList) {
-      const line = svg("polyline", { class: seriesClass(s), points: s.points.map((p) => `${sx(p.step)},${sy(p.loss)}`).join(" ") });
+      const line = svg("polyline", { class: seriesClass(s), points: s.points.map((p) => `${sx(p.step)},${sy(p.value)}`).join(" ") });
       if (s.color) line.setAttribute("stroke", s.color);
       if (s.kind === "eval" && s.trial) line.setAttribute("stroke-dasharray", "4 2");
       if (s.trial) line.setAttribute("data-trial", s.trial);
@@ -321,14 +339,49 @@
       // Markers for every point when there are few; long runs are a line.
       if (s.points.length > 300) continue;
       for (const p of s.points) {
-        const dot = svg("circle", { class: s.trial ? `${s.kind} trial` : s.kind, cx: sx(p.step), cy: sy(p.loss), r: 3 });
+        const dot = svg("circle", { class: s.trial ? `${s.kind} trial` : s.kind, cx: sx(p.step), cy: sy(p.value), r: 3 });
         if (s.color) dot.setAttribute("fill", s.color);
         const label = s.trial ? `${s.trial} ` : "";
-        dot.append(svg("title", {}, `step ${p.step}: ${label}${s.kind === "train" ? "training" : "validation"} loss ${p.loss.toFixed(4)}`));
+        dot.append(svg("title", {}, `step ${p.step}: ${label}${opts.names[s.kind]} ${p.value.toFixed(4)}`));
         root.append(dot);
       }
     }
     return root;
+  }
+
+  // The job's validation metrics: the finished run's own (the job's result, else the
+  // metrics its `succeeded` event carries), else the last validation pass so far (not for
+  // a search, whose trials each have theirs: see its best trial).
+  function validationSummary(job, events, points) {
+    const result = job.result && typeof job.result === "object" ? job.result : null;
+    const succeeded = events.find((e) => e.data && e.data.status === "succeeded" && e.data.metrics);
+    const finals = [result && result.metrics, job.metrics, result, succeeded && succeeded.data.metrics];
+    for (const m of finals) {
+      if (m && typeof m.eval_loss === "number") return { loss: m.eval_loss, accuracy: m.eval_accuracy, step: null };
+    }
+    if (job.search) return null;
+    let last = null;
+    for (const p of points) {
+      if (p.kind === "eval" && !p.trial_id && typeof p.metrics.eval_loss === "number" && (!last || p.step >= last.step)) last = p;
+    }
+    return last && { loss: last.metrics.eval_loss, accuracy: last.metrics.eval_accuracy, step: last.step };
+  }
+
+  function validationFields(summary) {
+    if (!summary) return [];
+    const at = summary.step === null ? "" : ` (step ${summary.step})`;
+    const rows = [["Validation loss", `${summary.loss.toFixed(4)}${at}`]];
+    if (typeof summary.accuracy === "number") rows.push(["Validation accuracy", `${summary.accuracy.toFixed(4)}${at}`]);
+    return rows;
+  }
+
+  // A CPU job (use_gpu false) uses no GPUs: its GPU fields (gpus_per_worker) are not shown.
+  function shownResources(resources) {
+    const shown = { ...(resources || {}) };
+    if (!shown.use_gpu) {
+      for (const name of Object.keys(shown)) if (name !== "use_gpu" && /gpu/i.test(name)) delete shown[name];
+    }
+    return shown;
   }
 
   async function jobPage(view, jobId, gen) {
@@ -337,6 +390,7 @@
     let lastId = null;
     const chartBox = el("div", { class: "chart" });
     const legendBox = el("div");
+    const accuracyBox = el("div", { id: "accuracy" });
     const header = el("div");
     const details = el("div");
     const trialsBox = el("div");
@@ -348,6 +402,7 @@
       el("h2", {}, "Loss"),
       legendBox,
       chartBox,
+      accuracyBox,
       trialsBox,
       el("h2", {}, "Events"),
       eventsBox,
@@ -385,8 +440,9 @@
           ["Validation file", job.validation_file],
           ["Hyperparameters", json(hp)],
           ["Adapter", json(job.adapter)],
-          ["Resources", json(job.resources)],
+          ["Resources", json(shownResources(job.resources))],
           ["Trained tokens", job.trained_tokens],
+          ...validationFields(validationSummary(job, events.data, points)),
           ["Created", when(job.created_at)],
           ["Finished", when(job.finished_at)],
           ["Best trial", job.search_result ? json(job.search_result) : undefined],
@@ -394,8 +450,32 @@
         ]),
       );
       const series = lossSeries(points);
-      legendBox.replaceChildren(legend(series));
-      chartBox.replaceChildren(lossChart(series));
+      legendBox.replaceChildren(legend(series, LOSS_NAMES));
+      chartBox.replaceChildren(lineChart(series, { id: "loss-chart", what: "loss", names: LOSS_NAMES }));
+      // Validation accuracy: classification jobs with validation data (or any reporting it).
+      const accuracy = accuracySeries(points);
+      const classifies = job.task === "sequence_classification" && job.validation_file;
+      accuracyBox.replaceChildren(
+        ...(accuracy.length || classifies
+          ? [
+              el("h2", {}, "Validation accuracy"),
+              legend(accuracy, ACCURACY_NAMES),
+              el(
+                "div",
+                { class: "chart" },
+                lineChart(accuracy, {
+                  id: "accuracy-chart",
+                  what: "validation accuracy",
+                  names: ACCURACY_NAMES,
+                  height: 200,
+                  digits: 2,
+                  range: [0, 1],
+                  steps: series.flatMap((s) => s.points),
+                }),
+              ),
+            ]
+          : []),
+      );
       if (job.search) {
         const trials = await api(`${path}/trials`);
         if (gen !== generation) return false;
@@ -411,7 +491,7 @@
           events.data.map((e) => [when(e.created_at), el("td", { class: `level-${String(e.level).replace(/[^a-z]/g, "")}` }, e.level), e.message]),
           { id: "events-table" },
         ),
-        events.has_more ? el("p", { class: "muted" }, "The newest 100 events; `tuneplane jobs events` lists them all.") : null,
+        ...(events.has_more ? [el("p", { class: "muted" }, "The newest 100 events; `tuneplane jobs events` lists them all.")] : []),
       );
       return done;
     };

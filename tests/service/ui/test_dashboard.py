@@ -7,6 +7,7 @@ at; the assertions are on the DOM."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from sqlmodel import Session
 from service.common import now
 from service.jobs.state import add_event
 from service.models import Trial
-from tests.factories import jsonl, prompt_completion_records
+from tests.factories import classification_records, jsonl, prompt_completion_records
 from tests.fixtures.live_stack import LIVE_JOB_STEPS, LiveJob, LiveStack
 
 ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
@@ -106,6 +107,12 @@ def test_sign_in_and_see_a_finished_job_with_its_loss_curves(page: Page, live_jo
     details = page.locator("dl.fields")
     assert details.locator("dt:text-is('Fine-tuned model') + dd").inner_text() == fine_tuned
     assert "n_epochs" in details.locator("dt:text-is('Hyperparameters') + dd").inner_text()
+    # The run's final validation loss; no accuracy for a language model; a CPU job.
+    final_eval = details.locator("dt:text-is('Validation loss') + dd").inner_text()
+    assert re.fullmatch(r"\d+\.\d{4}( \(step \d+\))?", final_eval), final_eval
+    assert page.locator("#accuracy-chart").count() == 0
+    assert details.locator("dt:text-is('Validation accuracy')").count() == 0
+    assert "gpus_per_worker" not in details.locator("dt:text-is('Resources') + dd").inner_text()
     assert page.locator(".toolbar .badge").inner_text() == "succeeded"
     assert page.locator("#cancel-job").count() == 0  # nothing to cancel once it ended
     ARTIFACTS.mkdir(exist_ok=True)
@@ -132,6 +139,11 @@ def metric(s: Session, job_id: str, tenant_id: str, kind: str, step: int, loss: 
     key = "train_loss" if kind == "metrics" else "eval_loss"
     data = {"kind": kind, "step": step, key: loss, "trial_id": trial}
     add_event(s, job_id, tenant_id, f"Step {step}: {key}={loss}", type_="metrics", data=data)
+
+
+def point(s: Session, job_id: str, tenant_id: str, **data: object) -> None:
+    """A metrics event (data: kind, step and its numbers) as the event consumer stores it."""
+    add_event(s, job_id, tenant_id, f"step {data['step']}", type_="metrics", data=data)
 
 
 HOSTILE = '<img src=x onerror="window.__xss=1">'
@@ -220,3 +232,94 @@ def test_a_search_shows_its_trials_and_untrusted_text_stays_text(
     # A queued job can be cancelled from its page.
     page.click("#cancel-job")
     page.locator(".toolbar .badge:text-is('cancelled')").wait_for()
+
+
+def test_a_classification_job_shows_validation_loss_and_accuracy(
+    page: Page, api_only_stack: LiveStack
+) -> None:
+    """Validation loss next to training loss, validation accuracy in a chart of its own and
+    the latest validation metrics in the details; a CPU job shows no GPU fields."""
+    stack = api_only_stack
+    with stack.client() as c:
+        ids = []
+        for name, n in (("ct.jsonl", 8), ("cv.jsonl", 4)):
+            files = {"file": (name, jsonl(classification_records(n)), "application/jsonl")}
+            r = c.post("/v1/files", files=files, data={"purpose": "fine-tune"})
+            assert r.status_code == 200, r.text
+            ids.append(r.json()["id"])
+        r = c.post(
+            "/v1/fine_tuning/jobs",
+            json={"model": "tiny-bert", "training_file": ids[0], "validation_file": ids[1],
+                  "resources": {"num_workers": 1, "use_gpu": False}},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        job = r.json()
+        assert job["task"] == "sequence_classification"
+        assert "gpus_per_worker" in job["resources"]  # the API has it; the page hides it
+        r = c.post(
+            "/v1/fine_tuning/jobs",
+            json={"model": "tiny-gpt2", "training_file": lm_training_file(c),
+                  "resources": {"num_workers": 1, "use_gpu": True, "gpus_per_worker": 2}},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        gpu_job_id = r.json()["id"]
+    engine = create_engine(stack.database_url)
+    with Session(engine) as s:
+        for step in (1, 2, 3, 4):
+            point(s, job["id"], stack.tenant_id, kind="metrics", step=step, train_loss=1.0 / step)
+        point(s, job["id"], stack.tenant_id, kind="eval", step=2, eval_loss=0.9, eval_accuracy=0.5)
+        point(s, job["id"], stack.tenant_id, kind="eval", step=4, eval_loss=0.6125,
+              eval_accuracy=0.75)  # fmt: skip
+        s.commit()
+    engine.dispose()
+
+    sign_in(page, stack, stack.api_key)
+    page.locator("#jobs-table").wait_for()
+    page.goto(f"{stack.url}/ui/#/jobs/{job['id']}")
+    accuracy = page.locator("#accuracy-chart")
+    accuracy.locator("circle.eval").nth(1).wait_for()
+    assert accuracy.locator("circle.eval").count() == 2
+    assert accuracy.get_attribute("data-eval-points") == "2"
+    assert accuracy.get_attribute("data-train-points") == "0"
+    assert accuracy.locator("polyline.series-eval").get_attribute("points")
+    # Its y axis is 0..1 whatever the values; its steps line up with the loss chart's.
+    ticks = accuracy.locator("text.tick").all_text_contents()
+    assert "0.00" in ticks and "1.00" in ticks and "1" in ticks, ticks
+    titles = accuracy.locator("circle.eval title").all_text_contents()
+    assert "step 4: validation accuracy 0.7500" in titles, titles
+    assert "validation accuracy" in page.locator("#accuracy .legend").inner_text()
+    loss = page.locator("#loss-chart")
+    assert loss.locator("circle.train").count() == 4
+    assert loss.locator("circle.eval").count() == 2
+    assert loss.locator("polyline.series-eval").get_attribute("points")
+    assert "validation loss" in page.locator(".legend").first.inner_text()
+    details = page.locator("dl.fields")
+    assert details.locator("dt:text-is('Validation loss') + dd").inner_text() == "0.6125 (step 4)"
+    assert details.locator("dt:text-is('Validation accuracy') + dd").inner_text() == (
+        "0.7500 (step 4)"
+    )
+    resources = details.locator("dt:text-is('Resources') + dd").inner_text()
+    assert "cpus_per_worker" in resources and "gpus_per_worker" not in resources, resources
+    # No stray "null" text where an optional part of the page was left out.
+    stray = "[...document.querySelectorAll('#view div')].some((d) => [...d.childNodes]"
+    stray += ".some((n) => n.nodeType === Node.TEXT_NODE && n.textContent === 'null'))"
+    assert page.evaluate(stray) is False
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-classification.png"), full_page=True)
+
+    # A GPU job shows its GPUs; a language model has no accuracy chart, and no validation
+    # metrics before any validation pass.
+    page.goto(f"{stack.url}/ui/#/jobs/{gpu_job_id}")
+    page.locator(f".toolbar h1:text-is('{gpu_job_id}')").wait_for()
+    resources = details.locator("dt:text-is('Resources') + dd").inner_text()
+    assert '"gpus_per_worker":2' in resources, resources
+    assert page.locator("#accuracy-chart").count() == 0
+    assert details.locator("dt:text-is('Validation loss')").count() == 0
+
+
+def lm_training_file(c: httpx.Client) -> str:
+    """A prompt/completion training file's id."""
+    files = {"file": ("lm.jsonl", jsonl(prompt_completion_records(4)), "application/jsonl")}
+    r = c.post("/v1/files", files=files, data={"purpose": "fine-tune"})
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
