@@ -119,6 +119,9 @@ class JobOut(BaseModel):
     started_at: int | None = None
     # For a search: {"trial_id", "metric", "value", "params"} of the winning trial.
     search_result: dict[str, Any] | None = None
+    # A succeeded job's final metrics: {"metrics": {"train_loss", "eval_loss",
+    # "eval_accuracy" (classification), "step", ...}}.
+    result: dict[str, Any] | None = None
 
 
 class JobList(BaseModel):

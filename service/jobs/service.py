@@ -90,6 +90,7 @@ def job_out(job: Job) -> JobOut:
         search=job.search,
         priority=job.priority,
         search_result=job.search_result,
+        result=job.result,
     )
 
 

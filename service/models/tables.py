@@ -88,6 +88,8 @@ class Job(SQLModel, table=True):
     error: dict[str, Any] | None = _json()
     # For a search: which trial won, on which metric, with what value.
     search_result: dict[str, Any] | None = _json()
+    # The final metrics of a succeeded job (train_loss, eval_loss, eval_accuracy, ...).
+    result: dict[str, Any] | None = _json()
     result_files: list[str] | None = _json()
     attempts: int = 0
     created_at: float

@@ -100,6 +100,7 @@ def complete_job(
         fine_tuned_model=model_id,
         trained_tokens=trained_tokens,
         search_result=search_result,
+        result={"metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)}},
     )
 
 

@@ -1,4 +1,4 @@
-"""base models registered by admins
+"""base models registered by admins; jobs keep their final metrics
 
 Revision ID: 0004
 Revises: 0003
@@ -30,7 +30,11 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("result", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("result")
     op.drop_table("base_models")

@@ -60,6 +60,8 @@ def test_worker_events_become_job_events_checkpoints_and_a_model(
     assert job["fine_tuned_model"] == model_id
     assert job["trained_tokens"] == 1234
     assert job["finished_at"] is not None
+    # The final metrics stay on the job itself, not only in an event.
+    assert job["result"] == {"metrics": {"eval_loss": 2.0}}
     events = client.get(
         f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100}, headers=headers
     ).json()["data"]
