@@ -170,6 +170,10 @@ class CausalLMEngine:
         self.max_context_tokens = max_context_tokens
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        # The first forward pass pays one-off costs (kernels, allocator, lazy modules):
+        # paid here, before the replica says it is ready, not by the first request.
+        with torch.inference_mode():
+            base(input_ids=torch.tensor([[self.pad_id] * 4], device=self.device))
 
     def load_adapter(self, name: str, directory: Path) -> None:
         self.host.load(name, directory)
@@ -335,7 +339,8 @@ class ClassifierEngine:
 
     def classify(
         self, texts: Sequence[str], adapter: str | None
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[list[dict[str, Any]], list[int]]:
+        """Labels and scores of each text, and each text's tokens (one forward pass)."""
         max_length = self.max_lengths.get(adapter, self.default_max_length)
         ids = encode_classification(self.tokenizer, texts, max_length)
         enc = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
@@ -363,7 +368,7 @@ class ClassifierEngine:
                     "scores": {labels[j]: float(p) for j, p in enumerate(row)},
                 }
             )
-        return results, int(enc["attention_mask"].sum())
+        return results, [int(n) for n in enc["attention_mask"].sum(dim=1)]
 
 
 # ---------------------------------------------------------------- OpenAI request parsing
@@ -520,6 +525,7 @@ def build_engine(args: ServeArgs, cache: Path) -> Engine:
 
 # Serve's typing of `batch` knows no async generators; sizes are reset per replica.
 _BATCHED: Any = serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+_BATCHED_CLASSIFY: Any = serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
 
 
 class ModelServer:
@@ -552,6 +558,31 @@ class ModelServer:
         )
         self.generate_batch.set_max_batch_size(self.args.max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        self.classify_batch.set_max_batch_size(self.args.max_batch_size)
+        self.classify_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+
+    @_BATCHED_CLASSIFY
+    async def classify_batch(
+        self, requests: list[tuple[list[str], str | None]]
+    ) -> list[tuple[list[dict[str, Any]], list[int]]]:
+        """Requests for the same adapter share one forward pass, off the event loop (the
+        replica keeps taking requests meanwhile)."""
+        assert isinstance(self.engine, ClassifierEngine)
+        engine = self.engine
+        out: list[tuple[list[dict[str, Any]], list[int]]] = [([], []) for _ in requests]
+        by_adapter: dict[str | None, list[int]] = {}
+        for i, (_, adapter) in enumerate(requests):
+            by_adapter.setdefault(adapter, []).append(i)
+        for adapter, members in by_adapter.items():
+            texts = [t for i in members for t in requests[i][0]]
+            results, tokens = await asyncio.to_thread(engine.classify, texts, adapter)
+            start = 0
+            for i in members:
+                n = len(requests[i][0])
+                mine = [{**r, "index": k} for k, r in enumerate(results[start : start + n])]
+                out[i] = (mine, tokens[start : start + n])
+                start += n
+        return out
 
     @_BATCHED
     async def generate_batch(
@@ -592,7 +623,9 @@ class ModelServer:
             headers[ADAPTER_LOAD_HEADER] = f"{load_s:.6f}"
         try:
             if path.endswith("/classifications"):
-                return self._classify(ClassificationBody.model_validate(body), adapter, headers)
+                return await self._classify(
+                    ClassificationBody.model_validate(body), adapter, headers
+                )
             if path.endswith("/chat/completions"):
                 chat = ChatBody.model_validate(body)
                 return await self._complete("chat", chat, adapter, headers)
@@ -604,7 +637,7 @@ class ModelServer:
             return error_response(400, str(exc), "invalid_request")
         return error_response(404, f"No route {path}.", "not_found")
 
-    def _classify(
+    async def _classify(
         self, body: ClassificationBody, adapter: _LoadedAdapter, headers: dict[str, str]
     ) -> Any:
         from starlette.responses import JSONResponse
@@ -613,8 +646,9 @@ class ModelServer:
             return error_response(
                 400, f"'{body.model}' is not a classifier.", "wrong_task", "model"
             )
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        results, tokens = self.engine.classify(texts, adapter.name)
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        results, per_text = await self.classify_batch((texts, adapter.name))
+        tokens = sum(per_text)
         out = {
             "id": "clf-" + uuid.uuid4().hex,
             "object": "classification",

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from workers.data import encode_classification, load_tokenizer
 from workers.serve import (
     CausalLMEngine,
     ClassifierEngine,
@@ -153,7 +154,7 @@ def test_classifier_adapters(models_dir: Path, tmp_path: Path) -> None:
     (path / "tuneplane.json").write_text('{"labels": ["x", "y", "z"]}')
     engine.load_adapter("c", path)
     results, tokens = engine.classify(["red cat", "blue"], "c")
-    assert tokens > 0
+    assert len(tokens) == 2 and all(n > 0 for n in tokens)
     assert [r["index"] for r in results] == [0, 1]
     for r in results:
         assert set(r["scores"]) == {"x", "y", "z"}
@@ -161,3 +162,34 @@ def test_classifier_adapters(models_dir: Path, tmp_path: Path) -> None:
         assert r["label"] in {"x", "y", "z"}
     base, _ = engine.classify(["red cat"], None)
     assert base[0]["scores"] != results[0]["scores"]
+
+
+def test_served_classifications_equal_an_offline_forward_pass_at_the_jobs_length(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    path = make_adapter(models_dir, tmp_path / "clf", seed=2, task="sequence_classification")
+    # The job trained with max_length 8: serving must cut inputs where training did.
+    (path / "tuneplane.json").write_text('{"labels": ["x", "y", "z"], "max_length": 8}')
+    engine = ClassifierEngine("tiny:tiny-bert", str(models_dir), num_labels=3)
+    engine.load_adapter("c", path)
+    texts = ["red cat", "the quick brown fox jumps over the lazy dog again and again", "blue"]
+    results, tokens = engine.classify(texts, "c")
+
+    tokenizer = load_tokenizer("tiny:tiny-bert", str(models_dir))
+    ids = encode_classification(tokenizer, texts, max_length=8)
+    assert tokens == [len(row) for row in ids] and max(tokens) == 8
+    assert ids[1][-1] == tokenizer.sep_token_id  # the cut keeps [SEP]
+    base = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_source("tiny:tiny-bert", models_dir),
+        num_labels=3,
+        ignore_mismatched_sizes=True,
+    )
+    offline = PeftModel.from_pretrained(base, str(path)).eval()
+    for row, result in zip(ids, results, strict=True):
+        with torch.no_grad():
+            probs = torch.softmax(offline(input_ids=torch.tensor([row])).logits[0], dim=-1)
+        assert result["label"] == "xyz"[int(probs.argmax())]
+        assert [result["scores"][k] for k in "xyz"] == pytest.approx(probs.tolist(), abs=1e-5)
