@@ -78,6 +78,7 @@ def lora_run(
             "learning_rate": 3e-2,
             "max_length": 64,
             "eval_every_steps": 6,
+            "eval_at_start": True,
         },
     )
     base = base_eval_loss(tmp, models_dir, "tiny:tiny-gpt2", validation)
@@ -133,6 +134,7 @@ def test_full_fine_tune_learns_and_resumes(
             "learning_rate": 3e-3,
             "max_length": 64,
             "max_failures": 1,
+            "eval_at_start": True,
         },
     )
     # The only worker dies after the end-of-epoch checkpoint: the whole model, not an
@@ -158,7 +160,13 @@ def test_tiny_llama_lora_on_chat_data(
         data_format="chat",
         training_file_uri=write_jsonl(tmp_path / "train.jsonl", chat_rows(64, seed=0)),
         validation_file_uri=write_jsonl(tmp_path / "validation.jsonl", chat_rows(24, seed=1)),
-        training={"n_epochs": 3, "batch_size": 8, "learning_rate": 3e-2, "max_length": 64},
+        training={
+            "n_epochs": 3,
+            "batch_size": 8,
+            "learning_rate": 3e-2,
+            "max_length": 64,
+            "eval_at_start": True,
+        },
     )
     run = fit(spec, models_dir, tmp_path / "events.jsonl")
     assert_learned(run)
@@ -184,6 +192,7 @@ def test_tiny_bert_classification_accuracy_rises(
             "learning_rate": 2e-2,
             "max_length": 32,
             "checkpoint_every_steps": 1000,
+            "eval_at_start": True,
         },
     )
     run = fit(spec, models_dir, tmp_path / "events.jsonl")
@@ -233,3 +242,53 @@ def test_lost_worker_resumes_from_the_last_checkpoint(
     # The optimizer state came back too: the learning rate continues the schedule.
     rates = dict(run.series("metrics", "learning_rate"))
     assert rates[9] < rates[8]
+
+
+def test_a_run_whose_validation_loss_never_improves_says_so(
+    ray_cluster: RayCluster, models_dir: Path, tmp_path: Path
+) -> None:
+    validation = prompt_completion_rows(16, seed=1)
+    spec = make_spec(
+        tmp_path,
+        validation_file_uri=write_jsonl(tmp_path / "validation.jsonl", validation),
+        training_file_uri=write_jsonl(tmp_path / "train.jsonl", prompt_completion_rows(32, 0)),
+        # Far too small a rate to move anything: the loss stays where it started.
+        training={
+            "n_epochs": 1,
+            "batch_size": 16,
+            "learning_rate": 1e-12,
+            "max_length": 64,
+            "eval_at_start": True,
+        },
+    )
+    run = fit(spec, models_dir, tmp_path / "events.jsonl")
+    warnings = [e for e in run.of_type("message") if "never improved" in e.message]
+    assert len(warnings) == 1 and warnings[0].level == "warn"
+    assert warnings[0].data["final_eval_loss"] >= warnings[0].data["first_eval_loss"]
+
+
+def test_every_epoch_is_shuffled_from_the_seed(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    import ray.data
+
+    from workers.data import StepPlan
+    from workers.train import FineTuneRecipe, TrainerState
+
+    def orders(seed: int) -> list[list[int]]:
+        recipe = FineTuneRecipe.__new__(FineTuneRecipe)
+        recipe.spec = make_spec(tmp_path, seed=seed)
+        recipe.plan = StepPlan(8, 64, 8, 8, 16)
+        recipe.state = TrainerState()
+        recipe.train_shard = ray.data.range(64).iterator()
+        epochs = []
+        for epoch in range(2):
+            recipe.state.epoch = epoch
+            epochs.append([int(i) for b in recipe._micro_batches() for i in b["id"]])
+        return epochs
+
+    first, second = orders(seed=3)
+    # Every example once per epoch, in another order each epoch, not in file order.
+    assert sorted(first) == sorted(second) == list(range(64))
+    assert first != second and first != list(range(64))
+    # The same seed gives the same orders (a resumed run skips what it trained on).
+    assert orders(seed=3) == [first, second]
+    assert orders(seed=4) != [first, second]
