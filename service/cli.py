@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,8 +114,9 @@ def up(
 
 
 @contextmanager
-def _stack_process(data_dir: Path, admin_key: str) -> Iterator[str]:
-    """`tuneplane up` in a child process; stopped with SIGINT, as a user would."""
+def _stack_process(data_dir: Path, admin_key: str) -> Iterator[tuple[str, int]]:
+    """`tuneplane up` in a child process; stopped with SIGINT, as a user would. Yields
+    its URL and process id."""
     port = free_port()
     env = {**os.environ, "TUNEPLANE_ADMIN_KEY": admin_key}
     log = (data_dir / "up.log").open("w")
@@ -145,7 +149,7 @@ def _stack_process(data_dir: Path, admin_key: str) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the stack was not ready in 180 s; see {data_dir / 'up.log'}")
             time.sleep(0.5)
-        yield url
+        yield url, proc.pid
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -165,25 +169,89 @@ def _check(r: httpx.Response) -> Any:
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def _demo_inference(api: httpx.Client, model: str) -> None:
-    """Ask the new model a held-out question through Ray Serve (the first call starts
-    its replica)."""
-    first = json.loads((DEMO_DATA / "valid.jsonl").read_text().splitlines()[0])
-    question = [m for m in first["messages"] if m["role"] != "assistant"]
-    expected = next(m["content"] for m in first["messages"] if m["role"] == "assistant")
-    began = time.monotonic()
+DEMO_MODEL = "smollm2-135m-instruct"
+# The behaviour the demo data teaches: every answer in this format.
+DEMO_FORMAT = re.compile(r"^CAPITAL: \S")
+
+
+def _ask(api: httpx.Client, model: str, messages: list[dict[str, str]]) -> str:
     r = api.post(
         "/v1/chat/completions",
-        json={"model": model, "messages": question, "max_tokens": 24, "temperature": 0},
+        json={"model": model, "messages": messages, "max_tokens": 24, "temperature": 0},
         timeout=300,
     )
-    reply = _check(r)
+    return str(_check(r)["choices"][0]["message"]["content"])
+
+
+def _demo_compare(api: httpx.Client, model: str) -> int:
+    """Ask the base model and the fine-tuned one the held-out questions, side by side;
+    returns how many fine-tuned answers show the taught format."""
+    rows = [json.loads(line) for line in (DEMO_DATA / "valid.jsonl").read_text().splitlines()]
+    began = time.monotonic()
+    # The first request starts the replica that serves the base model and its adapters.
+    _ask(api, DEMO_MODEL, [{"role": "user", "content": "Hello!"}])
+    console.print(f"Ray Serve replica started in {time.monotonic() - began:.1f} s")
+    table = Table(title=f"held-out questions: {DEMO_MODEL} before and after fine-tuning")
+    for column in ("question", "base model", "fine-tuned"):
+        table.add_column(column, overflow="fold")
+    learned = base_shows = 0
+    latencies: dict[str, list[float]] = {"base": [], "tuned": []}
+    for row in rows[:5]:
+        question = [m for m in row["messages"] if m["role"] != "assistant"]
+        began = time.monotonic()
+        before = _ask(api, DEMO_MODEL, question)
+        latencies["base"].append(time.monotonic() - began)
+        began = time.monotonic()
+        after = _ask(api, model, question)
+        latencies["tuned"].append(time.monotonic() - began)
+        learned += bool(DEMO_FORMAT.match(after))
+        base_shows += bool(DEMO_FORMAT.match(before))
+        table.add_row(escape(question[-1]["content"]), escape(before), escape(after))
+    console.print(table)
     console.print(
-        f"asked the fine-tuned model (served by Ray Serve, {time.monotonic() - began:.1f} s "
-        f"with the replica's start): {escape(question[-1]['content'])}\n"
-        f"  it answers: {escape(repr(reply['choices'][0]['message']['content']))}\n"
-        f"  the held-out answer: {escape(expected)}"
+        f"answers in the taught format 'CAPITAL: <city>': fine-tuned {learned}/5, "
+        f"base model {base_shows}/5"
     )
+    console.print(
+        f"latency: first base answer on the ready replica {latencies['base'][0]:.2f} s, "
+        f"first fine-tuned answer (loads the adapter) {latencies['tuned'][0]:.2f} s, "
+        f"then {min(latencies['tuned'][1:]):.2f}-{max(latencies['tuned'][1:]):.2f} s"
+    )
+    return learned
+
+
+class _PeakMemory:
+    """Samples the memory of a process and all its descendants (the stack: the API,
+    Redis, Ray and its workers and replicas) until stopped; keeps the peak. PSS, not RSS:
+    Ray's processes share many pages (torch, the object store), which RSS would count
+    once per process."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(1.0):
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            total = 0
+            for proc in procs:
+                with contextlib.suppress(psutil.Error, AttributeError):
+                    total += proc.memory_full_info().pss
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.peak
 
 
 def _follow(api: httpx.Client, job_id: str, timeout_s: float) -> tuple[dict[str, Any], list[Any]]:
@@ -221,14 +289,17 @@ def demo(
         Path | None, typer.Option(help="Keep the demo's data here (default: a temp dir).")
     ] = None,
 ) -> None:
-    """Start the stack, create a tenant, upload the demo data, fine-tune tiny-gpt2 with
-    LoRA, follow the job to its end and print the outcome, then stop the stack."""
+    """Start the stack, create a tenant, upload a small chat set, fine-tune SmolLM2-135M-
+    Instruct with LoRA to answer in a set format, follow the job to its end, compare the
+    base and fine-tuned models' answers to held-out questions, then stop the stack."""
     workdir = data_dir or Path(tempfile.mkdtemp(prefix="tuneplane-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     admin_key = secrets.token_urlsafe(24)
     console.rule("Tuneplane demo")
     started = time.monotonic()
-    with _stack_process(workdir, admin_key) as url:
+    learned = 0
+    with _stack_process(workdir, admin_key) as (url, pid):
+        memory = _PeakMemory(pid)
         console.print(
             f"stack up at {url} in {time.monotonic() - started:.0f} s (data in {workdir})"
         )
@@ -257,20 +328,24 @@ def demo(
             api.post(
                 "/v1/fine_tuning/jobs",
                 json={
-                    "model": "tiny-gpt2",
+                    "model": DEMO_MODEL,
                     "training_file": ids["train"],
                     "validation_file": ids["valid"],
-                    "suffix": "demo",
-                    "method": {
-                        "type": "supervised",
-                        "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}},
-                    },
-                    "adapter": {"type": "lora", "r": 8},
+                    "suffix": "capitals",
+                    "seed": 7,
+                    # Epochs, batch size and learning rate: "auto", from the data's size.
+                    "method": {"type": "supervised", "supervised": {"hyperparameters": {}}},
+                    "adapter": {"type": "lora", "r": 8, "target_modules": "all-linear"},
                 },
             )
         )
-        console.print(f"submitted fine-tuning job {job['id']} ({job['status']})")
-        job, events = _follow(api, job["id"], timeout_s=600)
+        hp = job["hyperparameters"]
+        console.print(
+            f"submitted fine-tuning job {job['id']} of {DEMO_MODEL} ({job['status']}): "
+            f"auto hyperparameters n_epochs={hp['n_epochs']}, batch_size={hp['batch_size']}, "
+            f"learning_rate={hp['learning_rate']:g}"
+        )
+        job, events = _follow(api, job["id"], timeout_s=900)
         losses = [e["data"]["train_loss"] for e in events if e["data"] and "train_loss" in e["data"]
                   and e["data"].get("kind") == "metrics"]  # fmt: skip
         evals = [e["data"]["eval_loss"] for e in events if e["data"] and "eval_loss" in e["data"]]
@@ -288,12 +363,16 @@ def demo(
         table.add_row("trained tokens", str(job["trained_tokens"]))
         if job["error"]:
             table.add_row("error", job["error"]["message"])
-        table.add_row("wall time", f"{time.monotonic() - started:.0f} s")
+        table.add_row("training wall time", f"{time.monotonic() - started:.0f} s")
         console.print(table)
         if job["status"] == "succeeded":
-            _demo_inference(api, str(job["fine_tuned_model"]))
-    console.print("the stack has been stopped")
-    if job["status"] != "succeeded":
+            learned = _demo_compare(api, str(job["fine_tuned_model"]))
+        peak = memory.stop()
+    console.print(
+        f"the stack has been stopped; demo took {time.monotonic() - started:.0f} s, peak "
+        f"memory of the stack {peak / 2**30:.2f} GiB"
+    )
+    if job["status"] != "succeeded" or learned < 4:
         raise typer.Exit(1)
 
 
