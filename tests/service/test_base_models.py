@@ -132,6 +132,21 @@ def test_registration_refusals_name_the_field_and_the_reason(
     assert r.status_code == 400 and r.json()["error"]["param"] == "name"
 
 
+def test_a_storage_uri_registers_and_resolves_for_the_workers(
+    client: TestClient, tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from workers.sources import resolve_model_source
+
+    folder = _copy(tiny_dirs["tiny-llama"], tmp_path / "in-store")
+    uri = folder.as_uri()
+    r = client.post(URL, json={"name": "stored-llama", "source": uri}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["source"] == uri and r.json()["tasks"] == ["causal_lm"]
+    # What the training workers and replicas load it from.
+    assert Path(resolve_model_source(uri, tmp_path / "models")) == folder
+    _refused(client, {"name": "a", "source": (tmp_path / "nothing").as_uri()}, "source", "")
+
+
 def test_hub_ids_resolve_from_the_local_cache_when_offline(
     client: TestClient,
     tiny_dirs: dict[str, Path],
