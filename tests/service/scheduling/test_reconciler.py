@@ -100,7 +100,10 @@ def test_queued_jobs_redis_lost_are_enqueued_again(
     client: TestClient, app: FastAPI, queue: FairQueue, cluster: FixedCluster
 ) -> None:
     t = make_tenant(client)
-    jobs = [create_job_ok(client, t)["id"] for _ in range(3)]
+    # One CPU each, so that all three fit at once below (left "auto", the first would take
+    # the whole idle cluster).
+    one_cpu = {"cpus_per_worker": 1}
+    jobs = [create_job_ok(client, t, resources=one_cpu)["id"] for _ in range(3)]
     queue.r.flushall()
     sched, reconciler = _parts(app, queue, cluster)
     assert sched.tick() == []
