@@ -40,6 +40,10 @@ def enqueue(queue: FairQueue, job: Job) -> None:
         cpus, gpus = cost_of(job.resources, job.search)
         auto = 0
     auto_cpus = bool((job.resources or {}).get(AUTO_CPUS)) and not search
+    if auto_cpus:
+        # Queued again after a start, the job's resources hold what it got then; it needs
+        # only one CPU a worker to start, and gets what is free at its next start.
+        cpus = float(int((job.resources or {}).get("num_workers", 1)))
     queue.enqueue(job.id, job.tenant_id, job.priority, job.created_at, cpus, gpus, auto, auto_cpus)
 
 

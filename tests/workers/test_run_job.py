@@ -77,6 +77,7 @@ def test_run_job_trains_publishes_and_streams_events(
             "max_length": 64,
             "warmup_ratio": 0.1,
             "lr_scheduler": "cosine",
+            "eval_at_start": True,
         },
     )
     done = run_job(spec, tmp_path, ray_cluster, redis_server.url, models_dir)

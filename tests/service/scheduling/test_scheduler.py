@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from service.config import Settings
+from service.jobs.queueing import enqueue
 from service.jobs.state import transition
 from service.models import Job
 from service.queue import FairQueue, QueuedJob
@@ -73,6 +74,31 @@ def test_auto_cpus_take_what_is_free_and_the_reserve_only_on_an_idle_cluster() -
     assert busy.cpu_share(two, cap=32) == 1
     busy.hold(QueuedJob("more", "u", 3, 0))
     assert busy.cpu_share(two, cap=32) == 1
+
+
+def test_an_auto_cpu_job_takes_the_idle_cluster_and_starts_again_when_requeued(
+    client: TestClient, app: FastAPI, queue: FairQueue, cluster: FixedCluster
+) -> None:
+    cluster.capacity = Capacity(cpus=2, gpus=0)
+    t = make_tenant(client)
+    job_id = create_job_ok(client, t)["id"]
+    # One of the two CPUs held back, as by default: on the idle cluster the job gets both.
+    settings = app.state.settings.model_copy(update={"reserved_cpus": 1.0})
+    dispatcher = Dispatcher(app.state.engine, cluster, queue, app.state.store, settings)
+    sched = Scheduler(app.state.engine, queue, cluster, dispatcher, settings, "only")
+    assert sched.tick() == [job_id]
+    job = client.get(f"/v1/fine_tuning/jobs/{job_id}", headers=t.headers).json()
+    assert job["resources"]["cpus_per_worker"] == 2.0 and job["resources"]["auto_cpus"]
+    # Lost and queued again (a crash, a lost Ray job): it needs one CPU a worker to start,
+    # not the two it got last time, so it is not stuck behind a cluster it never fits.
+    with Session(app.state.engine) as s:
+        assert transition(s, job_id, "queued", expected=("running",))
+        s.commit()
+        requeued = s.get(Job, job_id)
+        assert requeued is not None
+        enqueue(queue, requeued)
+    assert queue.heads()[t.id].cpus == 1.0
+    assert sched.tick() == [job_id]
 
 
 def test_a_small_tenant_is_not_starved_by_a_big_backlog(

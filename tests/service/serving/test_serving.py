@@ -207,8 +207,13 @@ def test_two_adapters_on_one_base_answer_differently(served: Served) -> None:
     animals, fruits = complete(served.animals), complete(served.fruits)
     assert animals != fruits
     assert animals.strip() in ANIMALS and fruits.strip() not in ANIMALS, (animals, fruits)
-    # Both adapters live in one application of the base model.
-    apps = [n for n in served.backend.serve_status() if n.startswith("lm-")]
+    # The base model itself answers too, as on OpenAI (no adapter applied).
+    base = client.completions.create(model="tiny-gpt2", prompt=PROMPT, max_tokens=3, temperature=0)
+    assert base.model == "tiny-gpt2" and base.usage is not None
+    assert base.usage.completion_tokens > 0
+    # Both adapters and their base live in one application of the base model (the other
+    # base LMs of the catalog have applications of their own, at 0 replicas until asked).
+    apps = [n for n in served.backend.serve_status() if n.startswith("lm-tiny-tiny-gpt2-")]
     assert len(apps) == 1, apps
 
 

@@ -255,7 +255,7 @@ def test_a_classification_job_shows_validation_loss_and_accuracy(
         assert r.status_code == 200, r.text
         job = r.json()
         assert job["task"] == "sequence_classification"
-        assert "gpus_per_worker" in job["resources"]  # the API has it; the page hides it
+        assert "gpus_per_worker" not in job["resources"]  # a CPU job has no GPU fields
         r = c.post(
             "/v1/fine_tuning/jobs",
             json={"model": "tiny-gpt2", "training_file": lm_training_file(c),
