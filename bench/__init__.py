@@ -1,0 +1,1 @@
+"""Benchmarks (scripts that print tables; not tests). A package so one can import another."""
