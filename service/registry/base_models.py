@@ -18,9 +18,8 @@ from service.models import RegisteredBaseModel
 from service.registry.catalog import Catalog, CatalogEntry
 from service.registry.repository import BaseModelRepository, registered_entry
 from service.registry.schemas import BaseModelCreate, BaseModelOut, LearningRates
+from service.registry.service import BASE_OWNER
 from service.registry.validation import ModelRejected, inspect_source
-
-BASE_OWNER = "tuneplane"
 
 
 def base_model_detail(entry: CatalogEntry) -> BaseModelOut:
