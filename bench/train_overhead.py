@@ -152,14 +152,14 @@ def run_plain(spec: Any, models_dir: str, cpus: int) -> Measured:
         plan_steps,
         tokenize_record,
     )
-    from workers.sources import resolve_model_source
-    from workers.train import (
+    from workers.modeling import (
         apply_lora,
         causal_lm_loss_sum,
         count_targets,
         load_base_model,
-        lr_lambda,
     )
+    from workers.sources import resolve_model_source
+    from workers.train import lr_lambda
 
     torch.set_num_threads(cpus)
     # This process only: the idle Ray cluster started for (b) is not part of (a).

@@ -29,7 +29,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -109,18 +108,17 @@ def run(scheduler: str, args: argparse.Namespace, tmp: Path, models_dir: str) ->
     reporter = Reporter(spec.job_id, spec.tenant_id, JsonLinesSink(path=str(tmp / "events.jsonl")))
     data = load_job_data(spec, models_dir)
     started = time.perf_counter()
-    outcome: dict[str, Any] = run_search(
-        spec, data, plan_steps(spec, data.train_examples), reporter, models_dir
-    )
+    outcome = run_search(spec, data, plan_steps(spec, data.train_examples), reporter, models_dir)
     wall = time.perf_counter() - started
-    search = outcome["search"]
+    search, best = outcome.search, outcome.best_trial
+    assert search is not None and best is not None
     return Outcome(
         scheduler=scheduler,
-        steps=search["total_steps"],
+        steps=search.total_steps,
         wall_s=wall,
-        best_loss=outcome["best_trial"]["value"],
-        trials=search["trials"],
-        early_stopped=search["early_stopped_trials"],
+        best_loss=best.value,
+        trials=search.trials,
+        early_stopped=search.early_stopped_trials,
     )
 
 

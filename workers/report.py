@@ -18,24 +18,28 @@ transport, not storage). Each entry has four string fields:
 Consumers read it with ``XREADGROUP GROUP <group> <consumer> STREAMS tuneplane:events >``
 and ``XACK`` once an event is stored; the stream entry id orders events of one job.
 
-Event types and their ``data``:
+Event types and their ``data`` (the typed ones are records of `workers.records`):
 
-- ``status``:     ``{"status": "preparing" | "training" | "saving" | "succeeded" | "failed"}``
+- ``status``:     `StatusData`: ``status``, a `workers.spec.RunStatus` (preparing,
+                  training, saving, succeeded or failed)
 - ``metrics``:    one per optimizer step: ``step``, ``epoch``, ``train_loss``,
                   ``learning_rate``, ``tokens_per_second``, ``trained_tokens``
 - ``eval``:       ``step``, ``eval_loss`` and, for classification, ``eval_accuracy``
-- ``checkpoint``: ``step``, ``checkpoint_uri`` and the metrics reported with it
+- ``checkpoint``: `CheckpointData`: ``step``, ``checkpoint_uri`` and the metrics reported
+                  with it
 - ``message``:    free text for the user (e.g. a worker was lost and training resumed)
-- ``result``:     the last event of a successful job: ``artifact_uri``, ``trained_tokens``,
-                  ``steps``, ``metrics`` (final train/eval metrics); for a search also
-                  ``best_trial``: ``{"trial_id", "metric", "value", "params"}``
-- ``trial``:      a search trial's state: ``trial_id``, ``status`` (``running``,
-                  ``terminated``, ``early_stopped``, ``error``), ``params``, ``metrics``
-                  (latest), ``best_metric``, ``iterations``, ``checkpoint_uri``. The
-                  per-step ``metrics``/``eval`` events of a trial carry its ``trial_id``.
+- ``result``:     `ResultData`, the last event of a successful job: ``artifact_uri``,
+                  ``trained_tokens``, ``steps``, ``metrics`` (final train/eval metrics);
+                  for a search also ``best_trial`` (`BestTrial`) and ``search``
+                  (`SearchSummary`)
+- ``trial``:      `TrialData`, a search trial's state: ``trial_id``, ``status`` (a
+                  `workers.spec.TrialState`: running, terminated, early_stopped or
+                  error), ``params``, ``metrics`` (latest), ``best_metric``,
+                  ``iterations``, ``checkpoint_uri``. The per-step ``metrics``/``eval``
+                  events of a trial carry its ``trial_id``.
 
-A failed job's last event is a ``status`` event ``{"status": "failed"}`` with
-level ``error`` whose ``message`` says what went wrong and what to change.
+A failed job's last event is a ``status`` event whose status is failed, with level
+``error``, a ``message`` that says what went wrong and what to change, and a ``code``.
 """
 
 from __future__ import annotations
@@ -50,12 +54,14 @@ from typing import IO, Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
+from workers.records import CheckpointData, ResultData, StatusData, TrialData
+from workers.spec import RUN_FAILED, TRIAL_ERROR, RunStatus
+
 EVENTS_STREAM = "tuneplane:events"
 STREAM_MAXLEN = 1_000_000
 
 EventType = Literal["status", "metrics", "eval", "checkpoint", "message", "result", "trial"]
 EventLevel = Literal["info", "warn", "error"]
-JobStatus = Literal["preparing", "training", "saving", "succeeded", "failed"]
 
 logger = logging.getLogger(__name__)
 
@@ -236,11 +242,10 @@ class Reporter:
         return record
 
     def status(
-        self, status: JobStatus, message: str = "", level: EventLevel = "info"
+        self, status: RunStatus, message: str = "", level: EventLevel = "info"
     ) -> EventRecord:
-        return self.emit(
-            "status", message or f"job {status}", {"status": status}, level=level, strict=True
-        )
+        data = StatusData(status=status).event_data()
+        return self.emit("status", message or f"job {status}", data, level=level, strict=True)
 
     def metrics(self, data: dict[str, Any]) -> EventRecord:
         return self.emit("metrics", f"step {data.get('step')}", data)
@@ -248,19 +253,38 @@ class Reporter:
     def eval(self, data: dict[str, Any]) -> EventRecord:
         return self.emit("eval", f"evaluation at step {data.get('step')}", data)
 
-    def checkpoint(self, data: dict[str, Any]) -> EventRecord:
-        return self.emit("checkpoint", f"checkpoint at step {data.get('step')}", data)
+    def checkpoint(self, data: CheckpointData) -> EventRecord:
+        return self.emit("checkpoint", f"checkpoint at step {data.step}", data.event_data())
 
     def message(self, text: str, level: EventLevel = "info", **data: Any) -> EventRecord:
         return self.emit("message", text, data, level=level)
 
-    def result(self, data: dict[str, Any]) -> EventRecord:
-        return self.emit("result", "fine-tuning finished", data, strict=True)
+    def result(self, data: ResultData) -> EventRecord:
+        return self.emit("result", "fine-tuning finished", data.event_data(), strict=True)
 
-    def failed(self, message: str, **data: Any) -> EventRecord:
-        return self.emit(
-            "status", message, {"status": "failed", **data}, level="error", strict=True
+    def trial(self, data: TrialData, level: EventLevel | None = None) -> EventRecord:
+        """A search trial's state; a trial that ended in error is a warning by default."""
+        if level is None:
+            level = "warn" if data.status == TRIAL_ERROR else "info"
+        text = f"trial {data.trial_id} {data.status.replace('_', ' ')}"
+        return self.emit("trial", text, data.event_data(), level=level)
+
+    def failed(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retryable: bool | None = None,
+        error_type: str | None = None,
+    ) -> EventRecord:
+        """The failed status, the last event of a job that did not succeed."""
+        given = {"code": code, "param": param, "retryable": retryable, "error_type": error_type}
+        # Only what the caller decided goes out (see `StatusData.event_data`).
+        status = StatusData.model_validate(
+            {"status": RUN_FAILED, **{k: v for k, v in given.items() if v is not None}}
         )
+        return self.emit("status", message, status.event_data(), level="error", strict=True)
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:

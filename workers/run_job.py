@@ -3,50 +3,39 @@
 The control plane writes the job's `JobSpec` as JSON to the artifact store and submits
 this module as a Ray job (submission id = job id). It trains with Ray Train, streams
 events to the Redis stream of `workers.report` (or to stdout without ``--redis-url``),
-publishes the result under ``{output_uri}/model`` and exits 0; on failure it sends a
-``failed`` status event whose message says what to fix, and exits 1.
+publishes the result under ``{output_uri}/model`` (`workers.publish`) and exits 0; on
+failure its last event is the failed status, whose message says what to fix
+(`workers.errors`), and it exits 1.
 
-The published model directory holds the adapter (or the full model) as safetensors, the
-tokenizer, and ``tuneplane.json`` (job, base model, task, labels, final metrics).
+A job with a ``search`` runs `workers.tune` instead of a single Ray Train run; either
+way this module reports the run's statuses and its `ResultData`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
-from workers.data import (
-    DataError,
-    JobData,
-    StepPlan,
-    load_job_data,
-    load_tokenizer,
-    plan_steps,
-)
-from workers.formats import DataFormatError
+from workers.data import JobData, StepPlan, load_job_data, load_tokenizer, plan_steps
+from workers.errors import JobError, first_line, user_message
+from workers.publish import publish
+from workers.records import ResultData
 from workers.report import JsonLinesSink, RedisEventSink, Reporter
 from workers.sources import resolve_model_source
-from workers.spec import JobSpec, LoraAdapter
+from workers.spec import (
+    RUN_PREPARING,
+    RUN_SAVING,
+    RUN_SUCCEEDED,
+    RUN_TRAINING,
+    JobSpec,
+    LoraAdapter,
+)
+from workers.storage import checkpoint_uri, run_storage_uri
 from workers.tiny import default_models_dir
 
 logger = logging.getLogger("workers.run_job")
-
-MANIFEST_FILE = "tuneplane.json"
-# Errors whose message is written for the user and is shown as is.
-USER_ERRORS: tuple[type[BaseException], ...] = (DataError, DataFormatError)
-
-
-class JobError(Exception):
-    """A failure with a message for the user; `code` goes into the failed event."""
-
-    def __init__(self, message: str, code: str = "training_failed") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def load_spec(spec_uri: str) -> JobSpec:
@@ -56,78 +45,12 @@ def load_spec(spec_uri: str) -> JobSpec:
         return JobSpec.model_validate_json(f.read())
 
 
-def artifact_uri(spec: JobSpec) -> str:
-    return spec.output_uri.rstrip("/") + "/model"
-
-
-def publish(spec: JobSpec, checkpoint_dir: Path, models_dir: str, metrics: dict[str, Any]) -> str:
-    """Copies the final weights, the tokenizer and a manifest to ``{output_uri}/model``."""
-    import fsspec
-
-    target = artifact_uri(spec)
-    with tempfile.TemporaryDirectory(prefix="tuneplane-artifact-") as tmp:
-        staging = Path(tmp) / "model"
-        staging.mkdir()
-        for path in (checkpoint_dir / "model").iterdir():
-            if path.is_file():
-                (staging / path.name).write_bytes(path.read_bytes())
-        load_tokenizer(spec.base_model.source, models_dir).save_pretrained(staging)
-        manifest = {
-            "job_id": spec.job_id,
-            "tenant_id": spec.tenant_id,
-            "base_model": spec.base_model.model_dump(),
-            "task": spec.task,
-            "adapter": spec.adapter.type,
-            "labels": spec.labels,
-            # Serving encodes inputs with the same limit as training did.
-            "max_length": spec.training.max_length,
-            "metrics": metrics,
-        }
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        fs, path = fsspec.core.url_to_fs(target)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)  # a rerun of the job replaces its artifact
-        fs.makedirs(path, exist_ok=True)
-        for file in sorted(staging.iterdir()):
-            fs.put_file(str(file), f"{path}/{file.name}")
-    return target
-
-
-def user_message(error: BaseException) -> tuple[str, str] | None:
-    """The user-facing (message, code) inside a possibly Ray-wrapped exception, if any."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [error]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, JobError):
-            return str(current), current.code
-        if isinstance(current, USER_ERRORS):
-            return str(current), "invalid_data"
-        for attr in ("worker_failures",):
-            failures = getattr(current, attr, None)
-            if isinstance(failures, dict):
-                pending.extend(e for e in failures.values() if isinstance(e, BaseException))
-        for attr in ("cause", "__cause__", "__context__", "controller_failure"):
-            inner = getattr(current, attr, None)
-            if isinstance(inner, BaseException):
-                pending.append(inner)
-    return None
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[-1][:500] if lines else type(error).__name__
-
-
-def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> dict[str, Any]:
+def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> ResultData:
     import ray
 
-    from workers.train import build_trainer, checkpoint_uri, run_storage_uri
+    from workers.train import build_trainer
 
-    reporter.status("preparing", "preparing the base model and the data")
+    reporter.status(RUN_PREPARING, "preparing the base model and the data")
     if not ray.is_initialized():
         # Under Ray Jobs this connects to the job's cluster (RAY_ADDRESS is set).
         ray.init(logging_level=logging.WARNING)
@@ -169,37 +92,37 @@ def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> dict[str, Any]:
         )
     if spec.search is not None:
         return _search(spec, data, plan, reporter, models_dir)
-    reporter.status("training", "training started")
+    reporter.status(RUN_TRAINING, "training started")
     trainer = build_trainer(spec, data, plan, models_dir=models_dir, reporter=reporter)
     result = trainer.fit()
     if result.checkpoint is None:
         raise JobError("training ended without a checkpoint")
-    reporter.status("saving", "publishing the fine-tuned model")
+    reporter.status(RUN_SAVING, "publishing the fine-tuned model")
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     with result.checkpoint.as_directory() as directory:
         uri = publish(spec, Path(directory), models_dir, metrics)
-    outcome = {
-        "artifact_uri": uri,
-        "adapter": spec.adapter.type,
-        "trained_tokens": int(metrics.get("trained_tokens", 0)),
-        "steps": int(metrics.get("step", 0)),
-        "metrics": metrics,
-        "checkpoint_uri": checkpoint_uri(run_storage_uri(spec.output_uri), result.checkpoint.path),
-        "lora": spec.adapter.model_dump() if isinstance(spec.adapter, LoraAdapter) else None,
-    }
+    outcome = ResultData(
+        artifact_uri=uri,
+        adapter=spec.adapter.type,
+        trained_tokens=int(metrics.get("trained_tokens", 0)),
+        steps=int(metrics.get("step", 0)),
+        metrics=metrics,
+        checkpoint_uri=checkpoint_uri(run_storage_uri(spec.output_uri), result.checkpoint.path),
+        lora=spec.adapter.model_dump() if isinstance(spec.adapter, LoraAdapter) else None,
+    )
     reporter.result(outcome)
-    reporter.status("succeeded", "fine-tuning succeeded")
+    reporter.status(RUN_SUCCEEDED, "fine-tuning succeeded")
     return outcome
 
 
 def _search(
     spec: JobSpec, data: JobData, plan: StepPlan, reporter: Reporter, models_dir: str
-) -> dict[str, Any]:
+) -> ResultData:
     from workers.tune import SearchFailed, run_search
 
     assert spec.search is not None
     reporter.status(
-        "training",
+        RUN_TRAINING,
         f"hyperparameter search started: {spec.search.num_trials} trial(s), "
         f"{spec.search.algorithm} search, {spec.search.scheduler} scheduler",
     )
@@ -211,11 +134,11 @@ def _search(
             raise JobError(f"{exc}: {found[0]}", code=found[1]) from exc
         first = exc.errors[0] if exc.errors else exc
         raise JobError(
-            f"{exc}; the first failed with {type(first).__name__}: {_first_line(first)}",
+            f"{exc}; the first failed with {type(first).__name__}: {first_line(first)}",
             code="training_failed",
         ) from exc
     reporter.result(outcome)
-    reporter.status("succeeded", "hyperparameter search succeeded")
+    reporter.status(RUN_SUCCEEDED, "hyperparameter search succeeded")
     return outcome
 
 
@@ -253,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         found = user_message(exc)
         message, code = found or (
             f"training failed with an internal error ({type(exc).__name__}: "
-            f"{_first_line(exc)}); retry the job, and report it if it fails again",
+            f"{first_line(exc)}); retry the job, and report it if it fails again",
             "training_failed",
         )
         # Not the user's doing (a lost Ray head or node, a bug): the control plane lets
@@ -264,9 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _report_failure(reporter: Reporter, message: str, code: str, **data: Any) -> None:
+def _report_failure(
+    reporter: Reporter,
+    message: str,
+    code: str,
+    error_type: str | None = None,
+    retryable: bool | None = None,
+) -> None:
     try:
-        reporter.failed(message, code=code, **data)
+        reporter.failed(message, code=code, error_type=error_type, retryable=retryable)
     except Exception:
         # The event sink itself may be what failed; the exit code still tells the story.
         logger.exception("could not report the failure of job %s", reporter.job_id)

@@ -7,11 +7,27 @@ imports from `service/`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Task = Literal["causal_lm", "sequence_classification"]
+
+# What a run reports in its ``status`` events, in the order it goes through them.
+RunStatus = Literal["preparing", "training", "saving", "succeeded", "failed"]
+# A search trial's state in its ``trial`` events.
+TrialState = Literal["running", "terminated", "early_stopped", "error"]
+# The statuses by name: the rest of workers/ spells none of them (the control plane's own
+# job statuses use some of the same words, and a grep for one should find its owners).
+RUN_PREPARING: Final[RunStatus] = "preparing"
+RUN_TRAINING: Final[RunStatus] = "training"
+RUN_SAVING: Final[RunStatus] = "saving"
+RUN_SUCCEEDED: Final[RunStatus] = "succeeded"
+RUN_FAILED: Final[RunStatus] = "failed"
+TRIAL_RUNNING: Final[TrialState] = "running"
+TRIAL_TERMINATED: Final[TrialState] = "terminated"
+TRIAL_EARLY_STOPPED: Final[TrialState] = "early_stopped"
+TRIAL_ERROR: Final[TrialState] = "error"
 DataFormat = Literal["chat", "prompt_completion", "text", "classification"]
 
 # Which file formats each task can train on.
@@ -189,6 +205,8 @@ ADAPTER_LOAD_HEADER = "x-tuneplane-adapter-load-s"
 # How many requests were decoded together with this one (observability, benchmarks).
 BATCH_SIZE_HEADER = "x-tuneplane-batch-size"
 SERVE_IMPORT_PATH = "workers.serve:build_app"
+# Beside a published model: job, base model, task, labels, max_length, final metrics.
+MANIFEST_FILE = "tuneplane.json"
 
 
 class ServeArgs(_Strict):

@@ -5,32 +5,25 @@ optimizer, schedule, restore), `.train()` (epochs of accumulated micro-batches, 
 evaluation and checkpoints), `.save()` (a checkpoint reported to Ray Train) and
 `.cleanup()`. The same code runs on one CPU worker or many GPU workers: Ray Train picks
 the device and the process group (gloo on CPU, NCCL on GPU) and wraps the model in DDP.
+`build_trainer` is the driver's side: the TorchTrainer that runs the recipe.
 
-A checkpoint directory holds no pickle:
-
-- ``model/``: ``save_pretrained`` output, the LoRA adapter (``adapter_model.safetensors``,
-  ``adapter_config.json``) or the whole model (``model.safetensors``, ``config.json``)
-- ``optimizer.safetensors``: the AdamW moment tensors
-- ``trainer_state.json``: step, epoch, position in the epoch, scheduler and optimizer
-  hyperparameters, metrics so far
-
-Ray Train keeps the newest `num_checkpoints_to_keep` and, when a worker is lost, restarts
-the workers (up to `max_failures` times), which resume from the newest one through
-`ray.train.get_checkpoint()`.
+The recipe reads top to bottom here; what it is built from lives beside it:
+`workers.modeling` (base model, LoRA, loss), `workers.checkpoints` (what a checkpoint
+holds, writing and restoring it), `workers.data` (the batches), `workers.storage` (where
+runs are kept), `workers.train_events` (the controller's checkpoint events) and
+`workers.faults` (tests' worker crashes).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import random
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,45 +34,31 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 from torch import nn
 
-from workers.data import IGNORE_INDEX, JobData, StepPlan, collate, load_tokenizer, pad_token_id
+from workers.checkpoints import (
+    MODEL_DIR,
+    TrainerState,
+    restore_adapter,
+    restore_state,
+    write_checkpoint,
+    write_probe,
+)
+from workers.data import JobData, StepPlan, collate, load_tokenizer, pad_token_id
+from workers.faults import FaultInjection, crash_if_due
+from workers.modeling import (
+    apply_lora,
+    count_targets,
+    forward_loss,
+    load_base_model,
+    unwrap,
+)
 from workers.report import Reporter
 from workers.sources import resolve_model_source
 from workers.spec import JobSpec, LoraAdapter
-
-# LoRA targets when the job does not name them: the attention projections, as in the LoRA
-# paper; architectures not listed fall back to peft's own table.
-DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
-    "gpt2": ["c_attn"],
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "distilbert": ["q_lin", "v_lin"],
-}
-# Modules stored in GPT-2's Conv1D layout (weight transposed), which LoRA must know about.
-_CONV1D_ARCHITECTURES = frozenset({"gpt2"})
+from workers.storage import RUN_NAME, run_storage_uri, storage_path
+from workers.train_events import TrainEventsCallback
 
 # The most rows a worker holds to shuffle an epoch: above it the shuffle is windowed.
 SHUFFLE_BUFFER_ROWS = 100_000
-
-MODEL_DIR = "model"
-OPTIMIZER_FILE = "optimizer.safetensors"
-STATE_FILE = "trainer_state.json"
-PROBE_FILE = "probe_logits.safetensors"
-
-
-@dataclass(frozen=True)
-class FaultInjection:
-    """Test-only: worker `rank` exits abruptly right after the checkpoint at `after_step`.
-
-    `marker` is a file created before exiting so the fault happens once, not again on
-    every restart.
-    """
-
-    rank: int
-    after_step: int
-    marker: str
 
 
 @dataclass(frozen=True)
@@ -96,18 +75,6 @@ class LoopConfig:
     fault: FaultInjection | None = None
 
 
-@dataclass
-class TrainerState:
-    step: int = 0
-    epoch: int = 0
-    # Micro-batches of `epoch` already trained on, skipped when resuming mid-epoch.
-    micro_batches_done: int = 0
-    trained_tokens: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-    # The first validation loss measured, which the final one is judged against.
-    first_eval_loss: float | None = None
-
-
 def lr_lambda(step: int, warmup_steps: int, total_steps: int, kind: str) -> float:
     """Multiplier of the peak learning rate at `step` (LambdaLR convention)."""
     if warmup_steps > 0 and step < warmup_steps:
@@ -119,105 +86,6 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int, kind: str) -> floa
     if kind == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return 1.0 - progress
-
-
-def load_base_model(spec: JobSpec, source: str) -> nn.Module:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    if spec.task == "sequence_classification":
-        labels = spec.labels or []
-        # A base model's head (if any) has another size; it is replaced by a fresh one.
-        return AutoModelForSequenceClassification.from_pretrained(
-            source,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            ignore_mismatched_sizes=True,
-        )
-    return AutoModelForCausalLM.from_pretrained(source)
-
-
-def lora_targets(adapter: LoraAdapter, model_type: str) -> list[str] | str | None:
-    if adapter.target_modules == "all-linear":
-        return "all-linear"
-    if adapter.target_modules:
-        return list(adapter.target_modules)
-    return DEFAULT_LORA_TARGETS.get(model_type)
-
-
-def apply_lora(model: nn.Module, spec: JobSpec, adapter: LoraAdapter) -> nn.Module:
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
-    config = LoraConfig(
-        r=adapter.r,
-        lora_alpha=adapter.alpha,
-        lora_dropout=adapter.dropout,
-        target_modules=lora_targets(adapter, model_type),
-        fan_in_fan_out=model_type in _CONV1D_ARCHITECTURES,
-        # SEQ_CLS makes peft train and save the new classification head with the adapter.
-        task_type=(
-            TaskType.SEQ_CLS if spec.task == "sequence_classification" else TaskType.CAUSAL_LM
-        ),
-    )
-    return get_peft_model(model, config)
-
-
-def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy over the positions whose label is not masked."""
-    shifted = logits[:, :-1, :].float()
-    targets = labels[:, 1:]
-    return nn.functional.cross_entropy(
-        shifted.reshape(-1, shifted.size(-1)),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-
-
-def count_targets(labels: torch.Tensor, task: str) -> int:
-    if task == "sequence_classification":
-        return int(labels.numel())
-    return int((labels[:, 1:] != IGNORE_INDEX).sum().item())
-
-
-def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> dict[str, Any]:
-    """Writes the moment tensors as safetensors; returns the JSON-able rest."""
-    from safetensors.torch import save_file
-
-    state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, values in state["state"].items():
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                # safetensors keeps shape-[] tensors, but a copy makes them contiguous
-                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous().clone()
-            else:
-                scalars.setdefault(str(index), {})[name] = value
-    save_file(tensors, str(directory / OPTIMIZER_FILE))
-    return {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def load_optimizer(
-    optimizer: torch.optim.Optimizer, directory: Path, saved: dict[str, Any]
-) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(directory / OPTIMIZER_FILE))
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    for index, values in saved.get("scalars", {}).items():
-        state.setdefault(int(index), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    assert isinstance(inner, nn.Module)
-    return inner
 
 
 def _all_reduce(values: list[float], device: torch.device) -> list[float]:
@@ -303,11 +171,7 @@ class FineTuneRecipe:
         if isinstance(adapter, LoraAdapter):
             model = apply_lora(load_base_model(self.spec, self.source), self.spec, adapter)
             if restore_dir is not None:
-                from peft import set_peft_model_state_dict
-                from safetensors.torch import load_file
-
-                weights = load_file(str(restore_dir / MODEL_DIR / "adapter_model.safetensors"))
-                set_peft_model_state_dict(model, weights)
+                restore_adapter(model, restore_dir)
             return model
         # Full fine-tune: a checkpoint holds the whole model, loaded in place of the base.
         source = str(restore_dir / MODEL_DIR) if restore_dir is not None else self.source
@@ -326,17 +190,7 @@ class FineTuneRecipe:
         )
 
     def _restore_state(self, directory: Path) -> None:
-        saved = json.loads((directory / STATE_FILE).read_text())
-        load_optimizer(self.optimizer, directory, saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.state = TrainerState(
-            step=saved["step"],
-            epoch=saved["epoch"],
-            micro_batches_done=saved["micro_batches_done"],
-            trained_tokens=saved["trained_tokens"],
-            metrics=saved.get("metrics", {}),
-            first_eval_loss=saved.get("first_eval_loss"),
-        )
+        self.state = restore_state(directory, self.optimizer, self.scheduler)
         if self.reporter:
             self.reporter.message(
                 f"resumed from the checkpoint at step {self.state.step}",
@@ -391,25 +245,6 @@ class FineTuneRecipe:
             local_shuffle_seed=(self.spec.seed + 7919 * self.state.epoch) % 2**32,
         )
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
-    def _forward_loss(
-        self, model: nn.Module, tensors: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed loss of a batch and its logits."""
-        with self._autocast():
-            logits = model(
-                input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]
-            ).logits
-        if self.spec.task == "sequence_classification":
-            loss = nn.functional.cross_entropy(logits.float(), tensors["labels"], reduction="sum")
-        else:
-            loss = causal_lm_loss_sum(logits, tensors["labels"])
-        return loss, logits
-
     def _optimizer_step(self, window: list[dict[str, np.ndarray]]) -> None:
         self.model.train()
         batches = [
@@ -429,7 +264,7 @@ class FineTuneRecipe:
                 else contextlib.nullcontext()
             )
             with sync:
-                loss, _ = self._forward_loss(self.model, batch)
+                loss, _ = forward_loss(self.model, batch, self.spec.task, self.autocast_dtype)
                 (loss / max(1, targets)).backward()
             loss_total += float(loss.detach())
             tokens += int(batch["attention_mask"].sum())
@@ -479,7 +314,7 @@ class FineTuneRecipe:
             or (every_checkpoint is None and end_of_epoch)
         ):
             self.save(final=last)
-            self._maybe_inject_fault()
+            crash_if_due(self.config.fault, self.rank, self.state.step)
 
     # ---------------------------------------------------------------- evaluate
 
@@ -489,7 +324,7 @@ class FineTuneRecipe:
         assert self.validation is not None
         # The bare module: DDP's forward would sync buffers, and the workers may run
         # different numbers of evaluation batches.
-        model = _unwrap(self.model)
+        model = unwrap(self.model)
         model.eval()
         loss_sum = targets = correct = examples = 0.0
         batches = self.validation.iter_batches(
@@ -501,7 +336,7 @@ class FineTuneRecipe:
             batch = {
                 k: v.to(self.device) for k, v in collate(raw, self.pad_id, self.spec.task).items()
             }
-            loss, logits = self._forward_loss(model, batch)
+            loss, logits = forward_loss(model, batch, self.spec.task, self.autocast_dtype)
             loss_sum += float(loss)
             targets += count_targets(batch["labels"], self.spec.task)
             if self.spec.task == "sequence_classification":
@@ -558,52 +393,16 @@ class FineTuneRecipe:
             directory = Path(tmp)
             checkpoint = None
             if self.rank == 0:
-                self._write_checkpoint(directory, metrics, final)
+                model = unwrap(self.model)
+                write_checkpoint(
+                    directory, model, self.optimizer, self.scheduler, self.state, metrics, final
+                )
+                if final and self.config.probe_text is not None:
+                    write_probe(
+                        model, self.tokenizer, self.config.probe_text, self.device, directory
+                    )
                 checkpoint = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
-
-    def _write_checkpoint(self, directory: Path, metrics: dict[str, float], final: bool) -> None:
-        model = _unwrap(self.model)
-        model.save_pretrained(directory / MODEL_DIR)  # type: ignore[operator]
-        optimizer = save_optimizer(self.optimizer, directory)
-        state = {
-            "step": self.state.step,
-            "epoch": self.state.epoch,
-            "micro_batches_done": self.state.micro_batches_done,
-            "trained_tokens": self.state.trained_tokens,
-            "first_eval_loss": self.state.first_eval_loss,
-            "metrics": metrics,
-            "scheduler": self.scheduler.state_dict(),
-            "optimizer": optimizer,
-            "final": final,
-        }
-        (directory / STATE_FILE).write_text(json.dumps(state))
-        if final and self.config.probe_text is not None:
-            self._write_probe(model, directory)
-
-    @torch.no_grad()
-    def _write_probe(self, model: nn.Module, directory: Path) -> None:
-        from safetensors.torch import save_file
-
-        model.eval()
-        encoded = self.tokenizer(self.config.probe_text, return_tensors="pt")
-        logits = model(
-            input_ids=encoded["input_ids"].to(self.device),
-            attention_mask=encoded["attention_mask"].to(self.device),
-        ).logits
-        save_file({"logits": logits.float().cpu().contiguous()}, str(directory / PROBE_FILE))
-
-    def _maybe_inject_fault(self) -> None:
-        fault = self.config.fault
-        if fault is None or fault.rank != self.rank or fault.after_step != self.state.step:
-            return
-        if os.path.exists(fault.marker):
-            return
-        # ray.train.report hands the checkpoint to the controller asynchronously; wait
-        # until it is registered so "after the checkpoint" means the run can resume there.
-        ray.train.get_all_reported_checkpoints()
-        Path(fault.marker).write_text(str(self.state.step))
-        os._exit(1)  # a hard crash: no exception, no cleanup, like a killed process
 
     # ---------------------------------------------------------------- cleanup
 
@@ -621,66 +420,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         recipe.train()
     finally:
         recipe.cleanup()
-
-
-class TrainEventsCallback(UserCallback):
-    """Runs on the Ray Train controller: checkpoint and worker-failure events."""
-
-    def __init__(self, reporter: Reporter, storage_uri: str, checkpoints: bool = True) -> None:
-        self.reporter = reporter
-        self.storage_uri = storage_uri
-        self.checkpoints = checkpoints
-
-    def after_report(
-        self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None
-    ) -> None:
-        if checkpoint is None or not self.checkpoints:
-            return
-        rank0 = metrics[0] if metrics else {}
-        self.reporter.checkpoint(
-            {
-                "step": rank0.get("step"),
-                "checkpoint_uri": checkpoint_uri(self.storage_uri, checkpoint.path),
-                "metrics": rank0,
-            }
-        )
-
-    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
-        for rank, error in sorted(worker_exceptions.items()):
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            self.reporter.message(
-                f"training worker {rank} failed ({type(error).__name__}: {first_line[:300]}); "
-                "Ray Train restarts the workers from the last checkpoint if retries remain",
-                level="warn",
-                rank=rank,
-            )
-
-
-RUN_NAME = "train"
-
-
-def run_storage_uri(output_uri: str) -> str:
-    """Where Ray Train keeps a job's run (its checkpoints), as a URI of the artifact store."""
-    return f"{output_uri.rstrip('/')}/ray/{RUN_NAME}"
-
-
-def checkpoint_uri(storage_uri: str, checkpoint_path: str) -> str:
-    # Ray gives a filesystem path without the scheme (e.g. "bucket/key" for s3); users
-    # and the control plane need the artifact-store URI.
-    return f"{storage_uri}/{PurePosixPath(checkpoint_path).name}"
-
-
-def storage_path(output_uri: str) -> tuple[str, Any]:
-    """Ray Train storage under the job's output URI: a path and a pyarrow filesystem."""
-    import fsspec
-    from fsspec.implementations.local import LocalFileSystem
-
-    fs, path = fsspec.core.url_to_fs(output_uri.rstrip("/") + "/ray")
-    if isinstance(fs, LocalFileSystem):
-        return path, None
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    return path, PyFileSystem(FSSpecHandler(fs))
 
 
 def build_trainer(

@@ -6,15 +6,18 @@ of the job's spec with the trial's hyperparameters, and forwards every report of
 Tune with `TuneReportCallback`. Ray Tune samples the trials (random, grid or Optuna TPE),
 stops poor ones early (ASHA) and keeps the experiment's state under the job's output URI.
 
-Storage, under ``{output_uri}``:
+The parts: `workers.search_space` (what is sampled, the algorithm and the scheduler),
+`workers.trial_events` (a ``trial`` event per trial start, report and end) and, here, the
+driver: the trainable, the Tuner, stopping on SIGINT and publishing the best trial.
+
+Storage, under ``{output_uri}`` (`workers.storage`):
 
 - ``ray/tune/``: the Tune experiment (its state, for a resume after a stop)
 - ``trials/<trial_id>/ray/train/checkpoint-*``: each trial's Ray Train checkpoints
 - ``model/``: the winning trial's final checkpoint, published like a plain job's model
 
-Events: one ``trial`` event when a trial starts, after each of its reports and when it ends
-(``terminated``, ``early_stopped`` or ``error``); its per-step ``metrics``/``eval`` events
-carry its ``trial_id``; the ``result`` event names the winner in ``best_trial``.
+A trial's per-step ``metrics``/``eval`` events carry its ``trial_id``; the ``result``
+event names the winner in ``best_trial``.
 """
 
 from __future__ import annotations
@@ -30,154 +33,34 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ray.tune import Callback, Stopper
+from ray.tune import Stopper
 
 from workers.data import JobData, StepPlan, plan_steps
+from workers.errors import JobError
+from workers.publish import publish
+from workers.records import BestTrial, ResultData, SearchSummary
 from workers.report import Reporter
-from workers.spec import (
-    Choice,
-    Grid,
-    JobSpec,
-    LogUniform,
-    LoraAdapter,
-    SearchSpec,
-    Uniform,
+from workers.search_space import (
+    apply_params,
+    param_space,
+    search_algorithm,
+    step_bounds,
+    trial_scheduler,
 )
+from workers.spec import RUN_SAVING, JobSpec, LoraAdapter
+from workers.storage import storage_path, trial_checkpoint_uri
+from workers.trial_events import TrialEvents, TrialEventsCallback, early_stopped, recipe_metrics
 
 logger = logging.getLogger(__name__)
 
 EXPERIMENT_NAME = "tune"
-TRIALS_DIR = "trials"
-# ASHA keeps the best 1/REDUCTION_FACTOR of the trials at each rung. 2 rather than Tune's 4:
-# searches here have few trials, and with 4 almost every trial would be stopped at once.
-REDUCTION_FACTOR = 2
 TRIAL_DRIVER_CPUS = 0.01
 # Actors of a running search: Tune's function trials, and the Ray Train controller, workers
 # and data split coordinator of each trial's TorchTrainer.
 SEARCH_ACTORS = frozenset({"ImplicitFunc", "TrainController", "RayTrainWorker", "SplitCoordinator"})
-LORA_FIELDS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"}
-INT_PARAMS = frozenset({"batch_size", "n_epochs", "lora_r", "lora_alpha"})
-# What the recipe reports (workers.train.FineTuneRecipe._report_metrics plus evaluation);
-# the rest of a Tune result is Tune's bookkeeping.
-TRIAL_METRICS = (
-    "train_loss",
-    "eval_loss",
-    "eval_accuracy",
-    "step",
-    "epoch",
-    "trained_tokens",
-    "learning_rate",
-    "total_steps",
-)
 
 # Set by SIGINT (Ray's stop_job): the stopper then ends the experiment.
 _stop_requested = threading.Event()
-
-
-# ------------------------------------------------------------------------- the space
-
-
-def apply_params(spec: JobSpec, params: dict[str, Any], trial_id: str) -> JobSpec:
-    """The job's spec with a trial's hyperparameters and its own output directory."""
-    training = spec.training.model_dump()
-    adapter = spec.adapter.model_dump()
-    for name, value in params.items():
-        value = round(value) if name in INT_PARAMS else value
-        if name in LORA_FIELDS:
-            if not isinstance(spec.adapter, LoraAdapter):
-                raise ValueError(f"'{name}' needs a LoRA adapter")
-            adapter[LORA_FIELDS[name]] = value
-        else:
-            training[name] = value
-    return spec.model_validate(
-        {
-            **spec.model_dump(),
-            "training": training,
-            "adapter": adapter,
-            "output_uri": trial_output_uri(spec.output_uri, trial_id),
-            "search": None,
-        }
-    )
-
-
-def trial_output_uri(output_uri: str, trial_id: str) -> str:
-    return f"{output_uri.rstrip('/')}/{TRIALS_DIR}/{trial_id}"
-
-
-def param_space(search: SearchSpec) -> dict[str, Any]:
-    from ray import tune
-
-    space: dict[str, Any] = {}
-    for name, dist in search.space.items():
-        if isinstance(dist, Grid):
-            space[name] = tune.grid_search(list(dist.values))
-        elif isinstance(dist, Choice):
-            space[name] = tune.choice(list(dist.values))
-        elif isinstance(dist, Uniform):
-            space[name] = tune.uniform(dist.low, dist.high)
-        elif isinstance(dist, LogUniform):
-            space[name] = tune.loguniform(dist.low, dist.high)
-    return space
-
-
-def _candidates(spec: JobSpec, name: str) -> list[float]:
-    assert spec.search is not None
-    dist = spec.search.space.get(name)
-    if dist is None:
-        return [float(getattr(spec.training, name))]
-    if isinstance(dist, Choice | Grid):
-        return [float(v) for v in dist.values]
-    return [dist.low, dist.high]
-
-
-def step_bounds(spec: JobSpec, train_examples: int) -> tuple[int, int]:
-    """(first report step of the quickest trial, total steps of the longest trial).
-
-    ASHA needs both: it stops every trial at `max_t`, so that must not fall short of any
-    trial's length, and its first rung must come at a step some trial reports at.
-    """
-    longest, first = 1, math.inf
-    for batch_size in _candidates(spec, "batch_size"):
-        for n_epochs in _candidates(spec, "n_epochs"):
-            training = spec.training.model_copy(
-                update={"batch_size": round(batch_size), "n_epochs": round(n_epochs)}
-            )
-            plan = plan_steps(spec.model_copy(update={"training": training}), train_examples)
-            longest = max(longest, plan.total_steps)
-            every = spec.training.checkpoint_every_steps or plan.steps_per_epoch
-            first = min(first, every, plan.total_steps)
-    return int(first), longest
-
-
-def search_algorithm(search: SearchSpec, seed: int) -> Any:
-    # More trials at once than the control plane planned for would hold the CPUs that the
-    # trials' data pipelines need, and the cluster deadlocks.
-    concurrency = search.max_concurrent_trials or 1
-    if search.algorithm == "optuna":
-        from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
-
-        return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=concurrency)
-    from ray.tune.search import BasicVariantGenerator
-
-    # Seeded: the same job samples the same trials (and a benchmark can give ASHA and FIFO
-    # the same ones). TuneConfig cannot limit this generator's concurrency; it can itself.
-    return BasicVariantGenerator(random_state=seed, max_concurrent=concurrency)
-
-
-def trial_scheduler(search: SearchSpec, first_report: int, longest: int) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if search.scheduler == "fifo":
-        return FIFOScheduler()
-    # Rungs on optimizer steps, so trials of different lengths are compared at equal
-    # training; the first rung at the first report, so a poor trial is stopped early.
-    return ASHAScheduler(
-        time_attr="step",
-        max_t=longest,
-        grace_period=min(first_report, longest),
-        reduction_factor=REDUCTION_FACTOR,
-    )
 
 
 # ------------------------------------------------------------------------- one trial
@@ -215,91 +98,7 @@ def run_trial(
     trainer.fit()
 
 
-# ------------------------------------------------------------------------- events
-
-
-def trial_checkpoint_uri(output_uri: str, trial_id: str, checkpoint_path: str | None) -> str | None:
-    from workers.train import checkpoint_uri, run_storage_uri
-
-    if not checkpoint_path:
-        return None
-    return checkpoint_uri(run_storage_uri(trial_output_uri(output_uri, trial_id)), checkpoint_path)
-
-
-def _recipe_metrics(result: dict[str, Any]) -> dict[str, float]:
-    return {
-        k: result[k]
-        for k in TRIAL_METRICS
-        if isinstance(result.get(k), int | float) and not isinstance(result.get(k), bool)
-    }
-
-
-def early_stopped(result: dict[str, Any]) -> bool:
-    """A trial that ended before its last step was stopped by the scheduler."""
-    step, total = result.get("step"), result.get("total_steps")
-    return isinstance(step, int | float) and isinstance(total, int | float) and step < total
-
-
-class TrialEvents:
-    """Tune callback on the driver: a ``trial`` event per trial start, report and end."""
-
-    def __init__(self, reporter: Reporter, spec: JobSpec) -> None:
-        assert spec.search is not None
-        self.reporter = reporter
-        self.output_uri = spec.output_uri
-        self.search = spec.search
-        self.best: dict[str, float] = {}
-        self.checkpoints: dict[str, str] = {}
-
-    def params(self, trial: Any) -> dict[str, Any]:
-        return {name: trial.config.get(name) for name in self.search.space}
-
-    def emit(self, trial: Any, status: str, result: dict[str, Any] | None = None) -> None:
-        result = result if result is not None else (trial.last_result or {})
-        trial_id = str(trial.trial_id)
-        uri = trial_checkpoint_uri(self.output_uri, trial_id, result.get("checkpoint_path"))
-        if uri:
-            self.checkpoints[trial_id] = uri
-        value = result.get(self.search.metric)
-        if isinstance(value, int | float) and not math.isnan(value):
-            best = self.best.get(trial_id)
-            better = best is None or (value < best if self.search.mode == "min" else value > best)
-            if better:
-                self.best[trial_id] = float(value)
-        self.reporter.emit(
-            "trial",
-            f"trial {trial_id} {status.replace('_', ' ')}",
-            {
-                "trial_id": trial_id,
-                "status": status,
-                "params": self.params(trial),
-                "metrics": _recipe_metrics(result),
-                "best_metric": self.best.get(trial_id),
-                "iterations": int(result.get("training_iteration", 0) or 0),
-                "checkpoint_uri": self.checkpoints.get(trial_id),
-            },
-            level="warn" if status == "error" else "info",
-        )
-
-
-class TrialEventsCallback(Callback):
-    def __init__(self, events: TrialEvents) -> None:
-        self.events = events
-
-    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.events.emit(trial, "running", {})
-
-    def on_trial_result(
-        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
-    ) -> None:
-        self.events.emit(trial, "running", result)
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        last = trial.last_result or {}
-        self.events.emit(trial, "early_stopped" if early_stopped(last) else "terminated", last)
-
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.events.emit(trial, "error")
+# ------------------------------------------------------------------------- stopping
 
 
 class StopOnSignal(Stopper):
@@ -385,8 +184,6 @@ class SearchFailed(Exception):
 def build_tuner(spec: JobSpec, data: JobData, reporter: Reporter, models_dir: str) -> Any:
     from ray import tune
 
-    from workers.train import storage_path
-
     search = spec.search
     assert search is not None
     first_report, longest = step_bounds(spec, data.train_examples)
@@ -442,16 +239,13 @@ def best_result(results: list[Any], metric: str, mode: str) -> Any:
 
 def run_search(
     spec: JobSpec, data: JobData, plan: StepPlan, reporter: Reporter, models_dir: str
-) -> dict[str, Any]:
+) -> ResultData:
     """Runs the experiment and publishes the best trial; returns the result event's data.
 
     Raises KeyboardInterrupt when the job was stopped, SearchFailed when every trial
     failed.
     """
     from ray.train import Checkpoint
-
-    from workers.run_job import JobError, publish
-    from workers.train import storage_path
 
     search = spec.search
     assert search is not None
@@ -477,9 +271,9 @@ def run_search(
             code="no_metric",
         )
     trial_id = str(best.metrics["trial_id"])
-    metrics = _recipe_metrics(best.metrics)
+    metrics = recipe_metrics(best.metrics)
     params = {name: best.config.get(name) for name in search.space}
-    reporter.status("saving", f"publishing the model of the best trial, {trial_id}")
+    reporter.status(RUN_SAVING, f"publishing the model of the best trial, {trial_id}")
     trial_spec = apply_params(spec, params, trial_id)
     _, filesystem = storage_path(trial_spec.output_uri)
     checkpoint = Checkpoint(best.metrics["checkpoint_path"], filesystem)
@@ -492,31 +286,31 @@ def run_search(
         )
     total_tokens = sum(int((r.metrics or {}).get("trained_tokens", 0)) for r in results)
     total_steps = sum(int((r.metrics or {}).get("step", 0)) for r in results)
-    return {
-        "artifact_uri": uri,
-        "adapter": spec.adapter.type,
+    return ResultData(
+        artifact_uri=uri,
+        adapter=spec.adapter.type,
         # Every trial's tokens: what the search cost, not only what the winner trained on.
-        "trained_tokens": total_tokens,
-        "steps": int(metrics.get("step", 0)),
-        "metrics": metrics,
-        "checkpoint_uri": trial_checkpoint_uri(
+        trained_tokens=total_tokens,
+        steps=int(metrics.get("step", 0)),
+        metrics=metrics,
+        checkpoint_uri=trial_checkpoint_uri(
             spec.output_uri, trial_id, best.metrics["checkpoint_path"]
         ),
-        "lora": trial_spec.adapter.model_dump()
+        lora=trial_spec.adapter.model_dump()
         if isinstance(trial_spec.adapter, LoraAdapter)
         else None,
-        "best_trial": {
-            "trial_id": trial_id,
-            "metric": search.metric,
-            "value": float(best.metrics[search.metric]),
-            "params": params,
-        },
-        "search": {
-            "trials": len(results),
-            "failed_trials": len(errors),
-            "early_stopped_trials": sum(
+        best_trial=BestTrial(
+            trial_id=trial_id,
+            metric=search.metric,
+            value=float(best.metrics[search.metric]),
+            params=params,
+        ),
+        search=SearchSummary(
+            trials=len(results),
+            failed_trials=len(errors),
+            early_stopped_trials=sum(
                 1 for r in results if r.error is None and early_stopped(r.metrics or {})
             ),
-            "total_steps": total_steps,
-        },
-    }
+            total_steps=total_steps,
+        ),
+    )

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from tests.fixtures.redis_server import RedisServer
+from workers.records import BestTrial, CheckpointData, ResultData, SearchSummary, TrialData
 from workers.report import EVENTS_STREAM, EventRecord, JsonLinesSink, RedisEventSink, Reporter
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +54,10 @@ def test_a_lost_sink_does_not_stop_training_events_but_fails_the_result() -> Non
     record = reporter.metrics({"step": 1})  # logged and dropped
     assert record.type == "metrics"
     with pytest.raises(redis.ConnectionError):
-        reporter.result({"artifact_uri": "x"})  # the final result must not be lost silently
+        # The final result must not be lost silently.
+        reporter.result(
+            ResultData(artifact_uri="x", adapter="lora", trained_tokens=0, steps=0, metrics={})
+        )
 
 
 def test_json_lines_sink_round_trips(tmp_path: Path) -> None:
@@ -64,6 +68,75 @@ def test_json_lines_sink_round_trips(tmp_path: Path) -> None:
 
     [record] = read_json_lines(str(path))
     assert (record.type, record.data["eval_loss"]) == ("eval", 1.25)
+
+
+def test_typed_records_keep_the_events_wire_shape(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    reporter = Reporter("ftjob-1", "t", JsonLinesSink(path=str(path)))
+    reporter.status("training")
+    reporter.failed("stopped", code="stopped")
+    reporter.failed("bad data", code="invalid_data", error_type="DataError", retryable=False)
+    reporter.checkpoint(CheckpointData(step=2, checkpoint_uri="file:///c", metrics={"step": 2}))
+    plain = ResultData(artifact_uri="m", adapter="full", trained_tokens=5, steps=2, metrics={})
+    reporter.result(plain)
+    search = plain.model_copy(
+        update={
+            "best_trial": BestTrial(trial_id="a", metric="eval_loss", value=1.5, params={}),
+            "search": SearchSummary(
+                trials=2, failed_trials=0, early_stopped_trials=1, total_steps=3
+            ),
+        }
+    )
+    reporter.result(search)
+    reporter.trial(TrialData(trial_id="a", status="error"))
+    data = [(r.type, r.level, r.data) for r in read_json_lines_of(path)]
+    assert data[0] == ("status", "info", {"status": "training"})
+    assert data[1] == ("status", "error", {"status": "failed", "code": "stopped"})
+    assert data[2][2] == {
+        "status": "failed",
+        "code": "invalid_data",
+        "error_type": "DataError",
+        "retryable": False,
+    }
+    assert data[3][2] == {"step": 2, "checkpoint_uri": "file:///c", "metrics": {"step": 2}}
+    # A result always names its checkpoint and LoRA settings, null when there are none.
+    assert data[4][2] == {
+        "artifact_uri": "m",
+        "adapter": "full",
+        "trained_tokens": 5,
+        "steps": 2,
+        "metrics": {},
+        "checkpoint_uri": None,
+        "lora": None,
+    }
+    assert data[5][2]["best_trial"] == {
+        "trial_id": "a",
+        "metric": "eval_loss",
+        "value": 1.5,
+        "params": {},
+    }
+    assert data[5][2]["search"]["early_stopped_trials"] == 1
+    assert data[6] == (
+        "trial",
+        "warn",
+        {
+            "trial_id": "a",
+            "status": "error",
+            "params": {},
+            "metrics": {},
+            "best_metric": None,
+            "iterations": 0,
+            "checkpoint_uri": None,
+        },
+    )
+    # The control plane can read an event's data back, and ignores fields it does not know.
+    assert TrialData.model_validate({**data[6][2], "new_field": 1}).status == "error"
+
+
+def read_json_lines_of(path: Path) -> list[EventRecord]:
+    from workers.report import read_json_lines
+
+    return read_json_lines(str(path))
 
 
 def test_the_contract_module_imports_neither_torch_nor_ray() -> None:

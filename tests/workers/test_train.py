@@ -16,9 +16,11 @@ from tests.workers.factories import (
     write_jsonl,
 )
 from tests.workers.training import Run, fit
+from workers.checkpoints import PROBE_FILE
 from workers.data import TokenizeOptions, collate, load_tokenizer, tokenize_record
+from workers.faults import FaultInjection
+from workers.modeling import causal_lm_loss_sum
 from workers.sources import resolve_model_source
-from workers.train import PROBE_FILE, FaultInjection, causal_lm_loss_sum
 
 pytestmark = pytest.mark.ray
 
@@ -270,8 +272,9 @@ def test_a_run_whose_validation_loss_never_improves_says_so(
 def test_every_epoch_is_shuffled_from_the_seed(ray_cluster: RayCluster, tmp_path: Path) -> None:
     import ray.data
 
+    from workers.checkpoints import TrainerState
     from workers.data import StepPlan
-    from workers.train import FineTuneRecipe, TrainerState
+    from workers.train import FineTuneRecipe
 
     def orders(seed: int) -> list[list[int]]:
         recipe = FineTuneRecipe.__new__(FineTuneRecipe)

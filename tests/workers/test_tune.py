@@ -18,6 +18,7 @@ from tests.fixtures.redis_server import RedisServer
 from tests.workers.factories import make_spec, prompt_completion_rows, write_jsonl
 from tests.workers.test_run_job import REPO_ROOT, job_events, run_job
 from workers.data import load_job_data, plan_steps
+from workers.records import ResultData
 from workers.report import EventRecord, JsonLinesSink, Reporter, read_json_lines
 from workers.spec import JobSpec
 from workers.tune import SEARCH_ACTORS
@@ -123,7 +124,7 @@ def test_asha_search_stops_poor_trials_and_publishes_the_best(
     assert model(**tokenizer("red ->", return_tensors="pt")).logits.shape[-1] == len(tokenizer)
 
 
-def run_search_here(spec: JobSpec, models_dir: Path, tmp: Path) -> tuple[dict[str, Any], Any]:
+def run_search_here(spec: JobSpec, models_dir: Path, tmp: Path) -> tuple[ResultData, Any]:
     from workers.tune import run_search
 
     events_path = tmp / "events.jsonl"
@@ -167,7 +168,7 @@ def test_a_grid_gives_every_combination_once(
         checkpoint = Path(history[-1]["checkpoint_uri"].removeprefix("file://"))
         config = json.loads((checkpoint / "model" / "adapter_config.json").read_text())
         assert config["r"] == history[-1]["params"]["lora_r"], tid
-    assert outcome["search"]["trials"] == 4
+    assert outcome.search is not None and outcome.search.trials == 4
 
 
 def test_an_optuna_search_runs(models_dir: Path, tmp_path: Path, ray_cluster: RayCluster) -> None:
@@ -194,7 +195,7 @@ def test_an_optuna_search_runs(models_dir: Path, tmp_path: Path, ray_cluster: Ra
     for history in trials.values():
         p = history[-1]["params"]
         assert 1e-4 <= p["learning_rate"] <= 1e-1 and 0.0 <= p["lora_dropout"] <= 0.2
-    assert outcome["best_trial"]["trial_id"] in trials
+    assert outcome.best_trial is not None and outcome.best_trial.trial_id in trials
     assert (tmp_path / "output" / "model" / "adapter_model.safetensors").is_file()
 
 

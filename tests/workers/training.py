@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from workers.data import StepPlan, load_job_data, plan_steps
+from workers.faults import FaultInjection
 from workers.report import EventRecord, JsonLinesSink, Reporter, read_json_lines
 from workers.spec import JobSpec
-from workers.train import FaultInjection, build_trainer
+from workers.train import build_trainer
 
 
 @dataclass

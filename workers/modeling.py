@@ -1,0 +1,121 @@
+"""The model a job fine-tunes: the base model, its LoRA adapter and the training loss.
+
+Pieces the recipe (`workers.train`) and the benchmarks share; nothing here knows about
+Ray. A classification job gets a fresh head sized to its labels; a LoRA job trains only
+the adapter (and that head), a full job every weight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from workers.data import IGNORE_INDEX
+from workers.spec import JobSpec, LoraAdapter
+
+# LoRA targets when the job does not name them: the attention projections, as in the LoRA
+# paper; architectures not listed fall back to peft's own table.
+DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+}
+# Modules stored in GPT-2's Conv1D layout (weight transposed), which LoRA must know about.
+_CONV1D_ARCHITECTURES = frozenset({"gpt2"})
+
+
+def load_base_model(spec: JobSpec, source: str) -> nn.Module:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if spec.task == "sequence_classification":
+        labels = spec.labels or []
+        # A base model's head (if any) has another size; it is replaced by a fresh one.
+        return AutoModelForSequenceClassification.from_pretrained(
+            source,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+        )
+    return AutoModelForCausalLM.from_pretrained(source)
+
+
+def lora_targets(adapter: LoraAdapter, model_type: str) -> list[str] | str | None:
+    if adapter.target_modules == "all-linear":
+        return "all-linear"
+    if adapter.target_modules:
+        return list(adapter.target_modules)
+    return DEFAULT_LORA_TARGETS.get(model_type)
+
+
+def apply_lora(model: nn.Module, spec: JobSpec, adapter: LoraAdapter) -> nn.Module:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
+    config = LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=lora_targets(adapter, model_type),
+        fan_in_fan_out=model_type in _CONV1D_ARCHITECTURES,
+        # SEQ_CLS makes peft train and save the new classification head with the adapter.
+        task_type=(
+            TaskType.SEQ_CLS if spec.task == "sequence_classification" else TaskType.CAUSAL_LM
+        ),
+    )
+    return get_peft_model(model, config)
+
+
+def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over the positions whose label is not masked."""
+    shifted = logits[:, :-1, :].float()
+    targets = labels[:, 1:]
+    return nn.functional.cross_entropy(
+        shifted.reshape(-1, shifted.size(-1)),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def forward_loss(
+    model: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    task: str,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss of a batch and its logits; the forward pass autocast to `autocast_dtype`."""
+    device_type = tensors["input_ids"].device.type
+    autocast = (
+        torch.autocast(device_type=device_type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        logits = model(
+            input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]
+        ).logits
+    if task == "sequence_classification":
+        loss = nn.functional.cross_entropy(logits.float(), tensors["labels"], reduction="sum")
+    else:
+        loss = causal_lm_loss_sum(logits, tensors["labels"])
+    return loss, logits
+
+
+def count_targets(labels: torch.Tensor, task: str) -> int:
+    if task == "sequence_classification":
+        return int(labels.numel())
+    return int((labels[:, 1:] != IGNORE_INDEX).sum().item())
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP's wrapper (what is saved and evaluated)."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    assert isinstance(inner, nn.Module)
+    return inner
