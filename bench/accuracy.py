@@ -26,8 +26,9 @@ both sides alike. Nothing is asserted; the targets are printed beside the figure
     `--lm-batch`, `--lm-steps` steps of synthetic chat ("What is the capital of X?" ->
     "CAPITAL: Y"), service vs plain loop as in (a).
 (c) gen: greedy generation with the base SmolLM2 for a batch of `--gen-batch` chat prompts
-    of `--gen-tokens` new tokens: the serving engine (`workers.serve.CausalLMEngine`, what
-    a deployment runs) vs `transformers`' own `generate` on the same weights.
+    of `--gen-tokens` new tokens: the serving engine
+    (`workers.serving.engine.CausalLMEngine`, what a deployment runs) vs `transformers`'
+    own `generate` on the same weights.
 
 Figures:
 
@@ -475,8 +476,8 @@ def run_plain(
     import torch
 
     from workers.data import collate, load_tokenizer, pad_token_id, plan_steps
+    from workers.modeling import apply_lora, causal_lm_loss_sum, count_targets, load_base_model
     from workers.sources import resolve_model_source
-    from workers.train import apply_lora, causal_lm_loss_sum, count_targets, load_base_model
     from workers.train import lr_lambda as schedule
 
     assert spec.adapter.type == "lora"
@@ -606,8 +607,8 @@ def load_adapter(spec: JobSpec, models_dir: str, adapter_dir: Path, device: torc
     """The base model with a checkpoint's adapter (and its trained head), as serving loads it."""
     from peft import PeftModel
 
+    from workers.modeling import load_base_model
     from workers.sources import resolve_model_source
-    from workers.train import load_base_model
 
     base = load_base_model(spec, resolve_model_source(spec.base_model.source, Path(models_dir)))
     return PeftModel.from_pretrained(base, str(adapter_dir)).to(device)
@@ -669,7 +670,7 @@ def part_lm(
 def part_gen(args: argparse.Namespace, models_dir: str) -> tuple[Generated, Generated, str]:
     import torch
 
-    from workers.serve import CausalLMEngine, GenerationRequest, SamplingParams
+    from workers.serving.engine import CausalLMEngine, GenerationRequest, SamplingParams
 
     engine = CausalLMEngine(SMOLLM[1], models_dir, max_context_tokens=4096)
     if args.gpu and engine.device.type != "cuda":

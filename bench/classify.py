@@ -119,7 +119,7 @@ def make_adapter(models_dir: Path, out: Path) -> Path:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from workers.serve import MANIFEST_FILE
+    from workers.serving.adapters import MANIFEST_FILE
     from workers.sources import resolve_model_source
 
     torch.manual_seed(0)

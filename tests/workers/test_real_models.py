@@ -17,7 +17,7 @@ from tests.fixtures.ray_cluster import RayCluster
 from tests.workers.factories import make_spec, write_jsonl
 from tests.workers.training import fit
 from workers.data import load_tokenizer
-from workers.serve import CausalLMEngine, GenerationRequest, SamplingParams
+from workers.serving.engine import CausalLMEngine, GenerationRequest, SamplingParams
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

@@ -8,14 +8,9 @@ import pytest
 import torch
 
 from workers.data import encode_classification, load_tokenizer
-from workers.serve import (
-    CausalLMEngine,
-    ClassifierEngine,
-    Delta,
-    GenerationRequest,
-    SamplingParams,
-    _run_to_end,
-)
+from workers.serving.batching import run_to_end
+from workers.serving.classifier import ClassifierEngine
+from workers.serving.engine import CausalLMEngine, Delta, GenerationRequest, SamplingParams
 from workers.sources import resolve_model_source
 
 
@@ -108,7 +103,7 @@ def test_a_batch_run_to_its_end_folds_each_requests_steps(engine: CausalLMEngine
         GenerationRequest(engine.encode_prompt(p), SamplingParams(max_tokens=n, temperature=0))
         for p, n in (("red ->", 3), ("a green cat ->", 9))
     ]
-    folded = _run_to_end(engine, requests)
+    folded = run_to_end(engine, requests)
     assert [(d.text, d.finish_reason, d.completion_tokens) for d in folded] == run(engine, requests)
 
 

@@ -1,0 +1,182 @@
+"""The OpenAI surface of a replica: request bodies in, completion objects out.
+
+The control plane has validated each request already; the bodies here read the fields
+serving uses. Answers are OpenAI's completion, chat completion and chunk objects, the
+chunks as Server-Sent Events, and errors in OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from workers.serving.engine import CausalLMEngine, Delta, SamplingParams
+
+Kind = Literal["chat", "text"]
+
+
+class GenerationBody(BaseModel):
+    """The fields a completion and a chat completion share."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+
+
+class CompletionBody(GenerationBody):
+    prompt: str | list[str] | list[int]
+
+
+class ChatBody(GenerationBody):
+    messages: list[dict[str, Any]]
+
+
+class ClassificationBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    input: str | list[str]
+
+
+def sampling_params(body: GenerationBody, default_max_tokens: int) -> SamplingParams:
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=tuple(s for s in stop if s),
+        seed=body.seed,
+    )
+
+
+def message_text(content: Any) -> str:
+    """OpenAI message content: a string or a list of text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def prompt_token_ids(body: GenerationBody, engine: CausalLMEngine) -> list[int]:
+    """The prompt's token ids: chat messages through the chat template, a completion's
+    prompt as given (ids) or encoded (text, a list of texts joined)."""
+    if isinstance(body, ChatBody):
+        messages = [
+            {"role": str(m.get("role", "user")), "content": message_text(m.get("content"))}
+            for m in body.messages
+        ]
+        return engine.encode_chat(messages)
+    assert isinstance(body, CompletionBody)
+    prompt = body.prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        return [int(x) for x in prompt]
+    text = prompt if isinstance(prompt, str) else "".join(str(p) for p in prompt)
+    return engine.encode_prompt(text)
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+class Completion:
+    """Accumulates one request's deltas into OpenAI's object for `kind`."""
+
+    def __init__(self, kind: Kind, model: str) -> None:
+        self.kind = kind
+        self.model = model
+        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.text = ""
+        self.finish: str | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def add(self, delta: Delta) -> None:
+        self.text += delta.text
+        self.finish = delta.finish_reason or self.finish
+        self.prompt_tokens, self.completion_tokens = delta.prompt_tokens, delta.completion_tokens
+
+    def _head(self, chunk: bool) -> dict[str, Any]:
+        if self.kind == "chat":
+            obj = "chat.completion.chunk" if chunk else "chat.completion"
+        else:
+            obj = "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+    def final(self) -> dict[str, Any]:
+        if self.kind == "chat":
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": self.text},
+                "finish_reason": self.finish,
+                "logprobs": None,
+            }
+        else:
+            choice = {"index": 0, "text": self.text, "finish_reason": self.finish, "logprobs": None}
+        usage = _usage(self.prompt_tokens, self.completion_tokens)
+        return {**self._head(False), "choices": [choice], "usage": usage}
+
+    def chunk(self, text: str, finish: str | None, first: bool = False) -> bytes:
+        if self.kind == "chat":
+            delta: dict[str, Any] = {"content": text}
+            if first:
+                delta["role"] = "assistant"
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": delta,
+                "finish_reason": finish,
+                "logprobs": None,
+            }
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        return _sse({**self._head(True), "choices": [choice]})
+
+    def usage_chunk(self) -> bytes:
+        usage = _usage(self.prompt_tokens, self.completion_tokens)
+        return _sse({**self._head(True), "choices": [], "usage": usage})
+
+
+async def sse_events(completion: Completion, stream: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
+    """The streamed answer: chunks as the deltas come, then usage and OpenAI's end mark."""
+    first = True
+    if completion.kind == "chat":
+        yield completion.chunk("", None, first=True)
+        first = False
+    async for delta in stream:
+        completion.add(delta)
+        if delta.text or delta.finish_reason:
+            yield completion.chunk(delta.text, delta.finish_reason, first=first)
+            first = False
+    yield completion.usage_chunk()
+    yield b"data: [DONE]\n\n"
+
+
+def error_response(status: int, message: str, code: str, param: str | None = None) -> Any:
+    from starlette.responses import JSONResponse
+
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
