@@ -22,7 +22,7 @@ from sqlmodel import Session
 from typer.testing import CliRunner, Result
 
 from service.cli import app as cli
-from service.cli_follow import FollowState, validation_rows
+from service.cli.follow import FollowState, validation_rows
 from service.config import Settings
 from service.jobs.state import add_event
 from service.stack import free_port

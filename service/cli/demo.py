@@ -1,4 +1,9 @@
-"""The `tuneplane` command."""
+"""`tuneplane demo`: the whole product end to end on this machine. It starts the stack in a
+child process, creates a tenant, uploads a small chat set, fine-tunes SmolLM2-135M-Instruct
+with LoRA, follows the job, compares the base and fine-tuned models' answers, and stops it.
+
+It calls the HTTP API directly (not the `client` of the API commands): it owns the stack it
+talks to, and prints what a user of the API would see at each step."""
 
 from __future__ import annotations
 
@@ -23,94 +28,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.engine import make_url
 
-from service import cli_api
-from service.config import Settings, get_settings
+from service.cli.follow import until_ended
+from service.models.status import TERMINAL, JobStatus
 from service.stack import free_port
 
-app = typer.Typer(
-    help="Tuneplane: self-hosted fine-tuning with an OpenAI-compatible API.",
-    no_args_is_help=True,
-)
-db_app = typer.Typer(help="Database schema.")
-app.add_typer(db_app, name="db")
-cli_api.register(app)
 console = Console()
-DEMO_DATA = Path(__file__).parent / "demo_data"
-
-
-@app.callback()
-def root(
-    ctx: typer.Context,
-    url: Annotated[
-        str | None, typer.Option(help="Service URL for API commands (or TUNEPLANE_URL).")
-    ] = None,
-    api_key: Annotated[
-        str | None, typer.Option(help="API key for API commands (or TUNEPLANE_API_KEY).")
-    ] = None,
-) -> None:
-    ctx.obj = cli_api.ClientOptions(url=url, api_key=api_key)
-
-
-@db_app.command("upgrade")
-def db_upgrade(revision: str = "head") -> None:
-    """Apply migrations up to REVISION (default: the latest)."""
-    from service import db
-
-    settings = get_settings()
-    db.upgrade(settings.database_url, revision)
-    # Logs of a migrations Job are widely readable: never print the password.
-    shown = make_url(settings.database_url).render_as_string(hide_password=True)
-    console.print(f"database at {revision}: {shown}")
-
-
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
-) -> None:
-    """Run the API server alone (database and storage from TUNEPLANE_* settings)."""
-    import uvicorn
-
-    from service.main import KEEP_ALIVE_S
-
-    # log_config=None: uvicorn's own lines go through the app's JSON logging.
-    uvicorn.run(
-        "service.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        log_config=None,
-        timeout_keep_alive=KEEP_ALIVE_S,
-    )
-
-
-@app.command()
-def up(
-    host: Annotated[str, typer.Option(help="Interface for the API.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port for the API.")] = 8000,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Database, artifacts, logs (default TUNEPLANE_DATA_DIR).")
-    ] = None,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray head.")] = None,
-) -> None:
-    """Run the whole stack: database, Redis, a local Ray head and the API; Ctrl-C stops all.
-
-    Set TUNEPLANE_DATABASE_URL, _REDIS_URL, _RAY_ADDRESS or _STORAGE_URI to use an
-    external one instead of starting it here."""
-    from service.stack import run_up
-
-    settings = Settings(data_dir=data_dir) if data_dir is not None else get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if not settings.admin_key:
-        key_file = settings.data_dir / "admin_key"
-        if not key_file.exists():
-            key_file.write_text(secrets.token_urlsafe(32))
-            key_file.chmod(0o600)
-        settings = settings.model_copy(update={"admin_key": key_file.read_text().strip()})
-        console.print(f"admin key (from {key_file}): {settings.admin_key}")
-    run_up(settings, host, port, num_cpus)
+DEMO_DATA = Path(__file__).parent.parent / "demo_data"
+DEMO_MODEL = "smollm2-135m-instruct"
+# The behaviour the demo data teaches: every answer in this format.
+DEMO_FORMAT = re.compile(r"^CAPITAL: \S")
 
 
 @contextmanager
@@ -164,14 +91,6 @@ def _check(r: httpx.Response) -> Any:
         console.print(f"[red]{r.request.method} {r.request.url.path} -> {r.status_code}: {r.text}")
         raise typer.Exit(1)
     return r.json()
-
-
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-DEMO_MODEL = "smollm2-135m-instruct"
-# The behaviour the demo data teaches: every answer in this format.
-DEMO_FORMAT = re.compile(r"^CAPITAL: \S")
 
 
 def _ask(api: httpx.Client, model: str, messages: list[dict[str, str]]) -> str:
@@ -257,8 +176,8 @@ class _PeakMemory:
 def _follow(api: httpx.Client, job_id: str, timeout_s: float) -> tuple[dict[str, Any], list[Any]]:
     """Print the job's events as they come until it ends; returns the job and its events."""
     seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def poll() -> dict[str, Any]:
         params: dict[str, Any] = {"limit": 100}
         fresh: list[dict[str, Any]] = []
         after = seen[-1]["id"] if seen else None
@@ -274,16 +193,82 @@ def _follow(api: httpx.Client, job_id: str, timeout_s: float) -> tuple[dict[str,
                 console.print(f"  \\[{e['level']}] {escape(e['message'])}")
             elif int(e["data"].get("step", 0)) % 10 == 0:
                 console.print(f"  {escape(e['message'])}")
-        job = _check(api.get(f"/v1/fine_tuning/jobs/{job_id}"))
-        if job["status"] in TERMINAL:
-            return job, seen
-        if time.monotonic() > deadline:
-            console.print(f"[red]job still {job['status']} after {timeout_s:.0f} s")
-            raise typer.Exit(1)
-        time.sleep(1)
+        job: dict[str, Any] = _check(api.get(f"/v1/fine_tuning/jobs/{job_id}"))
+        return job
+
+    job = until_ended(poll, timeout_s)
+    if job["status"] not in TERMINAL:
+        console.print(f"[red]job still {job['status']} after {timeout_s:.0f} s")
+        raise typer.Exit(1)
+    return job, seen
 
 
-@app.command()
+def _upload(api: httpx.Client) -> dict[str, str]:
+    """The demo's training and validation files, uploaded; their ids by name."""
+    ids = {}
+    for name in ("train", "valid"):
+        path = DEMO_DATA / f"{name}.jsonl"
+        with path.open("rb") as fh:
+            f = _check(
+                api.post(
+                    "/v1/files",
+                    files={"file": (path.name, fh, "application/jsonl")},
+                    data={"purpose": "fine-tune"},
+                )
+            )
+        ids[name] = f["id"]
+        console.print(f"uploaded {path.name}: {f['id']} ({f['examples']} {f['format']} examples)")
+    return ids
+
+
+def _submit(api: httpx.Client, ids: dict[str, str]) -> dict[str, Any]:
+    job: dict[str, Any] = _check(
+        api.post(
+            "/v1/fine_tuning/jobs",
+            json={
+                "model": DEMO_MODEL,
+                "training_file": ids["train"],
+                "validation_file": ids["valid"],
+                "suffix": "capitals",
+                "seed": 7,
+                # Epochs, batch size and learning rate: "auto", from the data's size.
+                "method": {"type": "supervised", "supervised": {"hyperparameters": {}}},
+                "adapter": {"type": "lora", "r": 8, "target_modules": "all-linear"},
+            },
+        )
+    )
+    hp = job["hyperparameters"]
+    console.print(
+        f"submitted fine-tuning job {job['id']} of {DEMO_MODEL} ({job['status']}): "
+        f"auto hyperparameters n_epochs={hp['n_epochs']}, batch_size={hp['batch_size']}, "
+        f"learning_rate={hp['learning_rate']:g}"
+    )
+    return job
+
+
+def _outcome(job: dict[str, Any], events: list[Any], started: float) -> None:
+    """The ended job: status, model, how its training and validation losses moved."""
+    losses = [e["data"]["train_loss"] for e in events if e["data"] and "train_loss" in e["data"]
+              and e["data"].get("kind") == "metrics"]  # fmt: skip
+    evals = [e["data"]["eval_loss"] for e in events if e["data"] and "eval_loss" in e["data"]]
+    table = Table(title=f"fine-tuning job {job['id']}")
+    table.add_column("")
+    table.add_column("")
+    table.add_row("status", job["status"])
+    table.add_row("model", str(job["fine_tuned_model"]))
+    if losses:
+        table.add_row(
+            "training loss", f"{losses[0]:.4f} at the start -> {losses[-1]:.4f} at the end"
+        )
+    if evals:
+        table.add_row("validation loss", f"{evals[0]:.4f} -> {evals[-1]:.4f}")
+    table.add_row("trained tokens", str(job["trained_tokens"]))
+    if job["error"]:
+        table.add_row("error", job["error"]["message"])
+    table.add_row("training wall time", f"{time.monotonic() - started:.0f} s")
+    console.print(table)
+
+
 def demo(
     data_dir: Annotated[
         Path | None, typer.Option(help="Keep the demo's data here (default: a temp dir).")
@@ -309,76 +294,15 @@ def demo(
         api = httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {created['api_key']}"}, timeout=30
         )
-        ids = {}
-        for name in ("train", "valid"):
-            path = DEMO_DATA / f"{name}.jsonl"
-            with path.open("rb") as fh:
-                f = _check(
-                    api.post(
-                        "/v1/files",
-                        files={"file": (path.name, fh, "application/jsonl")},
-                        data={"purpose": "fine-tune"},
-                    )
-                )
-            ids[name] = f["id"]
-            console.print(
-                f"uploaded {path.name}: {f['id']} ({f['examples']} {f['format']} examples)"
-            )
-        job = _check(
-            api.post(
-                "/v1/fine_tuning/jobs",
-                json={
-                    "model": DEMO_MODEL,
-                    "training_file": ids["train"],
-                    "validation_file": ids["valid"],
-                    "suffix": "capitals",
-                    "seed": 7,
-                    # Epochs, batch size and learning rate: "auto", from the data's size.
-                    "method": {"type": "supervised", "supervised": {"hyperparameters": {}}},
-                    "adapter": {"type": "lora", "r": 8, "target_modules": "all-linear"},
-                },
-            )
-        )
-        hp = job["hyperparameters"]
-        console.print(
-            f"submitted fine-tuning job {job['id']} of {DEMO_MODEL} ({job['status']}): "
-            f"auto hyperparameters n_epochs={hp['n_epochs']}, batch_size={hp['batch_size']}, "
-            f"learning_rate={hp['learning_rate']:g}"
-        )
+        job = _submit(api, _upload(api))
         job, events = _follow(api, job["id"], timeout_s=900)
-        losses = [e["data"]["train_loss"] for e in events if e["data"] and "train_loss" in e["data"]
-                  and e["data"].get("kind") == "metrics"]  # fmt: skip
-        evals = [e["data"]["eval_loss"] for e in events if e["data"] and "eval_loss" in e["data"]]
-        table = Table(title=f"fine-tuning job {job['id']}")
-        table.add_column("")
-        table.add_column("")
-        table.add_row("status", job["status"])
-        table.add_row("model", str(job["fine_tuned_model"]))
-        if losses:
-            table.add_row(
-                "training loss", f"{losses[0]:.4f} at the start -> {losses[-1]:.4f} at the end"
-            )
-        if evals:
-            table.add_row("validation loss", f"{evals[0]:.4f} -> {evals[-1]:.4f}")
-        table.add_row("trained tokens", str(job["trained_tokens"]))
-        if job["error"]:
-            table.add_row("error", job["error"]["message"])
-        table.add_row("training wall time", f"{time.monotonic() - started:.0f} s")
-        console.print(table)
-        if job["status"] == "succeeded":
+        _outcome(job, events, started)
+        if job["status"] == JobStatus.SUCCEEDED:
             learned = _demo_compare(api, str(job["fine_tuned_model"]))
         peak = memory.stop()
     console.print(
         f"the stack has been stopped; demo took {time.monotonic() - started:.0f} s, peak "
         f"memory of the stack {peak / 2**30:.2f} GiB"
     )
-    if job["status"] != "succeeded" or learned < 4:
+    if job["status"] != JobStatus.SUCCEEDED or learned < 4:
         raise typer.Exit(1)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

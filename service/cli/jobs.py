@@ -1,0 +1,184 @@
+"""`tuneplane jobs`: submit, list, show, cancel and follow fine-tuning jobs."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from service.cli.client import (
+    JsonFlag,
+    Limit,
+    call,
+    client,
+    console,
+    err,
+    given,
+    list_all,
+    print_json,
+    request,
+    show,
+    show_table,
+    table,
+    when,
+)
+from service.cli.follow import FollowState, follow_job, validation_rows
+from service.models.status import JobStatus
+
+jobs_app = typer.Typer(help="Fine-tuning jobs.", no_args_is_help=True)
+
+# How long following a job waits for its end, unless told.
+FOLLOW_TIMEOUT_S = 24 * 3600
+Timeout = Annotated[float, typer.Option(help="Give up after this many seconds.")]
+
+
+def _job_row(j: dict[str, Any]) -> list[Any]:
+    return [j["id"], j["status"], j["model"], j.get("fine_tuned_model"), when(j["created_at"])]
+
+
+def _trial_row(t: dict[str, Any]) -> list[Any]:
+    return [t["trial_id"], t["status"], json.dumps(t["params"]), t["best_metric"], t["iterations"]]
+
+
+def show_job(job: dict[str, Any], seen: FollowState | None = None) -> None:
+    """One job as a table of its fields (with the validation metrics `seen` following it)."""
+    out = Table(title=f"job {escape(job['id'])}", show_header=False)
+    out.add_column("", style="bold")
+    out.add_column("", overflow="fold")
+    hp = job.get("hyperparameters") or {}
+    rows = [
+        ("status", job["status"]),
+        ("model", job["model"]),
+        ("training file", job.get("training_file")),
+        ("validation file", job.get("validation_file")),
+        ("fine-tuned model", job.get("fine_tuned_model")),
+        ("epochs / batch / lr", f"{hp.get('n_epochs')} / {hp.get('batch_size')} / "
+                                f"{hp.get('learning_rate', hp.get('learning_rate_multiplier'))}"),
+        ("trained tokens", job.get("trained_tokens")),
+        *validation_rows(job, seen),
+        ("created", when(job.get("created_at"))),
+        ("finished", when(job.get("finished_at"))),
+    ]  # fmt: skip
+    if job.get("search_result"):
+        rows.append(("best trial", json.dumps(job["search_result"])))
+    if job.get("error"):
+        rows.append(("error", job["error"].get("message")))
+    for name, value in rows:
+        out.add_row(name, escape("-" if value is None else str(value)))
+    console.print(out)
+
+
+def _follow(c: httpx.Client, job_id: str, timeout_s: float = FOLLOW_TIMEOUT_S) -> None:
+    """Follow the job to its end, then show it; exits 1 unless it succeeded."""
+    job, seen = follow_job(c, job_id, timeout_s)
+    show_job(job, seen)
+    if job["status"] != JobStatus.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+def _extra(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        extra: dict[str, Any] = json.loads(text)
+    except json.JSONDecodeError as exc:
+        err.print(f"[red]--extra is not JSON: {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    return extra
+
+
+@jobs_app.command("create")
+def jobs_create(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="Base model, e.g. tiny-gpt2.")],
+    training_file: Annotated[str, typer.Option(help="File id of the training data.")],
+    validation_file: Annotated[str | None, typer.Option(help="File id for evaluation.")] = None,
+    suffix: Annotated[str | None, typer.Option(help="Goes into the model id.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="n_epochs (default: auto).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Default: auto.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Default: the catalog's.")] = None,
+    adapter: Annotated[str, typer.Option(help="lora or full.")] = "lora",
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    extra: Annotated[
+        str | None, typer.Option(help="JSON merged into the request body (search, resources...).")
+    ] = None,
+    follow: Annotated[bool, typer.Option(help="Follow it to its end.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Submit a fine-tuning job."""
+    hp = given(n_epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
+    body: dict[str, Any] = {
+        "model": model,
+        "training_file": training_file,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+        "adapter": {"type": adapter, **({"r": lora_r} if lora_r else {})},
+        **given(validation_file=validation_file, suffix=suffix, seed=seed),
+        **_extra(extra),
+    }
+    with client(ctx) as c:
+        job = call(c, "POST", "/v1/fine_tuning/jobs", json=body)
+        if as_json and not follow:
+            print_json(job)
+            return
+        console.print(f"submitted {job['id']} ({job['status']})")
+        if follow:
+            _follow(c, job["id"])
+
+
+@jobs_app.command("list")
+def jobs_list(ctx: typer.Context, as_json: JsonFlag = False, limit: Limit = 20) -> None:
+    """List your jobs, newest first."""
+    data = list_all(ctx, "/v1/fine_tuning/jobs", limit)
+    columns = ["id", "status", "model", "fine-tuned model", "created"]
+    show_table(data, as_json, "jobs", columns, _job_row)
+
+
+@jobs_app.command("get")
+def jobs_get(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None:
+    """Show one job."""
+    show(request(ctx, "GET", f"/v1/fine_tuning/jobs/{job_id}"), as_json, show_job)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None:
+    """Cancel a job (queued: at once; running: once the cluster stops it)."""
+    job = request(ctx, "POST", f"/v1/fine_tuning/jobs/{job_id}/cancel")
+    show(job, as_json, lambda j: console.print(f"{j['id']}: {j['status']}"))
+
+
+@jobs_app.command("events")
+def jobs_events(
+    ctx: typer.Context, job_id: str, as_json: JsonFlag = False, limit: Limit = 50
+) -> None:
+    """A job's events, oldest first."""
+    data = list_all(ctx, f"/v1/fine_tuning/jobs/{job_id}/events", limit)
+    if as_json:
+        print_json(data)  # as the API gives them: newest first
+        return
+    rows = [[when(e["created_at"]), e["level"], e["message"]] for e in reversed(data)]
+    table(f"events of {job_id}", ["time", "level", "message"], rows)
+
+
+@jobs_app.command("trials")
+def jobs_trials(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None:
+    """The trials of a hyperparameter search."""
+    data = request(ctx, "GET", f"/v1/fine_tuning/jobs/{job_id}/trials")["data"]
+    columns = ["trial", "status", "params", "best", "iterations"]
+    show_table(data, as_json, f"trials of {job_id}", columns, _trial_row)
+
+
+@jobs_app.command("follow")
+def jobs_follow(
+    ctx: typer.Context,
+    job_id: str,
+    timeout: Timeout = FOLLOW_TIMEOUT_S,
+) -> None:
+    """Show a live progress bar (step, epoch, loss, ETA) until the job ends, then the outcome.
+    Exits 0 if it succeeded, 1 otherwise."""
+    with client(ctx) as c:
+        _follow(c, job_id, timeout)
