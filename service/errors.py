@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,12 +16,24 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ServiceError(Exception):
-    status: int = 400
-    type: str = "invalid_request_error"
+    """An answer in OpenAI's error shape. Each kind below is its HTTP status and `code`
+    (and `type` where OpenAI's differs), given as class keywords."""
+
+    status: ClassVar[int] = 400
+    type: ClassVar[str] = "invalid_request_error"
     code: str | None = None
+
+    def __init_subclass__(
+        cls, *, status: int, code: str, type: str = "invalid_request_error", **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status = status
+        cls.code = code
+        cls.type = type
 
     def __init__(
         self,
@@ -39,46 +51,40 @@ class ServiceError(Exception):
         self.headers = headers
 
 
-class BadRequest(ServiceError):
-    status = 400
-    code = "invalid_request"
+class BadRequest(ServiceError, status=400, code="invalid_request"): ...
 
 
-class Unauthorized(ServiceError):
-    status = 401
-    code = "invalid_api_key"
+class Unauthorized(ServiceError, status=401, code="invalid_api_key"): ...
 
 
-class PermissionDenied(ServiceError):
-    status = 403
-    code = "permission_denied"
+class PermissionDenied(ServiceError, status=403, code="permission_denied"): ...
 
 
-class NotFound(ServiceError):
-    status = 404
-    code = "not_found"
+class NotFound(ServiceError, status=404, code="not_found"): ...
 
 
-class Conflict(ServiceError):
-    status = 409
-    code = "conflict"
+class Conflict(ServiceError, status=409, code="conflict"): ...
 
 
-class PayloadTooLarge(ServiceError):
-    status = 413
-    code = "payload_too_large"
+class PayloadTooLarge(ServiceError, status=413, code="payload_too_large"): ...
 
 
-class TooManyRequests(ServiceError):
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
+class TooManyRequests(
+    ServiceError, status=429, code="rate_limit_exceeded", type="rate_limit_error"
+): ...
 
 
-class ServiceUnavailable(ServiceError):
-    status = 503
-    type = "server_error"
-    code = "service_unavailable"
+class ServiceUnavailable(
+    ServiceError, status=503, code="service_unavailable", type="server_error"
+): ...
+
+
+def or_not_found(found: T | None, message: str, *, param: str, code: str | None = None) -> T:
+    """`found`, or a 404 saying what was looked for: the get-or-404 of every service (an
+    object of another tenant's is not found either)."""
+    if found is None:
+        raise NotFound(message, param=param, code=code)
+    return found
 
 
 def error_body(

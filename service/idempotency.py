@@ -8,7 +8,9 @@ create: the second's insert of the same (scope, key) fails and its work rolls ba
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.encoders import jsonable_encoder
@@ -24,24 +26,27 @@ from service.errors import BadRequest, Conflict
 from service.models import IdempotencyRecord
 
 HEADER = "idempotency-key"
+M = TypeVar("M", bound=BaseModel)
 
 
+@dataclass
 class Idempotency:
-    def __init__(
-        self,
-        session: Session,
-        scope: str,
-        key: str | None,
-        endpoint: str,
-        fingerprint: str,
-        ttl_s: float,
-    ) -> None:
-        self.session = session
-        self.scope = scope
-        self.key = key
-        self.endpoint = endpoint
-        self.fingerprint = fingerprint
-        self.ttl_s = ttl_s
+    session: Session
+    # Whose keys: the tenant's id, or "admin".
+    scope: str
+    # None: the request carries no Idempotency-Key, so it always runs.
+    key: str | None
+    endpoint: str
+    fingerprint: str
+    ttl_s: float
+
+    def once(self, create: Callable[[], M]) -> M | JSONResponse:
+        """`create()`'s answer, remembered under the key; for a retry, the first answer."""
+        if (replayed := self.replay()) is not None:
+            return replayed
+        out = create()
+        self.remember(out)
+        return out
 
     def replay(self) -> JSONResponse | None:
         """The stored answer for this key, or None when the request should run."""

@@ -2,10 +2,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
-from service.auth import TenantPrincipal
-from service.db import SessionDep
 from service.deployments.schemas import (
     DeploymentCreate,
     DeploymentDeleted,
@@ -14,16 +12,14 @@ from service.deployments.schemas import (
     DeploymentUpdate,
 )
 from service.deployments.service import DeploymentService
+from service.deps import TenantContextDep
 
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 
-async def _service(
-    request: Request, session: SessionDep, principal: TenantPrincipal
-) -> DeploymentService:
-    assert principal.tenant_id is not None
-    return DeploymentService(session, principal.tenant_id, request.app.state.serving)
+async def _service(ctx: TenantContextDep) -> DeploymentService:
+    return DeploymentService(ctx.session, ctx.tenant_id, ctx.state.serving)
 
 
 Deployments = Annotated[DeploymentService, Depends(_service)]

@@ -4,7 +4,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-DeploymentStatus = Literal["deploying", "running", "scaled_to_zero", "failed", "not_deployed"]
+from service.models.status import DeploymentStatus
+from service.schemas import ApiObject, CursorPage, Deleted
 
 
 class DeploymentCreate(BaseModel):
@@ -30,8 +31,7 @@ class DeploymentUpdate(BaseModel):
     target_ongoing_requests: float | None = Field(None, gt=0, le=100_000)
 
 
-class DeploymentOut(BaseModel):
-    id: str
+class DeploymentOut(ApiObject):
     object: Literal["deployment"] = "deployment"
     model: str
     min_replicas: int
@@ -45,13 +45,8 @@ class DeploymentOut(BaseModel):
     updated_at: int
 
 
-class DeploymentList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[DeploymentOut]
-    has_more: bool
+class DeploymentList(CursorPage[DeploymentOut]): ...
 
 
-class DeploymentDeleted(BaseModel):
-    id: str
+class DeploymentDeleted(Deleted):
     object: Literal["deployment"] = "deployment"
-    deleted: bool = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from service.common import new_id, now
+from service.common import known_page, new_id, now
 from service.db import on_commit
 from service.deployments.repository import DeploymentRepository
 from service.deployments.schemas import (
@@ -13,13 +13,29 @@ from service.deployments.schemas import (
     DeploymentDeleted,
     DeploymentList,
     DeploymentOut,
-    DeploymentStatus,
     DeploymentUpdate,
 )
 from service.deployments.serving import ServingManager, route_of
-from service.errors import BadRequest, Conflict, NotFound
+from service.errors import BadRequest, Conflict, NotFound, or_not_found
 from service.models import Deployment
+from service.models.status import DeploymentStatus
+from service.ray_backend import ServeAppStatus
 from service.registry.repository import ModelRepository
+from service.schemas import shown
+
+
+def live_status(live: ServeAppStatus | None) -> DeploymentStatus:
+    """A deployment's status from its Serve application's (the adapters of one base model
+    share theirs)."""
+    if live is None:
+        return DeploymentStatus.NOT_DEPLOYED
+    if live.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+        return DeploymentStatus.FAILED
+    if live.status == "RUNNING":
+        return (
+            DeploymentStatus.RUNNING if live.running_replicas else DeploymentStatus.SCALED_TO_ZERO
+        )
+    return DeploymentStatus.DEPLOYING
 
 
 def _exists(model: str) -> Conflict:
@@ -38,40 +54,32 @@ class DeploymentService:
         self.serving = serving
 
     def _out(self, d: Deployment) -> DeploymentOut:
-        status: DeploymentStatus = "not_deployed"
-        running = 0
-        found = self.models.get_live_with_job(d.model)
-        if found is not None:
-            app = route_of(*found)[0].app
-            try:
-                live = self.serving.status().get(app)
-            except Exception:  # Serve unreachable: report what is known
-                live = None
-            if live is not None:
-                running = live.running_replicas
-                if live.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-                    status = "failed"
-                elif live.status == "RUNNING":
-                    status = "running" if running else "scaled_to_zero"
-                else:
-                    status = "deploying"
-        return DeploymentOut(
-            id=d.id,
-            model=d.model,
-            min_replicas=d.min_replicas,
-            max_replicas=d.max_replicas,
-            target_ongoing_requests=d.target_ongoing_requests,
-            status=status,
-            running_replicas=running,
+        live = self._live(d.model)
+        return shown(
+            DeploymentOut,
+            d,
+            status=live_status(live),
+            running_replicas=live.running_replicas if live is not None else 0,
             created_at=int(d.created_at),
             updated_at=int(d.updated_at),
         )
 
-    def _get(self, deployment_id: str) -> Deployment:
-        found = self.repo.get(deployment_id)
+    def _live(self, model_id: str) -> ServeAppStatus | None:
+        """What Serve says of the model's application; None where it runs none."""
+        found = self.models.get_live_with_job(model_id)
         if found is None:
-            raise NotFound(f"No deployment '{deployment_id}'.", param="deployment_id")
-        return found
+            return None
+        try:
+            return self.serving.status().get(route_of(*found)[0].app)
+        except Exception:  # Serve unreachable: report what is known
+            return None
+
+    def _get(self, deployment_id: str) -> Deployment:
+        return or_not_found(
+            self.repo.get(deployment_id),
+            f"No deployment '{deployment_id}'.",
+            param="deployment_id",
+        )
 
     def create(self, body: DeploymentCreate) -> Deployment:
         if self.models.get_live(body.model) is None:
@@ -83,13 +91,11 @@ class DeploymentService:
         if self.repo.for_model(body.model) is not None:
             raise _exists(body.model)
         t = now()
+        # The body is the policy, field for field.
         deployment = Deployment(
             id=new_id("dep"),
             tenant_id=self.repo.tenant_id,
-            model=body.model,
-            min_replicas=body.min_replicas,
-            max_replicas=body.max_replicas,
-            target_ongoing_requests=body.target_ongoing_requests,
+            **body.model_dump(),
             created_at=t,
             updated_at=t,
         )
@@ -108,10 +114,8 @@ class DeploymentService:
         return self._out(self._get(deployment_id))
 
     def list(self, after: str | None, limit: int) -> DeploymentList:
-        page = self.repo.list_page(after, limit)
-        if page is None:
-            raise BadRequest(f"No deployment '{after}' to page after.", param="after")
-        return DeploymentList(data=[self._out(d) for d in page.items], has_more=page.has_more)
+        page = known_page(self.repo.list_page(after, limit), after, "deployment")
+        return DeploymentList.of(page, self._out)
 
     def update(self, deployment_id: str, body: DeploymentUpdate) -> Deployment:
         d = self._get(deployment_id)

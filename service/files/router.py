@@ -2,11 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.auth import TenantPrincipal
-from service.db import SessionDep
+from service.deps import TenantContextDep
 from service.files.schemas import FileDeleted, FileList, FileOut
 from service.files.service import FileService
 from service.idempotency import IdempotencyDep
@@ -14,12 +13,8 @@ from service.idempotency import IdempotencyDep
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-async def _service(
-    request: Request, session: SessionDep, principal: TenantPrincipal
-) -> FileService:
-    assert principal.tenant_id is not None
-    state = request.app.state
-    return FileService(session, principal.tenant_id, state.store, state.settings)
+async def _service(ctx: TenantContextDep) -> FileService:
+    return FileService(ctx.session, ctx.tenant_id, ctx.state.store, ctx.state.settings)
 
 
 Files = Annotated[FileService, Depends(_service)]
@@ -32,11 +27,7 @@ def upload_file(
     file: Annotated[UploadFile, File(description="JSONL training data")],
     purpose: Annotated[str, Form()],
 ) -> FileOut | JSONResponse:
-    if (replayed := idem.replay()) is not None:
-        return replayed
-    out = files.upload(file.file, file.filename, purpose)
-    idem.remember(out)
-    return out
+    return idem.once(lambda: files.upload(file.file, file.filename, purpose))
 
 
 @router.get("", response_model=FileList)

@@ -2,11 +2,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from service.schemas import ApiObject, Deleted, IdRangePage
 
 
-class FileOut(BaseModel):
-    id: str
+class FileOut(ApiObject):
     object: Literal["file"] = "file"
     bytes: int
     created_at: int
@@ -20,15 +19,8 @@ class FileOut(BaseModel):
     examples: int
 
 
-class FileList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[FileOut]
-    has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
+class FileList(IdRangePage[FileOut]): ...
 
 
-class FileDeleted(BaseModel):
-    id: str
+class FileDeleted(Deleted):
     object: Literal["file"] = "file"
-    deleted: bool = True

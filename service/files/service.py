@@ -8,12 +8,13 @@ from typing import IO
 
 from sqlmodel import Session
 
-from service.common import new_id, now
+from service.common import known_page, new_id, now
 from service.config import Settings
-from service.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from service.errors import BadRequest, Conflict, PayloadTooLarge, or_not_found
 from service.files.repository import FileRepository
 from service.files.schemas import FileDeleted, FileList, FileOut
 from service.models import StoredFile
+from service.schemas import shown
 from service.storage import CHUNK, ArtifactStore
 from workers.formats import DataFormatError, FileTooLarge, StreamingValidator
 
@@ -31,15 +32,7 @@ def clean_filename(name: str | None) -> str:
 
 
 def file_out(f: StoredFile) -> FileOut:
-    return FileOut(
-        id=f.id,
-        bytes=f.bytes,
-        created_at=int(f.created_at),
-        filename=f.filename,
-        purpose=f.purpose,
-        format=f.format,
-        examples=f.examples,
-    )
+    return shown(FileOut, f, created_at=int(f.created_at))
 
 
 class FileService:
@@ -52,10 +45,9 @@ class FileService:
         self.settings = settings
 
     def _get(self, file_id: str) -> StoredFile:
-        found = self.repo.get(file_id)
-        if found is None:
-            raise NotFound(f"No such File object: {file_id}", param="file_id")
-        return found
+        return or_not_found(
+            self.repo.get(file_id), f"No such File object: {file_id}", param="file_id"
+        )
 
     def upload(self, stream: IO[bytes], filename: str | None, purpose: str) -> FileOut:
         if purpose not in PURPOSES:
@@ -100,16 +92,8 @@ class FileService:
         return file_out(stored)
 
     def list(self, after: str | None, limit: int, purpose: str | None) -> FileList:
-        page = self.repo.list_page(after, limit, purpose)
-        if page is None:
-            raise BadRequest(f"No file '{after}' to page after.", param="after")
-        data = [file_out(f) for f in page.items]
-        return FileList(
-            data=data,
-            has_more=page.has_more,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-        )
+        page = known_page(self.repo.list_page(after, limit, purpose), after, "file")
+        return FileList.of(page, file_out)
 
     def get(self, file_id: str) -> FileOut:
         return file_out(self._get(file_id))

@@ -4,35 +4,30 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from service.auth import TenantPrincipal
-from service.db import SessionDep
+from service.deps import TenantContextDep
 from service.inference.schemas import (
     ChatCompletionRequest,
     ClassificationRequest,
     CompletionRequest,
 )
 from service.inference.service import InferenceService
-from service.registry.repository import LazyCatalog
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
 
-async def _service(
-    request: Request, session: SessionDep, principal: TenantPrincipal
-) -> InferenceService:
-    assert principal.tenant_id is not None
-    state = request.app.state
+async def _service(ctx: TenantContextDep) -> InferenceService:
+    state = ctx.state
     return InferenceService(
-        session,
-        principal.tenant_id,
+        ctx.session,
+        ctx.tenant_id,
         state.settings,
         state.serving,
         state.rate_limiter,
-        LazyCatalog(session, state.catalog),
+        ctx.catalog,
         state.serve_client,
     )
 

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
@@ -42,25 +42,21 @@ class Target:
     model: str
 
 
+@dataclass
 class InferenceService:
-    def __init__(
-        self,
-        session: Session,
-        tenant_id: str,
-        settings: Settings,
-        serving: ServingManager,
-        limiter: RateLimiter | None,
-        catalog: Catalog,
-        client: httpx.AsyncClient,
-    ) -> None:
-        self.session = session
-        self.tenant_id = tenant_id
-        self.settings = settings
-        self.serving = serving
-        self.limiter = limiter
-        self.catalog = catalog
-        self.client = client
-        self.models = ModelRepository(session, tenant_id)
+    session: Session
+    tenant_id: str
+    settings: Settings
+    serving: ServingManager
+    # None: no Redis, no rate limit.
+    limiter: RateLimiter | None
+    catalog: Catalog
+    # The app's one pooled client to Serve's HTTP proxy.
+    client: httpx.AsyncClient
+    models: ModelRepository = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.models = ModelRepository(self.session, self.tenant_id)
 
     # ------------------------------------------------------------ before forwarding
 

@@ -2,39 +2,30 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
-from service.auth import TenantPrincipal
-from service.db import SessionDep
+from service.deps import TenantContextDep
 from service.errors import Unauthorized
 from service.idempotency import IdempotencyDep
-from service.jobs.schemas import (
-    CheckpointList,
-    EventList,
-    JobCreate,
-    JobList,
-    JobOut,
-    MetricList,
-    TrialList,
-)
+from service.jobs import schemas
 from service.jobs.service import JobService
-from service.models import Tenant
-from service.registry.repository import LazyCatalog
+from service.tenants.repository import TenantRepository
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
-def _service(request: Request, session: SessionDep, principal: TenantPrincipal) -> JobService:
-    tenant = session.get(Tenant, principal.tenant_id)
+def _service(ctx: TenantContextDep) -> JobService:
+    # Not async: it reads the tenant row (its quotas and name) from the database.
+    tenant = TenantRepository(ctx.session).get(ctx.tenant_id)
     if tenant is None:
         raise Unauthorized("Incorrect API key provided.")
-    state = request.app.state
+    state = ctx.state
     return JobService(
-        session,
+        ctx.session,
         tenant,
         settings=state.settings,
-        catalog=LazyCatalog(session, state.catalog),
+        catalog=ctx.catalog,
         store=state.store,
         backend=state.backend,
         queue=state.queue,
@@ -45,55 +36,55 @@ Jobs = Annotated[JobService, Depends(_service)]
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 
-@router.post("", response_model=JobOut)
-def create_job(body: JobCreate, jobs: Jobs, idem: IdempotencyDep) -> JobOut | JSONResponse:
-    if (replayed := idem.replay()) is not None:
-        return replayed
-    out = jobs.create(body)
-    idem.remember(out)
-    return out
+@router.post("", response_model=schemas.JobOut)
+def create_job(
+    body: schemas.JobCreate, jobs: Jobs, idem: IdempotencyDep
+) -> schemas.JobOut | JSONResponse:
+    return idem.once(lambda: jobs.create(body))
 
 
-@router.get("", response_model=JobList)
-def list_jobs(jobs: Jobs, after: str | None = None, limit: Limit = 20) -> JobList:
+@router.get("", response_model=schemas.JobList)
+def list_jobs(jobs: Jobs, after: str | None = None, limit: Limit = 20) -> schemas.JobList:
     return jobs.list(after, limit)
 
 
-@router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, jobs: Jobs) -> JobOut:
+@router.get("/{job_id}", response_model=schemas.JobOut)
+def get_job(job_id: str, jobs: Jobs) -> schemas.JobOut:
     return jobs.get(job_id)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: str, jobs: Jobs) -> JobOut:
+@router.post("/{job_id}/cancel", response_model=schemas.JobOut)
+def cancel_job(job_id: str, jobs: Jobs) -> schemas.JobOut:
     return jobs.cancel(job_id)
 
 
-@router.get("/{job_id}/events", response_model=EventList)
-def list_events(job_id: str, jobs: Jobs, after: str | None = None, limit: Limit = 20) -> EventList:
+@router.get("/{job_id}/events", response_model=schemas.EventList)
+def list_events(
+    job_id: str, jobs: Jobs, after: str | None = None, limit: Limit = 20
+) -> schemas.EventList:
     return jobs.events(job_id, after, limit)
 
 
-@router.get("/{job_id}/checkpoints", response_model=CheckpointList)
+@router.get("/{job_id}/checkpoints", response_model=schemas.CheckpointList)
 def list_checkpoints(
     job_id: str, jobs: Jobs, after: str | None = None, limit: Limit = 10
-) -> CheckpointList:
+) -> schemas.CheckpointList:
     return jobs.checkpoints(job_id, after, limit)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricList)
+@router.get("/{job_id}/metrics", response_model=schemas.MetricList)
 def list_metrics(
     job_id: str,
     jobs: Jobs,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> MetricList:
+) -> schemas.MetricList:
     """Training and validation metrics by step, oldest first (a Tuneplane extension); page
     on with `after` = the last point's id."""
     return jobs.metrics(job_id, after, limit)
 
 
-@router.get("/{job_id}/trials", response_model=TrialList)
-def list_trials(job_id: str, jobs: Jobs) -> TrialList:
+@router.get("/{job_id}/trials", response_model=schemas.TrialList)
+def list_trials(job_id: str, jobs: Jobs) -> schemas.TrialList:
     """Every trial of a hyperparameter search (a Tuneplane extension)."""
     return jobs.trials(job_id)

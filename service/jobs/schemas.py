@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.schemas import ApiObject, CompleteList, CursorPage, IdRangePage
 from workers.spec import Adapter, SearchSpec, Task
 
 Auto = Literal["auto"]
@@ -88,8 +89,7 @@ class JobError(BaseModel):
     param: str | None = None
 
 
-class JobOut(BaseModel):
-    id: str
+class JobOut(ApiObject):
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
     created_at: int
     finished_at: int | None
@@ -124,14 +124,10 @@ class JobOut(BaseModel):
     result: dict[str, Any] | None = None
 
 
-class JobList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[JobOut]
-    has_more: bool
+class JobList(CursorPage[JobOut]): ...
 
 
-class EventOut(BaseModel):
-    id: str
+class EventOut(ApiObject):
     object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
     created_at: int
     level: str
@@ -140,16 +136,12 @@ class EventOut(BaseModel):
     data: dict[str, Any] | None = None
 
 
-class EventList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[EventOut]
-    has_more: bool
+class EventList(CursorPage[EventOut]): ...
 
 
-class MetricPoint(BaseModel):
+class MetricPoint(ApiObject):
     """One training or validation report (a Tuneplane extension, for loss curves)."""
 
-    id: str
     object: Literal["fine_tuning.job.metric"] = "fine_tuning.job.metric"
     created_at: int
     step: int
@@ -160,14 +152,10 @@ class MetricPoint(BaseModel):
     metrics: dict[str, float]
 
 
-class MetricList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[MetricPoint]
-    has_more: bool
+class MetricList(CursorPage[MetricPoint]): ...
 
 
-class CheckpointOut(BaseModel):
-    id: str
+class CheckpointOut(ApiObject):
     object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
     created_at: int
     fine_tuned_model_checkpoint: str
@@ -176,16 +164,10 @@ class CheckpointOut(BaseModel):
     step_number: int
 
 
-class CheckpointList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[CheckpointOut]
-    has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
+class CheckpointList(IdRangePage[CheckpointOut]): ...
 
 
-class TrialOut(BaseModel):
-    id: str
+class TrialOut(ApiObject):
     object: Literal["fine_tuning.job.trial"] = "fine_tuning.job.trial"
     fine_tuning_job_id: str
     trial_id: str
@@ -200,7 +182,4 @@ class TrialOut(BaseModel):
     updated_at: int
 
 
-class TrialList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[TrialOut]
-    has_more: bool = False
+class TrialList(CompleteList[TrialOut]): ...

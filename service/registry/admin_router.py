@@ -31,7 +31,7 @@ def register_base_model(body: BaseModelCreate, base_models: BaseModels) -> BaseM
 
 @router.get("", response_model=BaseModelList)
 def list_base_models(base_models: BaseModels) -> BaseModelList:
-    return BaseModelList(data=base_models.list())
+    return base_models.list()
 
 
 # ':path' because hub-style names contain '/'.

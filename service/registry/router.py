@@ -2,25 +2,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
-from service.auth import TenantPrincipal
-from service.db import SessionDep
-from service.registry.repository import LazyCatalog
+from service.deps import TenantContextDep
 from service.registry.schemas import ModelDeleted, ModelList, ModelOut
 from service.registry.service import ModelService
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-async def _service(
-    request: Request, session: SessionDep, principal: TenantPrincipal
-) -> ModelService:
-    assert principal.tenant_id is not None
-    state = request.app.state
-    return ModelService(
-        session, principal.tenant_id, LazyCatalog(session, state.catalog), state.serving.apply_soon
-    )
+async def _service(ctx: TenantContextDep) -> ModelService:
+    return ModelService(ctx.session, ctx.tenant_id, ctx.catalog, ctx.state.serving.apply_soon)
 
 
 Models = Annotated[ModelService, Depends(_service)]
@@ -28,7 +20,7 @@ Models = Annotated[ModelService, Depends(_service)]
 
 @router.get("", response_model=ModelList)
 def list_models(models: Models) -> ModelList:
-    return ModelList(data=models.list())
+    return models.list()
 
 
 # ':path' because hub-style base model names contain '/'.

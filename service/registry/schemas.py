@@ -4,11 +4,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.schemas import ApiObject, Deleted, ObjectList
 from workers.spec import Task
 
 
-class ModelOut(BaseModel):
-    id: str
+class ModelOut(ApiObject):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
@@ -21,15 +21,11 @@ class ModelOut(BaseModel):
     description: str | None = None
 
 
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelOut]
+class ModelList(ObjectList[ModelOut]): ...
 
 
-class ModelDeleted(BaseModel):
-    id: str
+class ModelDeleted(Deleted):
     object: Literal["model"] = "model"
-    deleted: bool = True
 
 
 class LearningRates(BaseModel):
@@ -58,8 +54,7 @@ class BaseModelCreate(BaseModel):
     chat: bool | None = None
 
 
-class BaseModelOut(BaseModel):
-    id: str
+class BaseModelOut(ApiObject):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
@@ -73,6 +68,4 @@ class BaseModelOut(BaseModel):
     registered: bool
 
 
-class BaseModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[BaseModelOut]
+class BaseModelList(ObjectList[BaseModelOut]): ...

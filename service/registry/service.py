@@ -9,11 +9,11 @@ from sqlmodel import Session
 from service.common import now
 from service.db import on_commit
 from service.deployments.repository import DeploymentRepository
-from service.errors import NotFound, PermissionDenied
+from service.errors import PermissionDenied, or_not_found
 from service.models import FineTunedModel
 from service.registry.catalog import Catalog, CatalogEntry
 from service.registry.repository import ModelRepository
-from service.registry.schemas import ModelDeleted, ModelOut
+from service.registry.schemas import ModelDeleted, ModelList, ModelOut
 
 BASE_OWNER = "tuneplane"
 
@@ -59,18 +59,21 @@ class ModelService:
         self.tenant_id = tenant_id
         self.catalog = catalog
 
-    def list(self) -> list[ModelOut]:
+    def list(self) -> ModelList:
         base = [base_model_out(e) for e in self.catalog.entries()]
-        return base + [fine_tuned_out(m, self.tenant_id) for m in self.repo.live()]
+        return ModelList(data=base + [fine_tuned_out(m, self.tenant_id) for m in self.repo.live()])
 
     def get(self, model_id: str) -> ModelOut:
         entry = self.catalog.get(model_id)
         if entry is not None:
             return base_model_out(entry)
-        model = self.repo.get_live(model_id)
-        if model is None:
-            raise NotFound(f"The model '{model_id}' does not exist.", param="model")
+        model = self._live(model_id)
         return fine_tuned_out(model, self.tenant_id)
+
+    def _live(self, model_id: str) -> FineTunedModel:
+        return or_not_found(
+            self.repo.get_live(model_id), f"The model '{model_id}' does not exist.", param="model"
+        )
 
     def delete(self, model_id: str) -> ModelDeleted:
         if self.catalog.get(model_id) is not None:
@@ -78,9 +81,7 @@ class ModelService:
                 f"'{model_id}' is a base model; only fine-tuned models can be deleted.",
                 param="model",
             )
-        model = self.repo.get_live(model_id)
-        if model is None:
-            raise NotFound(f"The model '{model_id}' does not exist.", param="model")
+        model = self._live(model_id)
         model.deleted_at = now()
         self.session.add(model)
         # A deleted model is no longer served: its deployment goes with it.

@@ -5,6 +5,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.config import Quotas
+from service.schemas import ApiObject, CompleteList
 
 TENANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -25,8 +26,7 @@ class TenantUpdate(BaseModel):
     quotas: Quotas | None = None
 
 
-class TenantOut(BaseModel):
-    id: str
+class TenantOut(ApiObject):
     object: Literal["tenant"] = "tenant"
     name: str
     weight: float
@@ -40,10 +40,7 @@ class TenantCreated(BaseModel):
     api_key: str = Field(description="Shown once; only its hash is stored.")
 
 
-class TenantList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[TenantOut]
-    has_more: bool = False
+class TenantList(CompleteList[TenantOut]): ...
 
 
 class ApiKeyCreate(BaseModel):
@@ -53,8 +50,7 @@ class ApiKeyCreate(BaseModel):
     name: str | None = Field(None, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")
 
 
-class ApiKeyOut(BaseModel):
-    id: str
+class ApiKeyOut(ApiObject):
     object: Literal["api_key"] = "api_key"
     tenant_id: str
     name: str | None
@@ -67,7 +63,4 @@ class ApiKeyCreated(ApiKeyOut):
     key: str = Field(description="Shown once; only its hash is stored.")
 
 
-class ApiKeyList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ApiKeyOut]
-    has_more: bool = False
+class ApiKeyList(CompleteList[ApiKeyOut]): ...

@@ -8,15 +8,18 @@ from sqlmodel import Session
 from service.auth import generate_key, hash_key
 from service.common import new_id, now
 from service.config import Quotas, Settings
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, or_not_found
 from service.models import ApiKey, Tenant
+from service.schemas import shown
 from service.tenants.repository import TenantRepository
 from service.tenants.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
+    ApiKeyList,
     ApiKeyOut,
     TenantCreate,
     TenantCreated,
+    TenantList,
     TenantOut,
     TenantUpdate,
 )
@@ -30,24 +33,13 @@ def effective_quotas(tenant: Tenant, settings: Settings) -> Quotas:
 
 
 def tenant_out(tenant: Tenant, settings: Settings) -> TenantOut:
-    return TenantOut(
-        id=tenant.id,
-        name=tenant.name,
-        weight=tenant.weight,
-        quotas=effective_quotas(tenant, settings),
-        created_at=int(tenant.created_at),
-    )
+    quotas = effective_quotas(tenant, settings)
+    return shown(TenantOut, tenant, quotas=quotas, created_at=int(tenant.created_at))
 
 
 def key_out(key: ApiKey) -> ApiKeyOut:
-    return ApiKeyOut(
-        id=key.id,
-        tenant_id=key.tenant_id,
-        name=key.name,
-        prefix=key.prefix,
-        created_at=int(key.created_at),
-        revoked_at=int(key.revoked_at) if key.revoked_at is not None else None,
-    )
+    revoked = int(key.revoked_at) if key.revoked_at is not None else None
+    return shown(ApiKeyOut, key, created_at=int(key.created_at), revoked_at=revoked)
 
 
 class TenantService:
@@ -57,10 +49,9 @@ class TenantService:
         self.settings = settings
 
     def _tenant(self, tenant_id: str) -> Tenant:
-        tenant = self.repo.get(tenant_id)
-        if tenant is None:
-            raise NotFound(f"No tenant with id '{tenant_id}'.", param="tenant_id")
-        return tenant
+        return or_not_found(
+            self.repo.get(tenant_id), f"No tenant with id '{tenant_id}'.", param="tenant_id"
+        )
 
     def _new_key(self, tenant_id: str, name: str | None) -> tuple[ApiKey, str]:
         token = generate_key()
@@ -93,8 +84,8 @@ class TenantService:
         _, token = self._new_key(tenant.id, "default")
         return TenantCreated(tenant=tenant_out(tenant, self.settings), api_key=token)
 
-    def list_tenants(self) -> list[TenantOut]:
-        return [tenant_out(t, self.settings) for t in self.repo.all()]
+    def list_tenants(self) -> TenantList:
+        return TenantList(data=[tenant_out(t, self.settings) for t in self.repo.all()])
 
     def get(self, tenant_id: str) -> TenantOut:
         return tenant_out(self._tenant(tenant_id), self.settings)
@@ -116,14 +107,16 @@ class TenantService:
         key, token = self._new_key(tenant_id, body.name)
         return ApiKeyCreated(**key_out(key).model_dump(), key=token)
 
-    def list_keys(self, tenant_id: str) -> list[ApiKeyOut]:
+    def list_keys(self, tenant_id: str) -> ApiKeyList:
         self._tenant(tenant_id)
-        return [key_out(k) for k in self.repo.keys(tenant_id)]
+        return ApiKeyList(data=[key_out(k) for k in self.repo.keys(tenant_id)])
 
     def revoke_key(self, tenant_id: str, key_id: str) -> ApiKeyOut:
-        key = self.repo.key(tenant_id, key_id)
-        if key is None:
-            raise NotFound(f"No API key with id '{key_id}' for this tenant.", param="key_id")
+        key = or_not_found(
+            self.repo.key(tenant_id, key_id),
+            f"No API key with id '{key_id}' for this tenant.",
+            param="key_id",
+        )
         if key.revoked_at is None:
             key.revoked_at = now()
             self.session.add(key)

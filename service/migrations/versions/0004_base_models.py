@@ -1,37 +1,33 @@
 """base models registered by admins; jobs keep their final metrics
 
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-12-04
+Revision 0004 (2026-12-04), after 0003.
 """
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
+from service.migrations import columns as c
+
 revision: str = "0004"
 down_revision: str | None = "0003"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
     op.create_table(
         "base_models",
-        sa.Column("name", sa.String(length=128), nullable=False),
-        sa.Column("source", sa.String(length=1024), nullable=False),
-        sa.Column("tasks", sa.JSON(), nullable=False),
-        sa.Column("architecture", sa.String(length=128), nullable=True),
-        sa.Column("description", sa.String(length=1024), nullable=False),
-        sa.Column("learning_rate", sa.JSON(), nullable=False),
-        sa.Column("max_length", sa.Integer(), nullable=False),
-        sa.Column("chat", sa.Boolean(), nullable=False),
-        sa.Column("created_at", sa.Float(), nullable=False),
+        c.string("name", 128),
+        c.string("source", 1024),
+        c.document("tasks", null=False),
+        c.string("architecture", 128, null=True),
+        c.string("description", 1024),
+        c.document("learning_rate", null=False),
+        c.integer("max_length"),
+        c.flag("chat"),
+        c.timestamp(),
         sa.PrimaryKeyConstraint("name"),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("result", sa.JSON(), nullable=True))
+        batch_op.add_column(c.document("result"))
 
 
 def downgrade() -> None:
