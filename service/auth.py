@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from service.db import SessionDep
 from service.errors import PermissionDenied, Unauthorized
-from service.models import ApiKey
+from service.tenants.repository import TenantRepository
 
 KEY_PREFIX = "tp-"
 
@@ -51,9 +51,7 @@ def _bearer(request: Request) -> str:
 def authenticate(session: Session, token: str, admin_key: str | None) -> Principal:
     if admin_key and hmac.compare_digest(token.encode(), admin_key.encode()):
         return Principal(role="admin")
-    key = session.exec(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(token), col(ApiKey.revoked_at).is_(None))
-    ).first()
+    key = TenantRepository(session).live_key(hash_key(token))
     if key is None:
         # Same answer for unknown and revoked keys: a revoked key is refused at once.
         raise Unauthorized("Incorrect API key provided.")

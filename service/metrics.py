@@ -31,22 +31,13 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, event, func
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
-from sqlmodel import col, select
+
+from service.models.status import TERMINAL, JobStatus
 
 log = logging.getLogger(__name__)
 
-# The job states a job can be in (the state machine's, in service/jobs/state.py).
-JOB_STATES = (
-    "validating_files",
-    "queued",
-    "running",
-    "cancelling",
-    "succeeded",
-    "failed",
-    "cancelled",
-)
 # Seconds: from a fraction of a second (a dispatch) to a day (a long training job).
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
@@ -67,19 +58,18 @@ DISPATCH_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
-JOB_RUN_SECONDS = Histogram(
-    "tuneplane_job_run_seconds",
-    "Time from a job's start on the cluster to its end, by final status.",
-    ["status"],
-    buckets=_DURATION_BUCKETS,
-    registry=REGISTRY,
-)
-JOB_TOTAL_SECONDS = Histogram(
-    "tuneplane_job_duration_seconds",
-    "Time from a job's submission to its end (queueing included), by final status.",
-    ["status"],
-    buckets=_DURATION_BUCKETS,
-    registry=REGISTRY,
+JOB_RUN_SECONDS, JOB_TOTAL_SECONDS = (
+    Histogram(name, doc, ["status"], buckets=_DURATION_BUCKETS, registry=REGISTRY)
+    for name, doc in (
+        (
+            "tuneplane_job_run_seconds",
+            "Time from a job's start on the cluster to its end, by final status.",
+        ),
+        (
+            "tuneplane_job_duration_seconds",
+            "Time from a job's submission to its end (queueing included), by final status.",
+        ),
+    )
 )
 INFERENCE_REQUESTS = Counter(
     "tuneplane_inference_requests",
@@ -159,7 +149,7 @@ def _drop_pending(session: Session) -> None:
 
 def job_transitioned(
     session: Session,
-    to: str,
+    to: JobStatus,
     at: float,
     *,
     created_at: float,
@@ -167,10 +157,10 @@ def job_transitioned(
     started_at: float | None,
 ) -> None:
     """Called by the state machine for a transition that happened (not yet committed)."""
-    if to == "running" and queued_since is not None:
+    if to == JobStatus.RUNNING and queued_since is not None:
         wait = max(at - queued_since, 0.0)
         on_commit(session, lambda: DISPATCH_LATENCY.observe(wait))
-    elif to in ("succeeded", "failed", "cancelled"):
+    elif to in TERMINAL:
         total = max(at - created_at, 0.0)
         run = max(at - started_at, 0.0) if started_at is not None else None
 
@@ -194,8 +184,10 @@ class StateCollector(Collector):
         self.redis = redis_client
 
     def collect(self) -> Iterator[Metric]:
-        from service.models import Job, Tenant
+        from service.db import new_session
+        from service.jobs.repository import JobStore
         from service.queue import queue_key
+        from service.tenants.repository import TenantRepository
 
         labels = ["tenant_id", "tenant"]
         jobs = GaugeMetricFamily(
@@ -216,22 +208,15 @@ class StateCollector(Collector):
         tenants: dict[str, str] = {}
         counts: dict[tuple[str, str], int] = {}
         try:
-            with Session(self.engine) as s:
-                for tenant_id, name in s.execute(select(Tenant.id, Tenant.name)):
-                    tenants[tenant_id] = name
-                rows = s.execute(
-                    select(Job.tenant_id, Job.status, func.count()).group_by(
-                        col(Job.tenant_id), col(Job.status)
-                    )
-                )
-                for tenant_id, status, n in rows:
-                    counts[(tenant_id, status)] = int(n)
+            with new_session(self.engine) as s:
+                tenants = TenantRepository(s).names()
+                counts = JobStore(s).counts()
             up.add_metric(["db"], 1)
         except Exception as exc:
             log.warning("metrics: reading job counts failed: %s", exc)
             up.add_metric(["db"], 0)
         for tenant_id, name in sorted(tenants.items()):
-            for status in JOB_STATES:
+            for status in JobStatus:
                 jobs.add_metric([tenant_id, name, status], counts.get((tenant_id, status), 0))
         if self.redis is not None:
             try:

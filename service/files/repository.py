@@ -4,9 +4,8 @@ from sqlmodel import col, select
 
 from service.common import Page
 from service.models import Job, StoredFile
+from service.models.status import UNFINISHED
 from service.repository import ScopedRepository
-
-ACTIVE_JOB_STATES = ("validating_files", "queued", "running", "cancelling")
 
 
 class FileRepository(ScopedRepository[StoredFile]):
@@ -23,7 +22,7 @@ class FileRepository(ScopedRepository[StoredFile]):
     def active_job_using(self, file_id: str) -> Job | None:
         stmt = select(Job).where(
             Job.tenant_id == self.tenant_id,
-            col(Job.status).in_(ACTIVE_JOB_STATES),
+            col(Job.status).in_(sorted(UNFINISHED)),
             (Job.training_file == file_id) | (Job.validation_file == file_id),
         )
         return self.session.exec(stmt).first()

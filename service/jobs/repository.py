@@ -1,20 +1,33 @@
+"""Job queries: `JobRepository` for one tenant's requests, `JobStore` for the system.
+
+The background loops (scheduler, reconciler, event consumer), the state machine and the
+metrics gauges act for every tenant at once; their queries live in `JobStore`, so no loop
+writes SQL of its own.
+"""
+
 from __future__ import annotations
 
-from sqlmodel import col, func, select
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col, func, select
 
 from service.common import Page
-from service.models import Checkpoint, Job, JobEvent, Trial
+from service.models import Checkpoint, FineTunedModel, Job, JobEvent, Trial
+from service.models.status import ACTIVE, JobStatus
 from service.repository import ScopedRepository
 
-QUEUED_STATES = ("validating_files", "queued")
+# (job id, tenant id, resources, search) of a job holding cluster capacity.
+Holding = tuple[str, str, Mapping[str, Any] | None, Mapping[str, Any] | None]
 
 
 class JobRepository(ScopedRepository[Job]):
     model = Job
 
-    def count_in(self, statuses: tuple[str, ...]) -> int:
+    def count_in(self, statuses: Collection[JobStatus]) -> int:
         stmt = select(func.count()).where(
-            Job.tenant_id == self.tenant_id, col(Job.status).in_(statuses)
+            Job.tenant_id == self.tenant_id, col(Job.status).in_(sorted(statuses))
         )
         return int(self.session.exec(stmt).one())
 
@@ -71,3 +84,112 @@ class JobRepository(ScopedRepository[Job]):
     def trials(self, job_id: str) -> list[Trial]:
         stmt = select(Trial).where(Trial.tenant_id == self.tenant_id, Trial.job_id == job_id)
         return list(self.session.exec(stmt.order_by(col(Trial.created_at), col(Trial.trial_id))))
+
+
+class JobStore:
+    """System-wide job queries, for the state machine and the background loops."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # -- the state machine ---------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        return self.session.get(Job, job_id)
+
+    def compare_and_set(
+        self, job_id: str, sources: Collection[JobStatus], values: dict[str, Any]
+    ) -> bool:
+        """One UPDATE that only matches while the job is in one of `sources`."""
+        stmt = (
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.status).in_(sorted(sources)))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return self.session.exec(stmt).rowcount == 1
+
+    def timing(self, job_id: str) -> tuple[float, float, float | None] | None:
+        """created_at, updated_at (for a queued job: when it entered the queue), started_at."""
+        stmt = select(Job.created_at, Job.updated_at, Job.started_at).where(col(Job.id) == job_id)
+        row = self.session.exec(stmt).first()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def tenant_of(self, job_id: str) -> str:
+        return self.session.exec(select(Job.tenant_id).where(Job.id == job_id)).one()
+
+    def touch(self, job_id: str, status: JobStatus, attempts: int, at: float) -> None:
+        """Sets updated_at of the job while it is still in `status` at this attempt."""
+        self.session.exec(
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.status) == status)
+            .where(col(Job.attempts) == attempts)
+            .values(updated_at=at)
+        )
+
+    # -- the loops -----------------------------------------------------------------------
+
+    def in_status(self, statuses: Collection[JobStatus]) -> list[Job]:
+        return list(self.session.exec(select(Job).where(col(Job.status).in_(sorted(statuses)))))
+
+    def ids_in(self, status: JobStatus) -> set[str]:
+        # Ids only: the queue may hold thousands of jobs (whole rows, specs and all, made
+        # the control plane's memory grow with the queue).
+        return set(self.session.exec(select(Job.id).where(Job.status == status)))
+
+    def among(self, ids: Iterable[str], status: JobStatus) -> list[Job]:
+        """Those of `ids` that are in `status`."""
+        stmt = select(Job).where(col(Job.id).in_(sorted(ids)), Job.status == status)
+        return list(self.session.exec(stmt))
+
+    def left(self, ids: Iterable[str], status: JobStatus) -> list[tuple[str, str]]:
+        """(id, tenant) of those of `ids` that are no longer in `status`."""
+        stmt = select(Job.id, Job.tenant_id).where(
+            col(Job.id).in_(sorted(ids)), Job.status != status
+        )
+        return [(job_id, tenant_id) for job_id, tenant_id in self.session.exec(stmt)]
+
+    def holdings(self) -> list[Holding]:
+        """(id, tenant, resources, search) of every job that holds cluster capacity."""
+        stmt = select(Job.id, Job.tenant_id, Job.resources, Job.search).where(
+            col(Job.status).in_(sorted(ACTIVE))
+        )
+        return [(i, t, r, s) for i, t, r, s in self.session.exec(stmt)]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs by (tenant, status)."""
+        stmt = select(Job.tenant_id, Job.status, func.count()).group_by(
+            col(Job.tenant_id), col(Job.status)
+        )
+        return {(tenant, status): int(n) for tenant, status, n in self.session.exec(stmt)}
+
+    # -- what a run reports --------------------------------------------------------------
+
+    def last_error(self, job_id: str) -> str | None:
+        stmt = (
+            select(JobEvent.message)
+            .where(JobEvent.job_id == job_id, JobEvent.level == "error")
+            .order_by(col(JobEvent.seq).desc())
+        )
+        return self.session.exec(stmt).first()
+
+    def has_event(self, event_id: str) -> bool:
+        return (
+            self.session.exec(select(JobEvent.id).where(JobEvent.id == event_id)).first()
+            is not None
+        )
+
+    def checkpoint_at(self, job_id: str, step: int) -> Checkpoint | None:
+        stmt = select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step_number == step)
+        return self.session.exec(stmt).first()
+
+    def trial(self, job_id: str, trial_id: str) -> Trial | None:
+        stmt = select(Trial).where(Trial.job_id == job_id, Trial.trial_id == trial_id)
+        return self.session.exec(stmt).first()
+
+    def model(self, model_id: str) -> FineTunedModel | None:
+        return self.session.get(FineTunedModel, model_id)
+
+    def add(self, obj: Checkpoint | Trial | FineTunedModel | JobEvent) -> None:
+        self.session.add(obj)
+        self.session.flush()

@@ -1,38 +1,50 @@
-"""The job state machine. Every status change goes through `transition()`.
+"""The job state machine. Every status change goes through `transition()`, and every
+side effect of a change hangs off it: the status event, the log line, the metrics, and on
+success the registration of the fine-tuned model.
 
 It is a compare-and-set: the UPDATE only matches while the job is in a state the
 transition may start from, so two replicas (or a scheduler and a cancel) racing on the
-same job cannot both win.
+same job cannot both win, and a change's effects happen once.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from service import metrics
 from service.common import new_id, now
-from service.models import Job, JobEvent
+from service.jobs.repository import JobStore
+from service.models import FineTunedModel, Job, JobEvent
+from service.models.status import TERMINAL, JobStatus
 
 log = logging.getLogger(__name__)
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
-ALLOWED: dict[str, frozenset[str]] = {
-    "validating_files": frozenset({"queued", "failed", "cancelled"}),
-    "queued": frozenset({"running", "cancelled", "failed"}),
+S = JobStatus
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    S.VALIDATING_FILES: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
     # running -> queued: the reconciler retries a job whose cluster job vanished.
-    "running": frozenset({"succeeded", "failed", "cancelling", "queued"}),
-    "cancelling": frozenset({"cancelled", "failed", "succeeded"}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.QUEUED}),
+    S.CANCELLING: frozenset({S.CANCELLED, S.FAILED, S.SUCCEEDED}),
 }
 
 
-def sources_of(target: str) -> frozenset[str]:
+@dataclass(frozen=True)
+class NewModel:
+    """The model a job's success registers (`transition(..., to=SUCCEEDED, model=...)`)."""
+
+    id: str
+    artifact_uri: str
+
+
+def sources_of(target: JobStatus) -> frozenset[JobStatus]:
     return frozenset(src for src, targets in ALLOWED.items() if target in targets)
 
 
@@ -64,44 +76,38 @@ def add_event(
 def transition(
     session: Session,
     job_id: str,
-    to: str,
+    to: JobStatus,
     *,
-    expected: Collection[str] | None = None,
+    expected: Collection[JobStatus] | None = None,
     message: str | None = None,
     level: str = "info",
     data: dict[str, Any] | None = None,
+    model: NewModel | None = None,
     **fields: Any,
 ) -> bool:
     """Move `job_id` to `to` if it is in an allowed (and `expected`) state; True if it moved.
 
-    `fields` are other Job columns to set in the same UPDATE. An event records the change.
+    `fields` are other Job columns to set in the same UPDATE; `model` (on success) is the
+    fine-tuned model to register, whose id also goes into the job's `fine_tuned_model`.
     """
     sources = sources_of(to)
     if expected is not None:
         sources = sources & frozenset(expected)
     if not sources:
         return False
-    timing = None
-    if to == "running" or to in TERMINAL:
-        # For the dispatch-latency and duration metrics: a queued job's updated_at is when
-        # it entered the queue (only transitions write it).
-        timing = session.exec(
-            select(Job.created_at, Job.updated_at, Job.started_at).where(col(Job.id) == job_id)
-        ).first()
+    store = JobStore(session)
+    # For the dispatch-latency and duration metrics: a queued job's updated_at is when it
+    # entered the queue (only transitions write it).
+    timing = store.timing(job_id) if to == S.RUNNING or to in TERMINAL else None
     ts = now()
     values: dict[str, Any] = {"status": to, "updated_at": ts, **fields}
-    if to == "running":
+    if model is not None:
+        values["fine_tuned_model"] = model.id
+    if to == S.RUNNING:
         values.setdefault("started_at", ts)
     if to in TERMINAL:
         values.setdefault("finished_at", ts)
-    stmt = (
-        update(Job)
-        .where(col(Job.id) == job_id, col(Job.status).in_(sorted(sources)))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    result = session.exec(stmt)
-    if result.rowcount != 1:
+    if not store.compare_and_set(job_id, sources, values):
         return False
     loaded = session.identity_map.get(identity_key(Job, job_id))
     if isinstance(loaded, Job):
@@ -111,7 +117,9 @@ def transition(
             set_committed_value(loaded, key, value)
         tenant_id = loaded.tenant_id
     else:
-        tenant_id = session.exec(select(Job.tenant_id).where(Job.id == job_id)).one()
+        tenant_id = store.tenant_of(job_id)
+    if model is not None:
+        _register(store, job_id, model, ts)
     add_event(
         session,
         job_id,
@@ -136,3 +144,22 @@ def transition(
             started_at=values.get("started_at", started_at),
         )
     return True
+
+
+def _register(store: JobStore, job_id: str, model: NewModel, at: float) -> None:
+    if store.model(model.id) is not None:
+        return
+    job = store.get(job_id)
+    assert job is not None  # it just changed
+    store.add(
+        FineTunedModel(
+            id=model.id,
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            base_model=job.model,
+            task=job.task,
+            adapter_type=str((job.adapter or {}).get("type", "lora")),
+            artifact_uri=model.artifact_uri,
+            created_at=at,
+        )
+    )

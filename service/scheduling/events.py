@@ -13,15 +13,17 @@ from typing import Any
 
 import redis
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from service.common import now
 from service.db import new_session
 from service.faults import crash_point
-from service.jobs.state import TERMINAL, add_event, transition
-from service.models import Checkpoint, FineTunedModel, Job, JobEvent, Tenant, Trial
-from service.registry.service import fine_tuned_model_id
+from service.jobs.lifecycle import JobLifecycle
+from service.jobs.state import add_event
+from service.models import Job
+from service.models.status import TERMINAL, JobStatus
+from workers.records import CheckpointData, ResultData, StatusData, TrialData
 from workers.report import EVENTS_STREAM, EventRecord
+from workers.spec import RUN_FAILED
 
 log = logging.getLogger(__name__)
 # Entries a dead consumer read but never acknowledged are taken over after this long.
@@ -54,54 +56,6 @@ def describe(record: EventRecord) -> str:
     if record.type == "trial":
         return f"Trial {d.get('trial_id')}: {d.get('status')}"
     return f"{record.type}: {d}"
-
-
-def model_id_of(s: Session, job: Job) -> str:
-    tenant = s.get(Tenant, job.tenant_id)
-    name = tenant.name if tenant else job.tenant_id
-    return fine_tuned_model_id(job.model, name, job.suffix, job.id)
-
-
-def complete_job(
-    s: Session,
-    job: Job,
-    *,
-    artifact_uri: str,
-    trained_tokens: int | None,
-    metrics: dict[str, Any],
-    note: str = "",
-    search_result: dict[str, Any] | None = None,
-) -> bool:
-    """Register the job's model and mark it succeeded (once, however often it is called)."""
-    if job.status in TERMINAL:
-        return False
-    model_id = model_id_of(s, job)
-    if s.get(FineTunedModel, model_id) is None:
-        s.add(
-            FineTunedModel(
-                id=model_id,
-                tenant_id=job.tenant_id,
-                job_id=job.id,
-                base_model=job.model,
-                task=job.task,
-                adapter_type=str((job.adapter or {}).get("type", "lora")),
-                artifact_uri=artifact_uri,
-                created_at=now(),
-            )
-        )
-        s.flush()
-    return transition(
-        s,
-        job.id,
-        "succeeded",
-        expected=("running", "cancelling"),
-        message=f"The job has successfully completed; model {model_id} is ready{note}",
-        data={"fine_tuned_model": model_id, "metrics": metrics},
-        fine_tuned_model=model_id,
-        trained_tokens=trained_tokens,
-        search_result=search_result,
-        result={"metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)}},
-    )
 
 
 class EventConsumer:
@@ -141,15 +95,12 @@ class EventConsumer:
 
     def _note_lost_events(self) -> None:
         with new_session(self.engine) as s:
-            active = s.exec(select(Job).where(col(Job.status).in_(("running", "cancelling"))))
-            for job in active:
-                add_event(
-                    s,
-                    job.id,
-                    job.tenant_id,
+            jobs = JobLifecycle(s)
+            for job in jobs.active():
+                jobs.warn(
+                    job,
                     "Redis lost its data (it restarted empty or was flushed): events the "
                     "training run sent meanwhile may be missing here; the run itself goes on",
-                    level="warn",
                 )
             s.commit()
 
@@ -190,15 +141,19 @@ class EventConsumer:
         return len(entries)
 
     def apply(self, s: Session, entry_id: str, record: EventRecord) -> None:
-        job = s.get(Job, record.job_id)
+        """Store one record; a record whose data does not validate raises ValueError."""
+        jobs = JobLifecycle(s)
+        job = jobs.job(record.job_id)
         if job is None or job.tenant_id != record.tenant_id:
             log.warning("event %s for unknown job %s", entry_id, record.job_id)
             return
         # The record's own id: the same record in two stream entries (the worker resent it
         # after a lost reply) and one entry delivered twice are both stored once.
         event_id = f"ftevent-{record.id}"
-        if s.exec(select(JobEvent.id).where(JobEvent.id == event_id)).first() is not None:
+        if jobs.has_event(event_id):
             return  # seen before
+        # Validated at the boundary, before anything is stored.
+        typed = _typed(record)
         kind = "metrics" if record.type in ("metrics", "eval") else "message"
         event = add_event(
             s,
@@ -212,100 +167,45 @@ class EventConsumer:
         )
         event.id = event_id
         s.flush()
-        if record.type == "trial":
-            self._trial(s, job, record)
-        elif record.type == "checkpoint":
-            self._checkpoint(s, job, record)
-        elif record.type == "result":
-            self._succeeded(s, job, record)
-        elif record.type == "status" and record.data.get("status") == "failed":
-            self._failed(s, job, record)
+        if isinstance(typed, TrialData):
+            jobs.trial(job, typed, record.created_at)
+        elif isinstance(typed, CheckpointData):
+            jobs.checkpoint(job, typed, record.created_at)
+        elif isinstance(typed, ResultData):
+            jobs.succeed(job, typed)
+        elif isinstance(typed, StatusData) and typed.status == RUN_FAILED:
+            self._failed(jobs, job, record.message, typed)
 
-    def _checkpoint(self, s: Session, job: Job, record: EventRecord) -> None:
-        step = int(record.data.get("step", 0))
-        existing = s.exec(
-            select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step_number == step)
-        ).first()
-        if existing is not None:
-            return
-        metrics = {k: v for k, v in record.data.items() if k != "checkpoint_uri"}
-        s.add(
-            Checkpoint(
-                id=f"ftckpt-{job.id.removeprefix('ftjob-')}-{step}",
-                job_id=job.id,
-                tenant_id=job.tenant_id,
-                step_number=step,
-                metrics={"step": step, **metrics},
-                uri=str(record.data.get("checkpoint_uri", "")),
-                fine_tuned_model_checkpoint=f"{model_id_of(s, job)}:ckpt-step-{step}",
-                created_at=record.created_at,
-            )
-        )
-        s.flush()
-
-    def _trial(self, s: Session, job: Job, record: EventRecord) -> None:
-        d = record.data
-        trial_id = str(d.get("trial_id", ""))
-        if not trial_id:
-            return
-        row = s.exec(
-            select(Trial).where(Trial.job_id == job.id, Trial.trial_id == trial_id)
-        ).first()
-        if row is None:
-            row = Trial(
-                id=f"fttrial-{job.id.removeprefix('ftjob-')}-{trial_id}",
-                job_id=job.id,
-                tenant_id=job.tenant_id,
-                trial_id=trial_id,
-                status="running",
-                created_at=record.created_at,
-                updated_at=record.created_at,
-            )
-        # Entries of one job arrive in order, but a redelivered old one must not win.
-        if record.created_at >= row.updated_at:
-            row.status = str(d.get("status", row.status))
-            row.params = dict(d.get("params") or row.params or {})
-            row.metrics = dict(d.get("metrics") or row.metrics or {})
-            best = d.get("best_metric")
-            row.best_metric = float(best) if best is not None else row.best_metric
-            row.iterations = int(d.get("iterations", row.iterations))
-            row.checkpoint_uri = d.get("checkpoint_uri") or row.checkpoint_uri
-            row.updated_at = record.created_at
-        s.add(row)
-        s.flush()
-
-    def _succeeded(self, s: Session, job: Job, record: EventRecord) -> None:
-        trained = record.data.get("trained_tokens")
-        best = record.data.get("best_trial")
-        complete_job(
-            s,
-            job,
-            artifact_uri=str(record.data.get("artifact_uri", "")),
-            trained_tokens=int(trained) if trained is not None else None,
-            metrics=dict(record.data.get("metrics") or {}),
-            search_result=dict(best) if isinstance(best, dict) else None,
-        )
-
-    def _failed(self, s: Session, job: Job, record: EventRecord) -> None:
+    def _failed(self, jobs: JobLifecycle, job: Job, message: str, data: StatusData) -> None:
         if job.status in TERMINAL:
             return
-        if job.status == "cancelling":
+        if job.status == JobStatus.CANCELLING:
             # A run interrupted by a cancel reports a failure; the user asked for it.
-            transition(s, job.id, "cancelled", expected=("cancelling",), message="Job cancelled")
+            jobs.cancelled(job.id)
             return
-        if record.data.get("retryable") and job.status == "running":
+        if data.retryable and job.status == JobStatus.RUNNING:
             # An internal failure (the Ray head or a node went away, say): the reconciler
             # sees the Ray job end and fails the job with this message, or finds it lost
             # with its cluster and runs it again.
             return
-        message = record.message or "Training failed"
-        transition(
-            s,
+        message = message or "Training failed"
+        jobs.fail(
             job.id,
-            "failed",
-            expected=("running", "cancelling"),
-            level="error",
-            message=f"The job failed: {message}",
-            error={"code": str(record.data.get("code", "training_failed")), "message": message,
-                   "param": record.data.get("param")},
-        )  # fmt: skip
+            data.code or "training_failed",
+            message,
+            param=data.param,
+            expected=(JobStatus.RUNNING, JobStatus.CANCELLING),
+        )
+
+
+def _typed(record: EventRecord) -> TrialData | CheckpointData | ResultData | StatusData | None:
+    """The record's data as its typed model (pydantic's ValidationError is a ValueError)."""
+    if record.type == "trial":
+        return TrialData.model_validate(record.data)
+    if record.type == "checkpoint":
+        return CheckpointData.model_validate(record.data)
+    if record.type == "result":
+        return ResultData.model_validate(record.data)
+    if record.type == "status":
+        return StatusData.model_validate(record.data)
+    return None

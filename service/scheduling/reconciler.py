@@ -11,91 +11,77 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 
 import fsspec
 import redis
+from pydantic import ValidationError
 from sqlalchemy import Engine
-from sqlmodel import col, select
 
 from service.config import Settings
 from service.db import new_session
+from service.jobs.lifecycle import JobLifecycle
 from service.jobs.queueing import enqueue
-from service.jobs.state import add_event, transition
-from service.models import Job, JobEvent
+from service.models import Job
+from service.models.status import JobStatus
 from service.queue import FairQueue
 from service.ray_backend import ComputeBackend, submission_id
-from service.scheduling.events import complete_job
 from service.scheduling.scheduler import Dispatcher
+from workers.records import ResultData
 from workers.report import EVENTS_STREAM
+from workers.spec import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
-# What workers.run_job publishes under the job's output_uri before reporting its result.
-ARTIFACT_MANIFEST = "model/tuneplane.json"
+# What workers.publish writes under the job's output_uri before the job reports its result.
+ARTIFACT_MANIFEST = f"model/{MANIFEST_FILE}"
 # After Ray says a job succeeded, its result event may still be in flight to the consumer:
 # it is waited for this long at most, and not at all once the event stream is drained.
 RESULT_GRACE_S = 20.0
 
 
+@dataclass(eq=False)
 class Reconciler:
-    def __init__(
-        self,
-        engine: Engine,
-        queue: FairQueue,
-        backend: ComputeBackend,
-        dispatcher: Dispatcher,
-        settings: Settings,
-    ) -> None:
-        self.engine = engine
-        self.queue = queue
-        self.backend = backend
-        self.dispatcher = dispatcher
-        self.settings = settings
-        self._succeeded_seen: dict[str, float] = {}
+    engine: Engine
+    queue: FairQueue
+    backend: ComputeBackend
+    dispatcher: Dispatcher
+    settings: Settings
+    # When Ray first said a job succeeded whose result event has not come yet.
+    _succeeded_seen: dict[str, float] = field(default_factory=dict, init=False)
 
     def run_once(self) -> None:
         self.reconcile_active()
         self.reconcile_queue()
 
     def reconcile_queue(self) -> None:
-        # Ids only: the queue may hold thousands of jobs, and this runs every few seconds
-        # (whole rows, specs and all, made the control plane's memory grow with the queue).
         with new_session(self.engine) as s:
-            queued = set(s.exec(select(Job.id).where(Job.status == "queued")))
+            queued = JobLifecycle(s).queued_ids()
         in_redis = self.queue.queued_ids()
         missing = queued - in_redis
         if missing:
             with new_session(self.engine) as s:
-                rows = s.exec(
-                    select(Job).where(col(Job.id).in_(sorted(missing)), Job.status == "queued")
-                ).all()
-                for job in rows:
+                jobs = JobLifecycle(s)
+                for job in jobs.queued_among(missing):
                     enqueue(self.queue, job)
                     log.info("re-enqueued %s (missing from Redis)", job.id)
-                    add_event(
-                        s,
-                        job.id,
-                        job.tenant_id,
+                    jobs.warn(
+                        job,
                         "The job was missing from the Redis queue (Redis lost its data, or "
                         "was unreachable when the job was queued); it is queued again in its "
                         "place",
-                        level="warn",
                     )
                 s.commit()
         stale = in_redis - queued
         if stale:
             with new_session(self.engine) as s:
-                left = s.exec(
-                    select(Job.id, Job.tenant_id).where(
-                        col(Job.id).in_(sorted(stale)), Job.status != "queued"
-                    )
-                ).all()
+                left = JobLifecycle(s).left_queue(stale)
             # Re-read: only drop entries of jobs that really left the queued state.
             for job_id, tenant_id in left:
                 self.queue.remove(job_id, tenant_id)
 
     def reconcile_active(self) -> None:
         with new_session(self.engine) as s:
-            active = list(s.exec(select(Job).where(col(Job.status).in_(("running", "cancelling")))))
+            active = JobLifecycle(s).active()
         for job in active:
             try:
                 self._reconcile_job(job)
@@ -108,14 +94,12 @@ class Reconciler:
         sid = submission_id(job.id, job.attempts)
         state = self.backend.state(sid)
         age = time.time() - (job.updated_at or job.created_at)
-        if job.status == "cancelling":
+        if job.status == JobStatus.CANCELLING:
             if state in ("PENDING", "RUNNING"):
                 self.backend.stop(sid)
                 return
             with new_session(self.engine) as s:
-                transition(
-                    s, job.id, "cancelled", expected=("cancelling",), message="Job cancelled"
-                )
+                JobLifecycle(s).cancelled(job.id)
                 s.commit()
             return
         if state in ("PENDING", "RUNNING"):
@@ -175,17 +159,24 @@ class Reconciler:
         except (OSError, ValueError):
             return False
         metrics = dict(manifest.get("metrics") or {})
-        trained = metrics.get("trained_tokens")
+        try:
+            result = ResultData(
+                artifact_uri=manifest_uri.rsplit("/", 1)[0],
+                adapter=str(manifest.get("adapter", "")),
+                trained_tokens=int(metrics.get("trained_tokens", 0)),
+                steps=int(metrics.get("step", 0)),
+                metrics=metrics,
+            )
+        except (ValidationError, TypeError, ValueError):
+            return False
         with new_session(self.engine) as s:
-            current = s.get(Job, job.id)
+            jobs = JobLifecycle(s)
+            current = jobs.job(job.id)
             if current is None:
                 return False
-            done = complete_job(
-                s,
+            done = jobs.succeed(
                 current,
-                artifact_uri=manifest_uri.rsplit("/", 1)[0],
-                trained_tokens=int(trained) if trained is not None else None,
-                metrics=metrics,
+                result,
                 note=" (its result event was lost; recovered from the published artifact)",
             )
             s.commit()
@@ -193,23 +184,10 @@ class Reconciler:
 
     def _last_error(self, job_id: str) -> str | None:
         with new_session(self.engine) as s:
-            stmt = (
-                select(JobEvent.message)
-                .where(JobEvent.job_id == job_id, JobEvent.level == "error")
-                .order_by(col(JobEvent.seq).desc())
-            )
-            return s.exec(stmt).first()
+            return JobLifecycle(s).last_error(job_id)
 
     def _fail(self, job: Job, code: str, message: str) -> None:
         self._succeeded_seen.pop(job.id, None)
         with new_session(self.engine) as s:
-            transition(
-                s,
-                job.id,
-                "failed",
-                expected=("running",),
-                level="error",
-                message=f"The job failed: {message}",
-                error={"code": code, "message": message, "param": None},
-            )
+            JobLifecycle(s).fail(job.id, code, message)
             s.commit()

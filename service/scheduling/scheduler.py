@@ -7,7 +7,6 @@ job, and the Ray submission id is the job id (per attempt), which Ray never runs
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import time
@@ -15,22 +14,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import Engine, update
-from sqlmodel import col, select
+from sqlalchemy import Engine
 
 from service.config import Quotas, Settings
 from service.db import new_session
 from service.faults import crash_point
+from service.jobs.lifecycle import JobLifecycle
 from service.jobs.queueing import cost_of, enqueue
-from service.jobs.state import transition
-from service.models import Job, Tenant
+from service.models.status import JobStatus
 from service.queue import FairQueue, QueuedJob
 from service.ray_backend import Capacity, CapacitySource, ComputeBackend, submission_id
 from service.storage import ArtifactStore
+from service.tenants.repository import TenantRepository
 from service.tenants.service import effective_quotas
+from workers.spec import JobSpec
 
 log = logging.getLogger(__name__)
-ACTIVE_STATES = ("running", "cancelling")
 # Consecutive refused submissions (Ray up but refusing) before a job fails.
 MAX_SUBMIT_FAILURES = 8
 TENANT_CACHE_S = 1.0
@@ -136,28 +135,21 @@ class ClusterView:
         use.gpus += job.gpus
 
 
+@dataclass(eq=False)
 class Dispatcher:
     """Starts one job: compare-and-set in the database, then submit to the cluster."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        backend: ComputeBackend,
-        queue: FairQueue,
-        store: ArtifactStore,
-        settings: Settings,
-    ) -> None:
-        self.engine = engine
-        self.backend = backend
-        self.queue = queue
-        self.store = store
-        self.settings = settings
-        # Per job: consecutive refused submissions, and when the next try may happen.
-        self.submit_failures: dict[str, int] = {}
-        self.retry_at: dict[str, float] = {}
-        # Jobs whose submission to Ray is under way: Ray may not know them yet, and the
-        # reconciler must not take that for a lost job (it would start the job again).
-        self.submitting: set[str] = set()
+    engine: Engine
+    backend: ComputeBackend
+    queue: FairQueue
+    store: ArtifactStore
+    settings: Settings
+    # Per job: consecutive refused submissions, and when the next try may happen.
+    submit_failures: dict[str, int] = field(default_factory=dict, init=False)
+    retry_at: dict[str, float] = field(default_factory=dict, init=False)
+    # Jobs whose submission to Ray is under way: Ray may not know them yet, and the
+    # reconciler must not take that for a lost job (it would start the job again).
+    submitting: set[str] = field(default_factory=set, init=False)
 
     def entrypoint(self, job_id: str, spec_uri: str) -> str:
         s = self.settings
@@ -181,34 +173,32 @@ class Dispatcher:
         at once; `cpus_per_worker`: for a job whose CPUs were left to it, what each worker
         gets. Both are written into the job and its spec in the same update."""
         with new_session(self.engine) as s:
-            job = s.get(Job, job_id)
-            if job is None or job.status != "queued":
+            jobs = JobLifecycle(s)
+            job = jobs.job(job_id)
+            if job is None or job.status != JobStatus.QUEUED or job.spec is None:
                 return False
             attempt = job.attempts + 1
             extra: dict[str, Any] = {}
-            spec = dict(job.spec or {})
-            if concurrent_trials is not None and job.search and spec.get("search"):
-                extra["search"] = {**job.search, "max_concurrent_trials": concurrent_trials}
-                spec["search"] = {**spec["search"], "max_concurrent_trials": concurrent_trials}
-                extra["spec"] = spec
-            if cpus_per_worker is not None and spec.get("resources"):
-                extra["resources"] = {**(job.resources or {}), "cpus_per_worker": cpus_per_worker}
-                spec["resources"] = {**spec["resources"], "cpus_per_worker": cpus_per_worker}
-                extra["spec"] = spec
-            spec_key = f"{job.tenant_id}/jobs/{job_id}/spec.json"
-            self.store.write_bytes(spec_key, json.dumps(spec).encode())
+            spec = JobSpec.model_validate(job.spec, strict=False)
             message = f"Job started on the cluster (attempt {attempt})"
-            if "search" in extra:
+            if concurrent_trials is not None and spec.search is not None:
+                search = spec.search.model_copy(update={"max_concurrent_trials": concurrent_trials})
+                spec = spec.model_copy(update={"search": search})
+                extra["search"] = {**(job.search or {}), "max_concurrent_trials": concurrent_trials}
                 message += f", up to {concurrent_trials} trials at once"
-            if "resources" in extra:
+            if cpus_per_worker is not None:
+                resources = spec.resources.model_copy(update={"cpus_per_worker": cpus_per_worker})
+                spec = spec.model_copy(update={"resources": resources})
+                extra["resources"] = {**(job.resources or {}), "cpus_per_worker": cpus_per_worker}
                 message += f", {cpus_per_worker:g} CPUs per worker"
-            if not transition(
-                s,
+            if extra:
+                extra["spec"] = spec.model_dump(mode="json")
+            spec_key = f"{job.tenant_id}/jobs/{job_id}/spec.json"
+            self.store.write_bytes(spec_key, spec.model_dump_json().encode())
+            if not jobs.start(
                 job_id,
-                "running",
-                expected=("queued",),
-                message=message,
-                data={"attempt": attempt, "submission_id": submission_id(job_id, attempt)},
+                message,
+                {"attempt": attempt, "submission_id": submission_id(job_id, attempt)},
                 attempts=attempt,
                 **extra,
             ):
@@ -241,12 +231,7 @@ class Dispatcher:
         """The grace a dispatched job has to show up on Ray counts from here, not from the
         database commit before a submission that may have been slow."""
         with new_session(self.engine) as s:
-            s.exec(
-                update(Job)
-                .where(col(Job.id) == job_id, col(Job.status) == "running")
-                .where(col(Job.attempts) == attempt)
-                .values(updated_at=time.time())
-            )
+            JobLifecycle(s).submitted(job_id, attempt, time.time())
             s.commit()
 
     def _submit_failed(self, job_id: str, attempt: int, why: str) -> None:
@@ -255,33 +240,26 @@ class Dispatcher:
         failures = self.submit_failures.get(job_id, 0) + 1
         self.submit_failures[job_id] = failures
         with new_session(self.engine) as s:
+            jobs = JobLifecycle(s)
             if failures >= MAX_SUBMIT_FAILURES:
-                transition(
-                    s,
+                jobs.fail(
                     job_id,
-                    "failed",
-                    expected=("running",),
-                    level="error",
+                    "dispatch_failed",
+                    why,
                     message=f"Ray refused the job {failures} times; last: {why}",
-                    error={"code": "dispatch_failed", "message": why, "param": None},
                 )
                 s.commit()
                 self.submit_failures.pop(job_id, None)
                 return
             delay = min(2.0**failures, 60.0)
             self.retry_at[job_id] = time.monotonic() + delay
-            moved = transition(
-                s,
+            job = jobs.requeue(
                 job_id,
-                "queued",
-                expected=("running",),
-                level="warn",
-                message=f"Ray did not take the job ({why}); retrying in {delay:.0f} s",
+                f"Ray did not take the job ({why}); retrying in {delay:.0f} s",
                 attempts=attempt - 1,
             )
             s.commit()
-            job = s.get(Job, job_id)
-            if moved and job is not None:
+            if job is not None:
                 enqueue(self.queue, job)
 
     def backing_off(self, job_id: str) -> bool:
@@ -289,53 +267,39 @@ class Dispatcher:
 
     def requeue_or_fail(self, job_id: str, tenant_id: str, attempt: int, why: str) -> None:
         with new_session(self.engine) as s:
+            jobs = JobLifecycle(s)
             if attempt < self.settings.max_attempts:
-                moved = transition(
-                    s,
+                job = jobs.requeue(
                     job_id,
-                    "queued",
-                    expected=("running",),
-                    level="warn",
-                    message=f"{why}; the job is queued again (attempt {attempt} of "
+                    f"{why}; the job is queued again (attempt {attempt} of "
                     f"{self.settings.max_attempts})",
                 )
                 s.commit()
-                job = s.get(Job, job_id)
-                if moved and job is not None:
+                if job is not None:
                     enqueue(self.queue, job)
             else:
-                transition(
-                    s,
+                jobs.fail(
                     job_id,
-                    "failed",
-                    expected=("running", "cancelling"),
-                    level="error",
+                    "dispatch_failed",
+                    why,
                     message=f"{why}; giving up after {attempt} attempts",
-                    error={"code": "dispatch_failed", "message": why, "param": None},
+                    expected=(JobStatus.RUNNING, JobStatus.CANCELLING),
                 )
                 s.commit()
 
 
+@dataclass(eq=False)
 class Scheduler:
-    def __init__(
-        self,
-        engine: Engine,
-        queue: FairQueue,
-        capacity: CapacitySource,
-        dispatcher: Dispatcher,
-        settings: Settings,
-        token: str,
-    ) -> None:
-        self.engine = engine
-        self.queue = queue
-        self.capacity = capacity
-        self.dispatcher = dispatcher
-        self.settings = settings
-        self.token = token
-        self.drr = DeficitRoundRobin()
-        self.is_leader = False
-        self._tenants_at = -1e9
-        self._tenant_cache: tuple[dict[str, float], dict[str, Quotas]] = ({}, {})
+    engine: Engine
+    queue: FairQueue
+    capacity: CapacitySource
+    dispatcher: Dispatcher
+    settings: Settings
+    token: str
+    drr: DeficitRoundRobin = field(default_factory=DeficitRoundRobin, init=False)
+    is_leader: bool = field(default=False, init=False)
+    _tenants_at: float = field(default=-1e9, init=False)
+    _tenant_cache: tuple[dict[str, float], dict[str, Quotas]] = field(default=({}, {}), init=False)
 
     def _tenants(self) -> tuple[dict[str, float], dict[str, Quotas]]:
         # Weights and quotas change by admin action, rarely: re-read them once a second,
@@ -344,7 +308,7 @@ class Scheduler:
             weights: dict[str, float] = {}
             quotas: dict[str, Quotas] = {}
             with new_session(self.engine) as s:
-                for tenant in s.exec(select(Tenant)):
+                for tenant in TenantRepository(s).all():
                     weights[tenant.id] = tenant.weight
                     quotas[tenant.id] = effective_quotas(tenant, self.settings)
             self._tenant_cache = (weights, quotas)
@@ -358,12 +322,7 @@ class Scheduler:
             free=total, weights=weights, quotas=quotas, reserved_cpus=self.settings.reserved_cpus
         )
         with new_session(self.engine) as s:
-            rows = s.exec(
-                select(Job.id, Job.tenant_id, Job.resources, Job.search).where(
-                    col(Job.status).in_(ACTIVE_STATES)
-                )
-            )
-            for job_id, tenant_id, resources, search in rows:
+            for job_id, tenant_id, resources, search in JobLifecycle(s).holdings():
                 cpus, gpus = cost_of(resources, search)
                 view.hold(QueuedJob(job_id, tenant_id, cpus, gpus))
         return view
@@ -416,8 +375,7 @@ class Scheduler:
 
     def _is_queued(self, job_id: str) -> bool:
         with new_session(self.engine) as s:
-            job = s.get(Job, job_id)
-            return job is not None and job.status == "queued"
+            return JobLifecycle(s).is_queued(job_id)
 
     def resign(self) -> None:
         self.queue.release_leader(self.token)

@@ -31,3 +31,11 @@ class TenantRepository:
     def key(self, tenant_id: str, key_id: str) -> ApiKey | None:
         stmt = select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id)
         return self.session.exec(stmt).first()
+
+    def live_key(self, key_hash: str) -> ApiKey | None:
+        """The unrevoked key with this hash (authentication's one query)."""
+        stmt = select(ApiKey).where(ApiKey.key_hash == key_hash, col(ApiKey.revoked_at).is_(None))
+        return self.session.exec(stmt).first()
+
+    def names(self) -> dict[str, str]:
+        return {t.id: t.name for t in self.all()}

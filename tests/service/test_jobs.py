@@ -11,6 +11,7 @@ from service.common import now
 from service.jobs.auto import auto_batch_size, auto_epochs, auto_learning_rate
 from service.jobs.state import transition
 from service.models import Checkpoint
+from service.models.status import JobStatus
 from tests.factories import (
     ADMIN,
     TenantHandle,
@@ -304,8 +305,8 @@ def test_finished_job_cannot_be_cancelled(client: TestClient, app: FastAPI) -> N
     t = make_tenant(client)
     job = create_job_ok(client, t)
     with Session(app.state.engine) as s:
-        assert transition(s, job["id"], "running")
-        assert transition(s, job["id"], "succeeded")
+        assert transition(s, job["id"], JobStatus.RUNNING)
+        assert transition(s, job["id"], JobStatus.SUCCEEDED)
         s.commit()
     r = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=t.headers)
     assert r.status_code == 400
@@ -316,12 +317,12 @@ def test_transition_is_compare_and_set(client: TestClient, app: FastAPI) -> None
     t = make_tenant(client)
     job = create_job_ok(client, t)
     with Session(app.state.engine) as a, Session(app.state.engine) as b:
-        assert transition(a, job["id"], "running", expected=("queued",))
+        assert transition(a, job["id"], JobStatus.RUNNING, expected=(JobStatus.QUEUED,))
         a.commit()
         # A second starter that read "queued" earlier loses: the row is no longer queued.
-        assert not transition(b, job["id"], "running", expected=("queued",))
+        assert not transition(b, job["id"], JobStatus.RUNNING, expected=(JobStatus.QUEUED,))
         # Transitions outside the table never happen.
-        assert not transition(b, job["id"], "validating_files")
+        assert not transition(b, job["id"], JobStatus.VALIDATING_FILES)
         b.commit()
     got = client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=t.headers).json()
     assert got["status"] == "running"

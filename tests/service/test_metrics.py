@@ -156,6 +156,7 @@ def test_a_rolled_back_transition_is_not_counted(settings: Settings) -> None:
     from sqlmodel import Session
 
     from service.jobs.state import transition
+    from service.models.status import JobStatus
 
     before = parse(metrics.render(None)[0].decode())
     count = "tuneplane_job_duration_seconds_count"
@@ -165,12 +166,12 @@ def test_a_rolled_back_transition_is_not_counted(settings: Settings) -> None:
         job_id = create_job_ok(client, tenant)["id"]
         engine = client.app.state.engine  # type: ignore[attr-defined]
         with Session(engine) as s:
-            assert transition(s, job_id, "cancelled", expected=("queued",))
+            assert transition(s, job_id, JobStatus.CANCELLED, expected=(JobStatus.QUEUED,))
             s.rollback()
         after = parse(metrics.render(None)[0].decode())
         assert sum(v for (n, ls), v in after.items() if n == count) == prior
         with Session(engine) as s:
-            assert transition(s, job_id, "cancelled", expected=("queued",))
+            assert transition(s, job_id, JobStatus.CANCELLED, expected=(JobStatus.QUEUED,))
             s.commit()
         after = parse(metrics.render(None)[0].decode())
         assert value(after, count, status="cancelled") >= 1

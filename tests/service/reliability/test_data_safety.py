@@ -22,6 +22,7 @@ from service import db
 from service.config import Settings
 from service.jobs.state import transition
 from service.main import create_app
+from service.models.status import JobStatus
 from service.stack import free_port
 from tests.factories import (
     ADMIN,
@@ -160,7 +161,7 @@ def test_a_file_an_unfinished_job_uses_cannot_be_deleted(
         for step in {"queued": [], "running": ["running"], "cancelling": ["running", "cancelling"]}[
             status
         ]:
-            assert transition(s, job_id, step)
+            assert transition(s, job_id, JobStatus(step))
         s.commit()
     for file_id in (training, validation):
         r = client.delete(f"/v1/files/{file_id}", headers=t.headers)
@@ -171,7 +172,7 @@ def test_a_file_an_unfinished_job_uses_cannot_be_deleted(
     # Once the job has ended, the files may go.
     with Session(app.state.engine) as s:
         end = "cancelled" if status in ("queued", "cancelling") else "failed"
-        assert transition(s, job_id, end)
+        assert transition(s, job_id, JobStatus(end))
         s.commit()
     for file_id in (training, validation):
         assert client.delete(f"/v1/files/{file_id}", headers=t.headers).status_code == 200

@@ -9,8 +9,10 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from service.jobs.state import transition
+from service.models.status import JobStatus
 from service.scheduling.events import EventConsumer
 from tests.factories import create_job_ok, make_tenant, upload_ok
+from workers.records import ResultData
 from workers.report import EVENTS_STREAM, EventRecord
 
 
@@ -20,9 +22,16 @@ def _running_job(
     t = make_tenant(client, "evt")
     job = create_job_ok(client, t, suffix="s1", **body)
     with Session(app.state.engine) as s:
-        assert transition(s, job["id"], "running")
+        assert transition(s, job["id"], JobStatus.RUNNING)
         s.commit()
     return job["id"], t.id, t.headers
+
+
+def _result(artifact_uri: str) -> dict[str, Any]:
+    """A result event's data as a worker sends it."""
+    return ResultData(
+        artifact_uri=artifact_uri, adapter="lora", trained_tokens=10, steps=1, metrics={}
+    ).event_data()
 
 
 def _emit(r: redis.Redis, job_id: str, tenant_id: str, type_: str, **kw: object) -> None:
@@ -42,14 +51,20 @@ def test_worker_events_become_job_events_checkpoints_and_a_model(
         job_id,
         tenant_id,
         "checkpoint",
-        data={"step": 2, "checkpoint_uri": "file:///c/2", "train_loss": 2.1},
+        data={"step": 2, "checkpoint_uri": "file:///c/2", "metrics": {"train_loss": 2.1}},
     )
     _emit(
         redis_client,
         job_id,
         tenant_id,
         "result",
-        data={"artifact_uri": "file:///m", "trained_tokens": 1234, "metrics": {"eval_loss": 2.0}},
+        data=ResultData(
+            artifact_uri="file:///m",
+            adapter="lora",
+            trained_tokens=1234,
+            steps=2,
+            metrics={"eval_loss": 2.0},
+        ).event_data(),
     )
     assert consumer.poll(block_ms=100) == 4
     assert consumer.poll(block_ms=100) == 0
@@ -153,7 +168,7 @@ def test_trial_events_become_trials_and_the_winner_is_named(
     job = create_job_ok(client, t, training_file=train, validation_file=train, search=search)
     job_id, headers = job["id"], t.headers
     with Session(app.state.engine) as s:
-        assert transition(s, job_id, "running")
+        assert transition(s, job_id, JobStatus.RUNNING)
         s.commit()
     params = {"a": {"learning_rate": 1e-3}, "b": {"learning_rate": 5e-3}}
     updates = [
@@ -176,7 +191,11 @@ def test_trial_events_become_trials_and_the_winner_is_named(
     )
     best = {"trial_id": "a", "metric": "eval_loss", "value": 2.0, "params": params["a"]}
     _emit(
-        redis_client, job_id, t.id, "result", data={"artifact_uri": "file:///m", "best_trial": best}
+        redis_client,
+        job_id,
+        t.id,
+        "result",
+        data={**_result("file:///m"), "best_trial": best},
     )
     EventConsumer(app.state.engine, redis_client, "cp", "r").poll(block_ms=100)
 

@@ -14,6 +14,7 @@ from service.scheduling.reconciler import Reconciler
 from service.scheduling.scheduler import Dispatcher, Scheduler
 from tests.factories import TenantHandle, create_job_ok, make_tenant
 from tests.service.scheduling.conftest import FixedCluster
+from workers.records import ResultData
 from workers.report import EVENTS_STREAM, EventRecord
 
 
@@ -215,7 +216,9 @@ def test_a_result_event_still_on_its_way_is_waited_for(
         job_id=job_id,
         tenant_id=t.id,
         type="result",
-        data={"artifact_uri": "file:///m", "trained_tokens": 999},
+        data=ResultData(
+            artifact_uri="file:///m", adapter="lora", trained_tokens=999, steps=1, metrics={}
+        ).event_data(),
     )
     queue.r.xadd(EVENTS_STREAM, result.stream_fields())
     cluster.states[job_id] = "SUCCEEDED"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 
@@ -11,6 +12,7 @@ from service.config import Settings
 from service.jobs.queueing import enqueue
 from service.jobs.state import transition
 from service.models import Job
+from service.models.status import JobStatus
 from service.queue import FairQueue, QueuedJob
 from service.ray_backend import Capacity
 from service.scheduling.scheduler import ClusterView, DeficitRoundRobin, Dispatcher, Scheduler
@@ -38,7 +40,7 @@ def _submit_many(client: TestClient, tenant: TenantHandle, n: int) -> list[str]:
 
 def _finish(app: FastAPI, job_id: str) -> None:
     with Session(app.state.engine) as s:
-        assert transition(s, job_id, "succeeded", expected=("running",))
+        assert transition(s, job_id, JobStatus.SUCCEEDED, expected=(JobStatus.RUNNING,))
         s.commit()
 
 
@@ -92,7 +94,7 @@ def test_an_auto_cpu_job_takes_the_idle_cluster_and_starts_again_when_requeued(
     # Lost and queued again (a crash, a lost Ray job): it needs one CPU a worker to start,
     # not the two it got last time, so it is not stuck behind a cluster it never fits.
     with Session(app.state.engine) as s:
-        assert transition(s, job_id, "queued", expected=("running",))
+        assert transition(s, job_id, JobStatus.QUEUED, expected=(JobStatus.RUNNING,))
         s.commit()
         requeued = s.get(Job, job_id)
         assert requeued is not None
@@ -261,4 +263,4 @@ def test_a_search_gets_as_many_concurrent_trials_as_fit(
         assert stored is not None and stored.spec is not None
         assert stored.spec["search"]["max_concurrent_trials"] == 2
     spec_file = app.state.store.open_read(f"{t.id}/jobs/{job['id']}/spec.json").read()
-    assert b'"max_concurrent_trials": 2' in spec_file
+    assert json.loads(spec_file)["search"]["max_concurrent_trials"] == 2

@@ -1,0 +1,207 @@
+"""What the background loops do to jobs, for every tenant: start, requeue, fail, complete,
+and store what a run reports. Each change is a `transition()`; each query is `JobStore`'s.
+
+The scheduler, the reconciler and the event consumer open a session, call these, commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from sqlmodel import Session
+
+from service.jobs.repository import Holding, JobStore
+from service.jobs.state import NewModel, add_event, transition
+from service.models import Checkpoint, Job, Trial
+from service.models.status import ACTIVE, TERMINAL, WAITING, JobStatus
+from service.registry.service import fine_tuned_model_id
+from service.tenants.repository import TenantRepository
+from workers.records import CheckpointData, ResultData, TrialData
+
+
+class JobLifecycle:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.store = JobStore(session)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job | None:
+        return self.store.get(job_id)
+
+    def active(self) -> list[Job]:
+        """Jobs on the cluster (running, or being cancelled)."""
+        return self.store.in_status(ACTIVE)
+
+    def holdings(self) -> list[Holding]:
+        return self.store.holdings()
+
+    def queued_ids(self) -> set[str]:
+        return self.store.ids_in(JobStatus.QUEUED)
+
+    def queued_among(self, ids: Iterable[str]) -> list[Job]:
+        return self.store.among(ids, JobStatus.QUEUED)
+
+    def left_queue(self, ids: Iterable[str]) -> list[tuple[str, str]]:
+        return self.store.left(ids, JobStatus.QUEUED)
+
+    def is_queued(self, job_id: str) -> bool:
+        job = self.store.get(job_id)
+        return job is not None and job.status == JobStatus.QUEUED
+
+    def last_error(self, job_id: str) -> str | None:
+        return self.store.last_error(job_id)
+
+    def has_event(self, event_id: str) -> bool:
+        return self.store.has_event(event_id)
+
+    def model_id(self, job: Job) -> str:
+        tenant = TenantRepository(self.session).get(job.tenant_id)
+        return fine_tuned_model_id(
+            job.model, tenant.name if tenant else job.tenant_id, job.suffix, job.id
+        )
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def _move(
+        self,
+        job_id: str,
+        to: JobStatus,
+        expected: Collection[JobStatus],
+        message: str,
+        **fields: Any,
+    ) -> bool:
+        return transition(self.session, job_id, to, expected=expected, message=message, **fields)
+
+    def start(self, job_id: str, message: str, data: dict[str, Any], **fields: Any) -> bool:
+        return self._move(
+            job_id, JobStatus.RUNNING, (JobStatus.QUEUED,), message, data=data, **fields
+        )
+
+    def submitted(self, job_id: str, attempt: int, at: float) -> None:
+        """The grace a dispatched job has to show up on Ray counts from `at`."""
+        self.store.touch(job_id, JobStatus.RUNNING, attempt, at)
+
+    def requeue(self, job_id: str, message: str, **fields: Any) -> Job | None:
+        """A running job goes back to the queue; the job when it moved."""
+        moved = transition(
+            self.session,
+            job_id,
+            JobStatus.QUEUED,
+            expected=(JobStatus.RUNNING,),
+            level="warn",
+            message=message,
+            **fields,
+        )
+        return self.store.get(job_id) if moved else None
+
+    def fail(
+        self,
+        job_id: str,
+        code: str,
+        why: str,
+        *,
+        message: str | None = None,
+        param: str | None = None,
+        expected: Collection[JobStatus] = (JobStatus.RUNNING,),
+    ) -> bool:
+        """Fail the job with `code` and `why` (the error users see); `message`: the event's
+        text when it should say more than "The job failed: <why>"."""
+        return transition(
+            self.session,
+            job_id,
+            JobStatus.FAILED,
+            expected=expected,
+            level="error",
+            message=message or f"The job failed: {why}",
+            error={"code": code, "message": why, "param": param},
+        )
+
+    def cancel_unstarted(self, job_id: str) -> bool:
+        """A user's cancel of a job that never started: it ends at once."""
+        return self._move(job_id, JobStatus.CANCELLED, WAITING, "Job cancelled before it started")
+
+    def stop(self, job_id: str) -> bool:
+        """A user's cancel of a running job: cancelling until its Ray job has stopped."""
+        return self._move(
+            job_id,
+            JobStatus.CANCELLING,
+            (JobStatus.RUNNING,),
+            "Cancellation requested; stopping the training run",
+        )
+
+    def cancelled(self, job_id: str) -> bool:
+        """The Ray job of a job being cancelled has stopped."""
+        return self._move(job_id, JobStatus.CANCELLED, (JobStatus.CANCELLING,), "Job cancelled")
+
+    def succeed(self, job: Job, result: ResultData, note: str = "") -> bool:
+        """Register the job's model and mark it succeeded (once, however often it is called)."""
+        if job.status in TERMINAL:
+            return False
+        model_id = self.model_id(job)
+        return transition(
+            self.session,
+            job.id,
+            JobStatus.SUCCEEDED,
+            expected=ACTIVE,
+            message=f"The job has successfully completed; model {model_id} is ready{note}",
+            data={"fine_tuned_model": model_id, "metrics": result.metrics},
+            model=NewModel(id=model_id, artifact_uri=result.artifact_uri),
+            trained_tokens=result.trained_tokens,
+            search_result=result.best_trial.model_dump() if result.best_trial else None,
+            result={
+                "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
+            },
+        )
+
+    def warn(self, job: Job, message: str) -> None:
+        add_event(self.session, job.id, job.tenant_id, message, level="warn")
+
+    # -- what a run reports ------------------------------------------------------------------
+
+    def checkpoint(self, job: Job, data: CheckpointData, at: float) -> None:
+        if self.store.checkpoint_at(job.id, data.step) is not None:
+            return
+        # Flat, as OpenAI's checkpoint metrics are: the numbers reported with it.
+        metrics: dict[str, Any] = {
+            k: v for k, v in data.metrics.items() if isinstance(v, int | float)
+        }
+        if data.trial_id is not None:
+            metrics["trial_id"] = data.trial_id
+        self.store.add(
+            Checkpoint(
+                id=f"ftckpt-{job.id.removeprefix('ftjob-')}-{data.step}",
+                job_id=job.id,
+                tenant_id=job.tenant_id,
+                step_number=data.step,
+                metrics={"step": data.step, **metrics},
+                uri=data.checkpoint_uri,
+                fine_tuned_model_checkpoint=f"{self.model_id(job)}:ckpt-step-{data.step}",
+                created_at=at,
+            )
+        )
+
+    def trial(self, job: Job, data: TrialData, at: float) -> None:
+        row = self.store.trial(job.id, data.trial_id)
+        if row is None:
+            row = Trial(
+                id=f"fttrial-{job.id.removeprefix('ftjob-')}-{data.trial_id}",
+                job_id=job.id,
+                tenant_id=job.tenant_id,
+                trial_id=data.trial_id,
+                status=data.status,
+                created_at=at,
+                updated_at=at,
+            )
+        # Entries of one job arrive in order, but a redelivered old one must not win.
+        if at >= row.updated_at:
+            row.status = data.status
+            row.params = dict(data.params or row.params or {})
+            row.metrics = dict(data.metrics or row.metrics or {})
+            if data.best_metric is not None:
+                row.best_metric = data.best_metric
+            row.iterations = data.iterations
+            row.checkpoint_uri = data.checkpoint_uri or row.checkpoint_uri
+            row.updated_at = at
+        self.store.add(row)
