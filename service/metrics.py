@@ -58,18 +58,19 @@ DISPATCH_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
-JOB_RUN_SECONDS, JOB_TOTAL_SECONDS = (
-    Histogram(name, doc, ["status"], buckets=_DURATION_BUCKETS, registry=REGISTRY)
-    for name, doc in (
-        (
-            "tuneplane_job_run_seconds",
-            "Time from a job's start on the cluster to its end, by final status.",
-        ),
-        (
-            "tuneplane_job_duration_seconds",
-            "Time from a job's submission to its end (queueing included), by final status.",
-        ),
-    )
+JOB_RUN_SECONDS = Histogram(
+    "tuneplane_job_run_seconds",
+    "Time from a job's start on the cluster to its end, by final status.",
+    ["status"],
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
+)
+JOB_TOTAL_SECONDS = Histogram(
+    "tuneplane_job_duration_seconds",
+    "Time from a job's submission to its end (queueing included), by final status.",
+    ["status"],
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
 )
 INFERENCE_REQUESTS = Counter(
     "tuneplane_inference_requests",

@@ -184,7 +184,7 @@ class Dispatcher:
             if concurrent_trials is not None and spec.search is not None:
                 search = spec.search.model_copy(update={"max_concurrent_trials": concurrent_trials})
                 spec = spec.model_copy(update={"search": search})
-                extra["search"] = {**(job.search or {}), "max_concurrent_trials": concurrent_trials}
+                extra["search"] = search.model_dump()
                 message += f", up to {concurrent_trials} trials at once"
             if cpus_per_worker is not None:
                 resources = spec.resources.model_copy(update={"cpus_per_worker": cpus_per_worker})
