@@ -55,8 +55,13 @@ import httpx  # noqa: E402
 
 # Importing bench.serve also sets the environment (offline hub, no Ray usage stats, quiet
 # transformers, this repository on PYTHONPATH for the control plane's process).
-from bench.serve import ADMIN_KEY, control_plane, wait_replicas  # noqa: E402
-from service.config import Settings  # noqa: E402
+from bench.serve import (  # noqa: E402
+    ADMIN_KEY,
+    bench_settings,
+    control_plane,
+    register,
+    wait_replicas,
+)
 from service.stack import embedded_stack  # noqa: E402
 
 MODEL_NAME = "minilm-l6"
@@ -139,58 +144,6 @@ def make_adapter(models_dir: Path, out: Path) -> Path:
     model.save_pretrained(str(out))
     (out / MANIFEST_FILE).write_text(json.dumps({"labels": LABELS, "max_length": MAX_LENGTH}))
     return out
-
-
-def register(settings: Settings, tenant_id: str, adapter: Path) -> str:
-    """The fine-tuned model row (and its job's), as the event consumer writes them when a
-    classification job succeeds; the spec's labels and source pick the application."""
-    from sqlmodel import Session
-
-    from service.common import new_id, now
-    from service.db import make_engine
-    from service.models import FineTunedModel, Job
-
-    engine = make_engine(settings.database_url)
-    task = "sequence_classification"
-    with Session(engine) as s:
-        job_id = new_id("ftjob")
-        t = now()
-        s.add(
-            Job(
-                id=job_id,
-                tenant_id=tenant_id,
-                status="succeeded",
-                model=MODEL_NAME,
-                task=task,
-                training_file="file-bench",
-                seed=0,
-                spec={
-                    "base_model": {"name": MODEL_NAME, "source": MODEL_SOURCE},
-                    "task": task,
-                    "labels": LABELS,
-                },
-                created_at=t,
-                updated_at=t,
-                finished_at=t,
-            )
-        )
-        s.flush()
-        model_id = f"ft:{MODEL_NAME}:bench:cls:{job_id}"
-        s.add(
-            FineTunedModel(
-                id=model_id,
-                tenant_id=tenant_id,
-                job_id=job_id,
-                base_model=MODEL_NAME,
-                task=task,
-                adapter_type="lora",
-                artifact_uri=adapter.as_uri(),
-                created_at=t,
-            )
-        )
-        s.commit()
-    engine.dispose()
-    return model_id
 
 
 class Cell:
@@ -331,14 +284,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="tuneplane-bench-classify-") as tmp_name:
         tmp = Path(tmp_name)
-        base = Settings(
-            data_dir=tmp / "data",
-            admin_key=ADMIN_KEY,
-            reconcile_interval_s=1.0,
-            serve_replica_cpus=REPLICA_CPUS,
-            serve_upscale_delay_s=0.0,
-        )
-        with embedded_stack(base, num_cpus=2) as settings:
+        with embedded_stack(bench_settings(tmp, REPLICA_CPUS), num_cpus=2) as settings:
             settings = settings.model_copy(update={"worker_env": {"PYTHONPATH": str(REPO_ROOT)}})
             models_dir = settings.resolved_models_dir
             adapter = make_adapter(models_dir, tmp / "artifacts" / "cls" / "model")
@@ -349,7 +295,15 @@ def main() -> None:
                     f"{url}/v1/admin/tenants", json={"name": "bench"}, headers=admin
                 ).json()
                 tenant_id, key = made["tenant"]["id"], made["api_key"]
-                model_id = register(settings, tenant_id, adapter)
+                (model_id,) = register(
+                    settings,
+                    tenant_id,
+                    [adapter],
+                    model=MODEL_NAME,
+                    source=MODEL_SOURCE,
+                    task="sequence_classification",
+                    labels=LABELS,
+                )
                 auth = {"Authorization": f"Bearer {key}"}
                 dep = httpx.post(
                     f"{url}/v1/deployments",

@@ -85,14 +85,28 @@ def make_adapters(models_dir: Path, root: Path) -> list[Path]:
     return out
 
 
-def register(settings: Settings, tenant_id: str, adapters: list[Path]) -> list[str]:
-    """Fine-tuned model rows, as the event consumer writes them when a job succeeds."""
+def register(
+    settings: Settings,
+    tenant_id: str,
+    adapters: list[Path],
+    *,
+    model: str = "tiny-gpt2",
+    source: str = "tiny:tiny-gpt2",
+    task: str = "causal_lm",
+    labels: list[str] | None = None,
+) -> list[str]:
+    """Fine-tuned model rows (and their jobs'), as the event consumer writes them when a job
+    succeeds; the spec's source, task and labels pick the serving application."""
     from sqlmodel import Session
 
     from service.common import new_id, now
     from service.db import make_engine
     from service.models import FineTunedModel, Job
+    from service.models.status import JobStatus
 
+    spec: dict[str, Any] = {"base_model": {"name": model, "source": source}, "task": task}
+    if labels is not None:
+        spec["labels"] = labels
     engine = make_engine(settings.database_url)
     ids = []
     with Session(engine) as s:
@@ -103,26 +117,26 @@ def register(settings: Settings, tenant_id: str, adapters: list[Path]) -> list[s
                 Job(
                     id=job_id,
                     tenant_id=tenant_id,
-                    status="succeeded",
-                    model="tiny-gpt2",
-                    task="causal_lm",
+                    status=JobStatus.SUCCEEDED,
+                    model=model,
+                    task=task,
                     training_file="file-bench",
                     seed=i,
-                    spec={"base_model": {"name": "tiny-gpt2", "source": "tiny:tiny-gpt2"}},
+                    spec=spec,
                     created_at=t,
                     updated_at=t,
                     finished_at=t,
                 )
             )
             s.flush()
-            model_id = f"ft:tiny-gpt2:bench:a{i}:{job_id}"
+            model_id = f"ft:{model}:bench:a{i}:{job_id}"
             s.add(
                 FineTunedModel(
                     id=model_id,
                     tenant_id=tenant_id,
                     job_id=job_id,
-                    base_model="tiny-gpt2",
-                    task="causal_lm",
+                    base_model=model,
+                    task=task,
                     adapter_type="lora",
                     artifact_uri=path.as_uri(),
                     created_at=t,
@@ -132,6 +146,17 @@ def register(settings: Settings, tenant_id: str, adapters: list[Path]) -> list[s
         s.commit()
     engine.dispose()
     return ids
+
+
+def bench_settings(tmp: Path, replica_cpus: float) -> Settings:
+    """A serving bench's stack: its own data dir, Serve replicas scaling up at once."""
+    return Settings(
+        data_dir=tmp / "data",
+        admin_key=ADMIN_KEY,
+        reconcile_interval_s=1.0,
+        serve_replica_cpus=replica_cpus,
+        serve_upscale_delay_s=0.0,
+    )
 
 
 @contextmanager
@@ -239,14 +264,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="tuneplane-bench-serve-") as tmp_name:
         tmp = Path(tmp_name)
-        base = Settings(
-            data_dir=tmp / "data",
-            admin_key=ADMIN_KEY,
-            reconcile_interval_s=1.0,
-            serve_replica_cpus=1.0,
-            serve_upscale_delay_s=0.0,
-        )
-        with embedded_stack(base, num_cpus=2) as settings:
+        with embedded_stack(bench_settings(tmp, replica_cpus=1.0), num_cpus=2) as settings:
             settings = settings.model_copy(update={"worker_env": {"PYTHONPATH": str(REPO_ROOT)}})
             adapters = make_adapters(settings.resolved_models_dir, tmp / "artifacts")
             results: dict[tuple[str, int], Cell] = {}
@@ -280,7 +298,8 @@ def main() -> None:
                         f"{settings.ray_address}/api/serve/applications/",
                         headers=_ray_headers(),
                     ).json()["applications"]
-                    app = next(n for n in apps if n.startswith("lm-"))
+                    # The adapters' application: base LMs of the catalog have theirs too.
+                    app = next(n for n in apps if n.startswith("lm-tiny-tiny-gpt2-"))
 
                     def body(i: int, pick: int = 0, ms: list[str] = models) -> dict[str, Any]:
                         return {
