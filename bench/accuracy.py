@@ -476,9 +476,9 @@ def run_plain(
     import torch
 
     from workers.data import collate, load_tokenizer, pad_token_id, plan_steps
+    from workers.loop_parts import lr_lambda as schedule
     from workers.modeling import apply_lora, causal_lm_loss_sum, count_targets, load_base_model
     from workers.sources import resolve_model_source
-    from workers.train import lr_lambda as schedule
 
     assert spec.adapter.type == "lora"
     classify = spec.task == "sequence_classification"

@@ -152,6 +152,7 @@ def run_plain(spec: Any, models_dir: str, cpus: int) -> Measured:
         plan_steps,
         tokenize_record,
     )
+    from workers.loop_parts import lr_lambda
     from workers.modeling import (
         apply_lora,
         causal_lm_loss_sum,
@@ -159,7 +160,6 @@ def run_plain(spec: Any, models_dir: str, cpus: int) -> Measured:
         load_base_model,
     )
     from workers.sources import resolve_model_source
-    from workers.train import lr_lambda
 
     torch.set_num_threads(cpus)
     # This process only: the idle Ray cluster started for (b) is not part of (a).

@@ -110,6 +110,7 @@ def run(scheduler: str, args: argparse.Namespace, tmp: Path, models_dir: str) ->
     started = time.perf_counter()
     outcome = run_search(spec, data, plan_steps(spec, data.train_examples), reporter, models_dir)
     wall = time.perf_counter() - started
+    assert outcome is not None, "nothing asked the search to pause"
     search, best = outcome.search, outcome.best_trial
     assert search is not None and best is not None
     return Outcome(

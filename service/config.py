@@ -27,6 +27,8 @@ CRASH_POINTS = frozenset(
         "events.before_commit",
         # The batch is committed but its stream entries are not acknowledged.
         "events.after_commit",
+        # A pause is committed (`pausing`); the run has not been asked yet.
+        "pause.after_commit",
     }
 )
 

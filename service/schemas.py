@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, Literal, Self, TypeVar
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 from service.common import Page
 
@@ -61,16 +61,26 @@ class CursorPage(ObjectList[T], Generic[T]):
 
 
 class IdRangePage(CursorPage[ObjectT], Generic[ObjectT]):
-    """A page that also names its first and last ids (OpenAI's file and checkpoint lists)."""
+    """A page that also names its first and last ids (OpenAI's file and checkpoint lists).
 
-    first_id: str | None = None
-    last_id: str | None = None
+    Empty, it names "" for both: OpenAI's file list requires them as strings (its
+    checkpoint list takes a string or null), and an empty page has no ids to name."""
+
+    first_id: str
+    last_id: str
 
     @classmethod
     def of(cls, page: Page[R], out: Callable[[R], ObjectT]) -> Self:
         data = [out(row) for row in page.items]
-        first, last = (data[0].id, data[-1].id) if data else (None, None)
+        first, last = (data[0].id, data[-1].id) if data else ("", "")
         return cls(data=data, has_more=page.has_more, first_id=first, last_id=last)
+
+
+def at_most(most: int) -> AfterValidator:
+    """A list's `limit` served as at most `most` (`Annotated[int, Query(ge=1), at_most(100)]`):
+    OpenAI's document sets no maximum on its lists' limits, so a larger one is not refused
+    but answered with the largest page we serve."""
+    return AfterValidator(lambda limit: min(limit, most))
 
 
 def shown(schema: type[S], source: object, **given: Any) -> S:

@@ -3,32 +3,48 @@
 A checkpoint directory holds no pickle:
 
 - ``model/``: ``save_pretrained`` output, the LoRA adapter (``adapter_model.safetensors``,
-  ``adapter_config.json``) or the whole model (``model.safetensors``, ``config.json``)
+  ``adapter_config.json``) or the whole model (``model.safetensors``, ``config.json``),
+  with what serving needs to load it on its own, as it loads a published model: the
+  manifest (``tuneplane.json``: task, labels, max_length) and, for a whole model, the
+  tokenizer (`write_serving_files`). A checkpoint is a model users can call.
 - ``optimizer.safetensors``: the AdamW moment tensors
+- ``rng.safetensors``: the random generators' states, so a resumed run draws the same
+  dropout masks as one that never stopped
 - ``trainer_state.json``: step, epoch, position in the epoch, scheduler and optimizer
   hyperparameters, metrics so far
 - ``probe_logits.safetensors``: test diagnostics, in a final checkpoint when asked for
 
-Ray Train keeps the newest `num_checkpoints_to_keep` and, when a worker is lost, restarts
-the workers (up to `max_failures` times), which resume from the newest one through
-`ray.train.get_checkpoint()`. Where checkpoints are stored is `workers.storage`'s part.
+When a worker is lost, Ray Train restarts the workers (up to `max_failures` times), which
+resume from the newest checkpoint through `ray.train.get_checkpoint()`. Which checkpoints
+are kept: a run that reports its checkpoints to the control plane keeps them all in Ray
+Train, and the control plane removes the ones its retention drops (the last
+`num_checkpoints_to_keep` and the best stay; `service.jobs.retention`), emptying their
+directories; other runs (a search's trials) let Ray Train keep the newest
+`num_checkpoints_to_keep`. Where checkpoints are stored is `workers.storage`'s part.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from workers.spec import MANIFEST_FILE, JobSpec, LoraAdapter
 
 MODEL_DIR = "model"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 PROBE_FILE = "probe_logits.safetensors"
+RNG_FILE = "rng.safetensors"
+# In the metrics of a run's last report when it stopped for a pause, not at its end.
+PAUSED_METRIC = "stopped_for_pause"
 
 
 @dataclass
@@ -78,6 +94,41 @@ def load_optimizer(
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
 
 
+def save_rng(directory: Path) -> dict[str, Any]:
+    """Writes torch's generator states; returns Python's and NumPy's, JSON-able."""
+    from safetensors.torch import save_file
+
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{index}"] = state
+    save_file(tensors, str(directory / RNG_FILE))
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)
+    version, internal, gauss_next = random.getstate()
+    return {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+    }
+
+
+def load_rng(directory: Path, saved: dict[str, Any] | None) -> None:
+    """Restores what `save_rng` wrote; a checkpoint from before it kept them is left be."""
+    from safetensors.torch import load_file
+
+    if saved is None or not (directory / RNG_FILE).is_file():
+        return
+    tensors = load_file(str(directory / RNG_FILE))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss_next = saved["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, gauss = saved["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
 def write_checkpoint(
     directory: Path,
     model: nn.Module,
@@ -98,9 +149,24 @@ def write_checkpoint(
         "metrics": metrics,
         "scheduler": scheduler.state_dict(),
         "optimizer": save_optimizer(optimizer, directory),
+        "rng": save_rng(directory),
         "final": final,
     }
     (directory / STATE_FILE).write_text(json.dumps(saved))
+
+
+def write_serving_files(
+    directory: Path, spec: JobSpec, metrics: dict[str, Any], tokenizer: Any
+) -> None:
+    """Makes the checkpoint's ``model/`` servable on its own: the manifest a published
+    model has (a classifier's labels and max_length come from it) and, for a full
+    fine-tune, whose folder is the served model's source, the tokenizer."""
+    from workers.publish import manifest
+
+    model_dir = directory / MODEL_DIR
+    (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest(spec, metrics), indent=2))
+    if not isinstance(spec.adapter, LoraAdapter):
+        tokenizer.save_pretrained(model_dir)
 
 
 def restore_state(
@@ -112,12 +178,14 @@ def restore_state(
     saved = json.loads((directory / STATE_FILE).read_text())
     load_optimizer(optimizer, directory, saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
+    load_rng(directory, saved.get("rng"))
     return TrainerState(
         step=saved["step"],
         epoch=saved["epoch"],
         micro_batches_done=saved["micro_batches_done"],
         trained_tokens=saved["trained_tokens"],
-        metrics=saved.get("metrics", {}),
+        # What the paused run reported last is not a metric the resumed run goes on with.
+        metrics={k: v for k, v in saved.get("metrics", {}).items() if k != PAUSED_METRIC},
         first_eval_loss=saved.get("first_eval_loss"),
     )
 

@@ -105,6 +105,8 @@ class StatusData(EventData):
     # Not the user's doing: the control plane may run the job again.
     retryable: bool = False
     error_type: str | None = None
+    # A paused run's last step: where the next run of the job goes on from.
+    step: int | None = None
 
     def event_data(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True, exclude_none=True)

@@ -55,7 +55,7 @@ from typing import IO, Any, Literal, Protocol
 from pydantic import BaseModel, Field
 
 from workers.records import CheckpointData, ResultData, StatusData, TrialData
-from workers.spec import RUN_FAILED, TRIAL_ERROR, RunStatus
+from workers.spec import RUN_FAILED, RUN_PAUSED, TRIAL_ERROR, RunStatus
 
 EVENTS_STREAM = "tuneplane:events"
 STREAM_MAXLEN = 1_000_000
@@ -246,6 +246,13 @@ class Reporter:
     ) -> EventRecord:
         data = StatusData(status=status).event_data()
         return self.emit("status", message or f"job {status}", data, level=level, strict=True)
+
+    def paused(self, step: int | None) -> EventRecord:
+        """`step`: a run's last one; None for a search (each trial has its own)."""
+        data = StatusData(status=RUN_PAUSED, step=step).event_data()
+        where = f" at step {step}" if step is not None else ""
+        text = f"paused{where}; a resumed run goes on from there"
+        return self.emit("status", text, data, strict=True)
 
     def metrics(self, data: dict[str, Any]) -> EventRecord:
         return self.emit("metrics", f"step {data.get('step')}", data)

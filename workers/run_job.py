@@ -18,6 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
+from workers.checkpoints import PAUSED_METRIC
 from workers.data import JobData, StepPlan, load_job_data, load_tokenizer, plan_steps
 from workers.errors import JobError, first_line, user_message
 from workers.publish import publish
@@ -45,7 +46,8 @@ def load_spec(spec_uri: str) -> JobSpec:
         return JobSpec.model_validate_json(f.read())
 
 
-def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> ResultData:
+def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> ResultData | None:
+    """The job's result; None when it stopped for a pause (a later run goes on)."""
     import ray
 
     from workers.train import build_trainer
@@ -97,6 +99,10 @@ def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> ResultData:
     result = trainer.fit()
     if result.checkpoint is None:
         raise JobError("training ended without a checkpoint")
+    final = result.metrics or {}
+    if final.get(PAUSED_METRIC):
+        reporter.paused(int(final.get("step", 0)))
+        return None
     reporter.status(RUN_SAVING, "publishing the fine-tuned model")
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     with result.checkpoint.as_directory() as directory:
@@ -117,7 +123,7 @@ def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> ResultData:
 
 def _search(
     spec: JobSpec, data: JobData, plan: StepPlan, reporter: Reporter, models_dir: str
-) -> ResultData:
+) -> ResultData | None:
     from workers.tune import SearchFailed, run_search
 
     assert spec.search is not None
@@ -128,6 +134,9 @@ def _search(
     )
     try:
         outcome = run_search(spec, data, plan, reporter, models_dir)
+        if outcome is None:
+            reporter.paused(None)
+            return None
     except SearchFailed as exc:
         found = next((m for m in map(user_message, exc.errors) if m is not None), None)
         if found is not None:

@@ -14,6 +14,8 @@ composes live in `workers.serving`.
 - `build_app(args)` is the application builder named in the Serve config.
 
 A full fine-tune is served as its own application whose base is the fine-tuned model.
+A job's checkpoint is served like its model: its ``model/`` folder is the adapter (or the
+whole model) it names.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ class ModelServer:
         stream = unsplit(
             self.generate_batch, GenerationRequest(ids, params, adapter.name, body.stream)
         )
-        completion = Completion(kind, body.model)
+        completion = Completion(kind, body.model, body.include_usage)
         completion.prompt_tokens = len(ids)
         if not body.stream:
             async for delta in stream:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Task = Literal["causal_lm", "sequence_classification"]
 
 # What a run reports in its ``status`` events, in the order it goes through them.
-RunStatus = Literal["preparing", "training", "saving", "succeeded", "failed"]
+RunStatus = Literal["preparing", "training", "saving", "succeeded", "failed", "paused"]
 # A search trial's state in its ``trial`` events.
 TrialState = Literal["running", "terminated", "early_stopped", "error"]
 # The statuses by name: the rest of workers/ spells none of them (the control plane's own
@@ -24,6 +24,8 @@ RUN_TRAINING: Final[RunStatus] = "training"
 RUN_SAVING: Final[RunStatus] = "saving"
 RUN_SUCCEEDED: Final[RunStatus] = "succeeded"
 RUN_FAILED: Final[RunStatus] = "failed"
+# Stopped on request with a checkpoint of where it was; a new run resumes from it.
+RUN_PAUSED: Final[RunStatus] = "paused"
 TRIAL_RUNNING: Final[TrialState] = "running"
 TRIAL_TERMINATED: Final[TrialState] = "terminated"
 TRIAL_EARLY_STOPPED: Final[TrialState] = "early_stopped"
@@ -100,6 +102,8 @@ class TrainingConfig(_Strict):
     eval_every_steps: int | None = Field(None, ge=1, le=10_000_000)
     # None: checkpoint once per epoch.
     checkpoint_every_steps: int | None = Field(None, ge=1, le=10_000_000)
+    # Retention: the last this many checkpoints and the best one (lowest validation loss,
+    # else training loss) are kept; older ones are removed from storage as the run goes.
     num_checkpoints_to_keep: int = Field(2, ge=1, le=100)
     max_failures: int = Field(2, ge=0, le=100)
 

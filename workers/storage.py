@@ -3,6 +3,7 @@
 - ``ray/train/checkpoint-*``: a plain job's Ray Train checkpoints (`run_storage_uri`)
 - ``ray/tune/``: a search's Tune experiment
 - ``trials/<trial_id>/ray/train/checkpoint-*``: each search trial's checkpoints
+- ``control/pause``: present while the control plane asks the run to pause
 
 Imports neither torch nor ray: the driver resolves these before any training starts.
 """
@@ -15,6 +16,11 @@ from typing import Any
 # Ray Train's run name, the folder under ``{output_uri}/ray`` that holds its checkpoints.
 RUN_NAME = "train"
 TRIALS_DIR = "trials"
+
+
+def pause_flag_uri(output_uri: str) -> str:
+    """The file whose presence asks a job's run (every trial of a search) to pause."""
+    return f"{output_uri.rstrip('/')}/control/pause"
 
 
 def run_storage_uri(output_uri: str) -> str:

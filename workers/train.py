@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -36,14 +35,18 @@ from torch import nn
 
 from workers.checkpoints import (
     MODEL_DIR,
+    PAUSED_METRIC,
     TrainerState,
     restore_adapter,
     restore_state,
     write_checkpoint,
     write_probe,
+    write_serving_files,
 )
+from workers.control import PauseFlag
 from workers.data import JobData, StepPlan, collate, load_tokenizer, pad_token_id
 from workers.faults import FaultInjection, crash_if_due
+from workers.loop_parts import all_reduce, lr_lambda, seed_all, with_last
 from workers.modeling import (
     apply_lora,
     count_targets,
@@ -73,38 +76,8 @@ class LoopConfig:
     # Diagnostics for tests: logits of this text are saved with the final checkpoint.
     probe_text: str | None = None
     fault: FaultInjection | None = None
-
-
-def lr_lambda(step: int, warmup_steps: int, total_steps: int, kind: str) -> float:
-    """Multiplier of the peak learning rate at `step` (LambdaLR convention)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / (warmup_steps + 1)
-    if kind == "constant":
-        return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    progress = min(1.0, max(0.0, progress))
-    if kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0 - progress
-
-
-def _all_reduce(values: list[float], device: torch.device) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(tensor)
-    return [float(x) for x in tensor.tolist()]
-
-
-def _with_last(items: Iterator[Any]) -> Iterator[tuple[Any, bool]]:
-    """Yields (item, is_last): the end of an epoch is known when its last batch arrives."""
-    previous: Any = None
-    has_previous = False
-    for item in items:
-        if has_previous:
-            yield previous, False
-        previous, has_previous = item, True
-    if has_previous:
-        yield previous, True
+    # The control plane's pause request, read by rank 0 between steps.
+    pause: PauseFlag | None = None
 
 
 class FineTuneRecipe:
@@ -118,6 +91,8 @@ class FineTuneRecipe:
         # Step losses since the last checkpoint, averaged into its train_loss.
         self._recent_losses: list[float] = []
         self._clock = time.perf_counter()
+        # Set at a step boundary when the control plane asked to pause (every rank agrees).
+        self._pause = False
 
     # ---------------------------------------------------------------- setup
 
@@ -126,7 +101,7 @@ class FineTuneRecipe:
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.reporter = self.config.reporter if self.rank == 0 else None
-        self._seed(self.spec.seed)
+        seed_all(self.spec.seed)
         self.device = ray.train.torch.get_device()
         # bf16 autocast on GPU only: CPU autocast is slow and tests want exact fp32 numbers.
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
@@ -160,11 +135,6 @@ class FineTuneRecipe:
         self.validation = (
             ray.train.get_dataset_shard("validation") if self.config.has_validation else None
         )
-
-    def _seed(self, seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
 
     def _load_model(self, restore_dir: Path | None) -> nn.Module:
         adapter = self.spec.adapter
@@ -209,7 +179,7 @@ class FineTuneRecipe:
             skip = self.state.micro_batches_done
             window: list[dict[str, np.ndarray]] = []
             seen = 0
-            for index, (batch, is_last) in enumerate(_with_last(self._micro_batches())):
+            for index, (batch, is_last) in enumerate(with_last(self._micro_batches())):
                 seen += 1
                 if index < skip:
                     continue
@@ -220,7 +190,10 @@ class FineTuneRecipe:
                     if is_last:
                         self.state.epoch += 1
                         self.state.micro_batches_done = 0
-                    self._after_step(end_of_epoch=is_last)
+                    saved = self._after_step(end_of_epoch=is_last)
+                    if self._pause and not self._finished():
+                        self._pause_here(saved)
+                        return
                     # Throughput counts fetching and training, not evaluation or saving.
                     self._clock = time.perf_counter()
             if seen <= skip:
@@ -274,9 +247,14 @@ class FineTuneRecipe:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        loss_sum, target_count, token_count = _all_reduce(
-            [loss_total, float(targets), float(tokens)], self.device
+        # The pause request rides on the step's one all-reduce: every rank stops after
+        # the same step without a collective of its own.
+        pause = self.config.pause
+        asked = float(self.rank == 0 and pause is not None and pause.requested())
+        loss_sum, target_count, token_count, paused = all_reduce(
+            [loss_total, float(targets), float(tokens), asked], self.device
         )
+        self._pause = paused > 0
         elapsed = time.perf_counter() - self._clock
         self.state.step += 1
         self.state.micro_batches_done += len(window)
@@ -295,7 +273,21 @@ class FineTuneRecipe:
                 }
             )
 
-    def _after_step(self, end_of_epoch: bool) -> None:
+    def _finished(self) -> bool:
+        return self.state.epoch >= self.spec.training.n_epochs
+
+    def _pause_here(self, saved: bool) -> None:
+        """Ends the run at this step boundary with a checkpoint marked paused; the next run
+        of the job resumes from it (Ray Train restores a run's newest checkpoint)."""
+        if self.reporter:
+            self.reporter.message(
+                f"pausing at step {self.state.step}: saving a checkpoint to resume from",
+                paused_at_step=self.state.step,
+            )
+        self.save(paused=True, already_saved=saved)
+
+    def _after_step(self, end_of_epoch: bool) -> bool:
+        """Evaluates and checkpoints when due; True if it saved a checkpoint."""
         training = self.spec.training
         step = self.state.step
         last = end_of_epoch and self.state.epoch >= training.n_epochs
@@ -315,6 +307,8 @@ class FineTuneRecipe:
         ):
             self.save(final=last)
             crash_if_due(self.config.fault, self.rank, self.state.step)
+            return True
+        return False
 
     # ---------------------------------------------------------------- evaluate
 
@@ -342,7 +336,7 @@ class FineTuneRecipe:
             if self.spec.task == "sequence_classification":
                 correct += float((logits.argmax(-1) == batch["labels"]).sum())
                 examples += batch["labels"].numel()
-        loss_sum, targets, correct, examples = _all_reduce(
+        loss_sum, targets, correct, examples = all_reduce(
             [loss_sum, targets, correct, examples], self.device
         )
         metrics = {"eval_loss": loss_sum / max(1.0, targets)}
@@ -383,9 +377,17 @@ class FineTuneRecipe:
         )
         return metrics
 
-    def save(self, final: bool = False) -> None:
-        """Reports a checkpoint; rank 0 writes it, the other workers report none."""
+    def save(self, final: bool = False, paused: bool = False, already_saved: bool = False) -> None:
+        """Reports a checkpoint; rank 0 writes it, the other workers report none.
+
+        `paused`: the run stops after it (its metrics say so); `already_saved`: this step's
+        checkpoint exists, so only the paused mark is reported, with no second copy."""
         metrics = self._report_metrics()
+        if paused:
+            metrics[PAUSED_METRIC] = 1.0
+            if already_saved:
+                ray.train.report(metrics)
+                return
         self._recent_losses = []
         self.state.metrics["train_loss"] = metrics.get("train_loss", float("nan"))
         name = f"checkpoint-{self.state.step:07d}"
@@ -397,6 +399,7 @@ class FineTuneRecipe:
                 write_checkpoint(
                     directory, model, self.optimizer, self.scheduler, self.state, metrics, final
                 )
+                write_serving_files(directory, self.spec, metrics, self.tokenizer)
                 if final and self.config.probe_text is not None:
                     write_probe(
                         model, self.tokenizer, self.config.probe_text, self.device, directory
@@ -433,7 +436,10 @@ def build_trainer(
     fault: FaultInjection | None = None,
     checkpoint_events: bool = True,
     callbacks: Sequence[UserCallback] = (),
+    pause: PauseFlag | None = None,
 ) -> TorchTrainer:
+    """`pause`: where the run reads a pause request; by default its own output URI's
+    (a search's trials read the job's)."""
     from ray.train import DataConfig
 
     resources = spec.resources
@@ -452,7 +458,13 @@ def build_trainer(
         reporter=reporter,
         probe_text=probe_text,
         fault=fault,
+        pause=pause or PauseFlag(spec.output_uri),
     )
+    # Checkpoints reported to the control plane are retained by it (the last K and the
+    # best; Ray Train can keep one or the other), so Ray keeps them all: a checkpoint
+    # Ray deleted would still be listed. Other runs keep Ray's newest K.
+    retained_by_control_plane = reporter is not None and checkpoint_events
+    keep = None if retained_by_control_plane else spec.training.num_checkpoints_to_keep
     run_callbacks: list[Any] = list(callbacks)
     if reporter is not None:
         run_callbacks.append(
@@ -474,7 +486,7 @@ def build_trainer(
             name=RUN_NAME,
             storage_path=path,
             storage_filesystem=filesystem,
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.training.num_checkpoints_to_keep),
+            checkpoint_config=CheckpointConfig(num_to_keep=keep),
             failure_config=FailureConfig(max_failures=spec.training.max_failures),
             callbacks=run_callbacks,
         ),

@@ -27,14 +27,17 @@ import math
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ray.tune import Stopper
+from ray.tune import Callback, Stopper
 
+from workers.checkpoints import PAUSED_METRIC
+from workers.control import PauseFlag
 from workers.data import JobData, StepPlan, plan_steps
 from workers.errors import JobError
 from workers.publish import publish
@@ -61,6 +64,13 @@ SEARCH_ACTORS = frozenset({"ImplicitFunc", "TrainController", "RayTrainWorker", 
 
 # Set by SIGINT (Ray's stop_job): the stopper then ends the experiment.
 _stop_requested = threading.Event()
+# Set by `PauseWatcher` when it ended the experiment for a pause. A module's, not the
+# callback's: a restored Tuner runs the copy of the callback it was first built with.
+_paused = threading.Event()
+# How long a pause waits for the running trials to save their checkpoints, and how long a
+# trial that saved one waits for the driver to end the experiment.
+PAUSE_WAIT_S = 120.0
+PAUSE_HOLD_S = 600.0
 
 
 # ------------------------------------------------------------------------- one trial
@@ -94,11 +104,55 @@ def run_trial(
         # otherwise mix the steps of every trial.
         checkpoint_events=False,
         callbacks=[TuneReportCallback()],
+        # Every trial pauses when the job does.
+        pause=PauseFlag(spec.output_uri),
     )
-    trainer.fit()
+    result = trainer.fit()
+    if (result.metrics or {}).get(PAUSED_METRIC):
+        # Returning would end the trial as finished. Held here, it is still running when
+        # the driver interrupts the experiment (`PauseWatcher`), so a restored search
+        # starts it again, and its TorchTrainer goes on from the checkpoint just saved.
+        deadline = time.monotonic() + PAUSE_HOLD_S
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+        raise RuntimeError(f"the search did not stop within {PAUSE_HOLD_S:.0f} s of a pause")
 
 
 # ------------------------------------------------------------------------- stopping
+
+
+class PauseWatcher(Callback):
+    """Pauses the search: once the job is asked to pause (its trials see the same request
+    and each saves a checkpoint at its next step), and every running trial has reported
+    that checkpoint, it interrupts the experiment as Tune's own SIGUSR1 does: the state is
+    saved with those trials unfinished, for `Tuner.restore` to start them again."""
+
+    def __init__(self, output_uri: str) -> None:
+        self.flag = PauseFlag(output_uri)
+        self.paused: set[str] = set()
+        self.asked_at: float | None = None
+        self.interrupted = False
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        if result.get(PAUSED_METRIC):
+            self.paused.add(trial.trial_id)
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if self.interrupted or not self.flag.requested():
+            return
+        now = time.monotonic()
+        self.asked_at = self.asked_at or now
+        running = {t.trial_id for t in trials if t.status == "RUNNING"}
+        # A trial still starting has no step to stop at yet: wait for it, for a while.
+        if running <= self.paused or now - self.asked_at > PAUSE_WAIT_S:
+            logger.warning(
+                "pause requested: saving the search with %d trial(s) unfinished", len(running)
+            )
+            self.interrupted = True
+            _paused.set()
+            os.kill(os.getpid(), signal.SIGUSR1)
 
 
 class StopOnSignal(Stopper):
@@ -182,6 +236,8 @@ class SearchFailed(Exception):
 
 
 def build_tuner(spec: JobSpec, data: JobData, reporter: Reporter, models_dir: str) -> Any:
+    """The search's Tuner; a search that ran before (paused, or lost with its cluster)
+    is restored, its unfinished trials going on from their checkpoints."""
     from ray import tune
 
     search = spec.search
@@ -195,6 +251,16 @@ def build_tuner(spec: JobSpec, data: JobData, reporter: Reporter, models_dir: st
     # share rather than none: Tune cannot place an empty resource request.
     trainable = tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})
     path, filesystem = storage_path(spec.output_uri)
+    experiment = f"{path.rstrip('/')}/{EXPERIMENT_NAME}"
+    if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+        reporter.message("resuming the search where it stopped", resumed_search=True)
+        return tune.Tuner.restore(
+            experiment,
+            trainable,
+            resume_unfinished=True,
+            param_space=param_space(search),
+            storage_filesystem=filesystem,
+        )
     events = TrialEvents(reporter, spec)
     return tune.Tuner(
         trainable,
@@ -215,7 +281,7 @@ def build_tuner(spec: JobSpec, data: JobData, reporter: Reporter, models_dir: st
             # fails is reported, not rerun.
             failure_config=tune.FailureConfig(max_failures=0),
             stop=StopOnSignal(),
-            callbacks=[TrialEventsCallback(events)],
+            callbacks=[TrialEventsCallback(events), PauseWatcher(spec.output_uri)],
             verbose=0,
         ),
     )
@@ -239,8 +305,9 @@ def best_result(results: list[Any], metric: str, mode: str) -> Any:
 
 def run_search(
     spec: JobSpec, data: JobData, plan: StepPlan, reporter: Reporter, models_dir: str
-) -> ResultData:
-    """Runs the experiment and publishes the best trial; returns the result event's data.
+) -> ResultData | None:
+    """Runs the experiment and publishes the best trial; returns the result event's data,
+    or None when a pause ended it (a later run of the job restores it).
 
     Raises KeyboardInterrupt when the job was stopped, SearchFailed when every trial
     failed.
@@ -250,11 +317,15 @@ def run_search(
     search = spec.search
     assert search is not None
     tuner = build_tuner(spec, data, reporter, models_dir)
+    _paused.clear()
     with _graceful_sigint():
         grid = tuner.fit()
     if _stop_requested.is_set():
         _wait_for_trials_to_end()
         raise KeyboardInterrupt("the search was stopped")
+    if _paused.is_set():
+        _wait_for_trials_to_end()
+        return None
     results = [grid[i] for i in range(len(grid))]
     errors = [r.error for r in results if r.error is not None]
     if results and len(errors) == len(results):

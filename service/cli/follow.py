@@ -24,7 +24,6 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 from service.cli.client import call, console, err, when
@@ -51,6 +50,31 @@ def eval_numbers(data: Any) -> dict[str, float]:
         return {}
     found = {key: _number(data.get(key)) for key in EVAL_KEYS}
     return {key: value for key, value in found.items() if value is not None}
+
+
+def finish_text(estimated_finish: Any, now: float | None = None) -> str | None:
+    """The job's `estimated_finish` as a person reads it: the time, and how long until."""
+    if not isinstance(estimated_finish, int | float) or isinstance(estimated_finish, bool):
+        return None
+    return f"{when(estimated_finish)} (in {_duration(estimated_finish - (now or time.time()))})"
+
+
+def eta_column(estimated_finish: Any, now: float | None = None) -> str:
+    """The progress bar's ETA: the time left by the service's estimate (it knows the
+    measured step time, and for a search the trials left and how many run at once)."""
+    if not isinstance(estimated_finish, int | float) or isinstance(estimated_finish, bool):
+        return "ETA -:--:--"
+    left = max(0, round(estimated_finish - (now or time.time())))
+    return f"ETA {left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}"
+
+
+def _duration(seconds: float) -> str:
+    s = max(0, round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s}s"
 
 
 def format_eval(numbers: dict[str, float]) -> str:
@@ -159,7 +183,7 @@ class _Bar:
         self.progress = progress
         self.search = search
         self.unit = "trials" if search else "steps"
-        self.task: TaskID = progress.add_task(status, total=None, detail="")
+        self.task: TaskID = progress.add_task(status, total=None, detail="", eta=eta_column(None))
         self.trials_done: set[str] = set()
 
     def advance(self, data: dict[str, Any]) -> None:
@@ -187,8 +211,7 @@ def _progress() -> Progress:
         MofNCompleteColumn(),
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+        TextColumn("{task.fields[eta]}"),
         console=console,
     )
 
@@ -229,6 +252,7 @@ def follow_job(
         progress.update(bar.task, detail=seen.detail(epochs))
         job = call(client, "GET", path, patience_s=FOLLOW_PATIENCE_S)
         bar.status(job["status"])
+        progress.update(bar.task, eta=eta_column(job.get("estimated_finish")))
         return job
 
     with progress:

@@ -1,4 +1,4 @@
-"""`tuneplane jobs`: submit, list, show, cancel and follow fine-tuning jobs."""
+"""`tuneplane jobs`: submit, list, show, cancel, pause, resume and follow fine-tuning jobs."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from service.cli.client import (
     table,
     when,
 )
-from service.cli.follow import FollowState, follow_job, validation_rows
+from service.cli.follow import FollowState, finish_text, follow_job, validation_rows
 from service.models.status import JobStatus
 
 jobs_app = typer.Typer(help="Fine-tuning jobs.", no_args_is_help=True)
@@ -34,6 +34,10 @@ jobs_app = typer.Typer(help="Fine-tuning jobs.", no_args_is_help=True)
 # How long following a job waits for its end, unless told.
 FOLLOW_TIMEOUT_S = 24 * 3600
 Timeout = Annotated[float, typer.Option(help="Give up after this many seconds.")]
+MetadataOption = Annotated[
+    list[str] | None,
+    typer.Option("--metadata", help="key=value; repeat it for more pairs.", show_default=False),
+]
 
 
 def _job_row(j: dict[str, Any]) -> list[Any]:
@@ -52,6 +56,7 @@ def show_job(job: dict[str, Any], seen: FollowState | None = None) -> None:
     hp = job.get("hyperparameters") or {}
     rows = [
         ("status", job["status"]),
+        ("ETA", finish_text(job.get("estimated_finish"))),
         ("model", job["model"]),
         ("training file", job.get("training_file")),
         ("validation file", job.get("validation_file")),
@@ -63,6 +68,8 @@ def show_job(job: dict[str, Any], seen: FollowState | None = None) -> None:
         ("created", when(job.get("created_at"))),
         ("finished", when(job.get("finished_at"))),
     ]  # fmt: skip
+    if job.get("metadata"):
+        rows.append(("metadata", "\n".join(f"{k}={v}" for k, v in job["metadata"].items())))
     if job.get("search_result"):
         rows.append(("best trial", json.dumps(job["search_result"])))
     if job.get("error"):
@@ -78,6 +85,18 @@ def _follow(c: httpx.Client, job_id: str, timeout_s: float = FOLLOW_TIMEOUT_S) -
     show_job(job, seen)
     if job["status"] != JobStatus.SUCCEEDED:
         raise typer.Exit(1)
+
+
+def _metadata(pairs: list[str] | None) -> dict[str, str]:
+    """`--metadata key=value` options as a dict (a value may hold '=' itself)."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            err.print(f"[red]--metadata takes key=value, not '{escape(pair)}'")
+            raise typer.Exit(2)
+        out[key] = value
+    return out
 
 
 def _extra(text: str | None) -> dict[str, Any]:
@@ -104,6 +123,7 @@ def jobs_create(
     adapter: Annotated[str, typer.Option(help="lora or full.")] = "lora",
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    metadata: MetadataOption = None,
     extra: Annotated[
         str | None, typer.Option(help="JSON merged into the request body (search, resources...).")
     ] = None,
@@ -118,6 +138,7 @@ def jobs_create(
         "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
         "adapter": {"type": adapter, **({"r": lora_r} if lora_r else {})},
         **given(validation_file=validation_file, suffix=suffix, seed=seed),
+        **({"metadata": pairs} if (pairs := _metadata(metadata)) else {}),
         **_extra(extra),
     }
     with client(ctx) as c:
@@ -131,11 +152,42 @@ def jobs_create(
 
 
 @jobs_app.command("list")
-def jobs_list(ctx: typer.Context, as_json: JsonFlag = False, limit: Limit = 20) -> None:
+def jobs_list(
+    ctx: typer.Context,
+    as_json: JsonFlag = False,
+    limit: Limit = 20,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metadata",
+            help="Only jobs whose metadata has key=value; repeated, every pair must match.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """List your jobs, newest first."""
-    data = list_all(ctx, "/v1/fine_tuning/jobs", limit)
+    pairs = _metadata(metadata)
+    data = _filtered(ctx, pairs, limit) if pairs else list_all(ctx, "/v1/fine_tuning/jobs", limit)
     columns = ["id", "status", "model", "fine-tuned model", "created"]
     show_table(data, as_json, "jobs", columns, _job_row)
+
+
+def _filtered(ctx: typer.Context, metadata: dict[str, str], limit: int) -> list[dict[str, Any]]:
+    """`list_all` with the metadata filter on every page (httpx drops a query written into
+    the path once `list_all` gives its own params)."""
+    # OpenAI's deep-object form, as its clients send it: metadata[key]=value.
+    query = {f"metadata[{k}]": v for k, v in metadata.items()}
+    out: list[dict[str, Any]] = []
+    after: str | None = None
+    with client(ctx) as c:
+        while len(out) < limit:
+            params = {**query, "limit": min(100, limit - len(out)), **given(after=after)}
+            page = call(c, "GET", "/v1/fine_tuning/jobs", params=params)
+            out.extend(page["data"])
+            if not page.get("has_more") or not page["data"]:
+                break
+            after = page["data"][-1]["id"]
+    return out
 
 
 @jobs_app.command("get")
@@ -148,7 +200,26 @@ def jobs_get(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None
 def jobs_cancel(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None:
     """Cancel a job (queued: at once; running: once the cluster stops it)."""
     job = request(ctx, "POST", f"/v1/fine_tuning/jobs/{job_id}/cancel")
-    show(job, as_json, lambda j: console.print(f"{j['id']}: {j['status']}"))
+    show(job, as_json, _state_line)
+
+
+@jobs_app.command("pause")
+def jobs_pause(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None:
+    """Pause a running job: it saves a checkpoint at its next step and frees its workers."""
+    job = request(ctx, "POST", f"/v1/fine_tuning/jobs/{job_id}/pause")
+    show(job, as_json, _state_line)
+
+
+@jobs_app.command("resume")
+def jobs_resume(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None:
+    """Resume a paused job: it is queued again and goes on from where it paused."""
+    job = request(ctx, "POST", f"/v1/fine_tuning/jobs/{job_id}/resume")
+    show(job, as_json, _state_line)
+
+
+def _state_line(job: dict[str, Any]) -> None:
+    # `state` names a change under way ("pausing") that `status` does not.
+    console.print(f"{job['id']}: {job.get('state') or job['status']}")
 
 
 @jobs_app.command("events")

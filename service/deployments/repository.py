@@ -3,7 +3,8 @@ from __future__ import annotations
 from sqlmodel import Session, col, select
 
 from service.common import Page
-from service.models import Deployment, FineTunedModel, Job
+from service.models import Checkpoint, Deployment, FineTunedModel, Job
+from service.registry.checkpoints import as_model
 from service.repository import ScopedRepository
 
 
@@ -35,6 +36,12 @@ class ServingRepository:
             .where(col(FineTunedModel.deleted_at).is_(None))
         )
         return [(m, j) for m, j in self.session.exec(stmt)]
+
+    def checkpoint_models(self) -> list[tuple[FineTunedModel, Job]]:
+        """Every kept checkpoint (retention deletes the rows of removed ones), described
+        as a model of its job."""
+        stmt = select(Checkpoint, Job).join(Job, col(Job.id) == col(Checkpoint.job_id))
+        return [(as_model(c, j), j) for c, j in self.session.exec(stmt)]
 
     def deployments(self) -> list[Deployment]:
         return list(self.session.exec(select(Deployment)))

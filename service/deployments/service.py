@@ -1,4 +1,4 @@
-"""Deployments: a tenant's serving policy per fine-tuned model."""
+"""Deployments: a tenant's serving policy per fine-tuned model (or job checkpoint)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from service.deployments.schemas import (
     DeploymentUpdate,
 )
 from service.deployments.serving import ServingManager, route_of
-from service.errors import BadRequest, Conflict, NotFound, or_not_found
+from service.errors import BadRequest, Conflict, or_not_found
 from service.models import Deployment
 from service.models.status import DeploymentStatus
 from service.ray_backend import ServeAppStatus
 from service.registry.repository import ModelRepository
+from service.registry.service import model_not_found
 from service.schemas import shown
 
 
@@ -66,7 +67,7 @@ class DeploymentService:
 
     def _live(self, model_id: str) -> ServeAppStatus | None:
         """What Serve says of the model's application; None where it runs none."""
-        found = self.models.get_live_with_job(model_id)
+        found = self.models.servable_with_job(model_id)
         if found is None:
             return None
         try:
@@ -82,11 +83,13 @@ class DeploymentService:
         )
 
     def create(self, body: DeploymentCreate) -> Deployment:
-        if self.models.get_live(body.model) is None:
-            raise NotFound(
-                f"The model '{body.model}' does not exist; deployments serve fine-tuned models.",
-                param="model",
-                code="model_not_found",
+        # A fine-tuned model or a kept checkpoint of one of the tenant's jobs.
+        if self.models.servable_with_job(body.model) is None:
+            raise model_not_found(
+                self.models,
+                body.model,
+                f"The model '{body.model}' does not exist; deployments serve fine-tuned "
+                "models and their jobs' checkpoints.",
             )
         if self.repo.for_model(body.model) is not None:
             raise _exists(body.model)

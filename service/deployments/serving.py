@@ -3,9 +3,10 @@
 Serve is driven declaratively: every apply writes the whole set of applications, and
 Serve starts, updates or deletes applications to match (so a lost or restarted Ray head
 is put right by the next apply). One application per base model (and task) holds all of
-its LoRA adapters; a full fine-tune is an application of its own. An application's
-autoscaling is the union of the policies of the models it serves: the largest minimum,
-the largest maximum and the smallest target of ongoing requests per replica.
+its LoRA adapters, its jobs' checkpoints' adapters among them; a full fine-tune (or a
+checkpoint of one) is an application of its own. An application's autoscaling is the
+union of the policies of the models it serves: the largest minimum, the largest maximum
+and the smallest target of ongoing requests per replica.
 """
 
 from __future__ import annotations
@@ -182,7 +183,8 @@ class ServingManager:
         return self._desired()[0]
 
     def _desired(self) -> tuple[dict[str, Any], set[str]]:
-        """Serve's config, and the applications in it that serve base models alone."""
+        """Serve's config, and the applications in it that only serve on demand (base
+        models, checkpoints without a deployment): they alone never start Serve."""
         s = self.settings
         default = Policy(
             s.serve_default_min_replicas,
@@ -193,25 +195,36 @@ class ServingManager:
             repo = ServingRepository(session)
             explicit = {(d.tenant_id, d.model): Policy.of(d) for d in repo.deployments()}
             models = repo.live_models()
+            checkpoints = repo.checkpoint_models()
             catalog = BaseModelRepository(session).catalog(self.catalog) if self.catalog else None
         apps: dict[str, tuple[ServeArgs, Policy]] = {}
+        needed: set[str] = set()
+
+        def add(route: Route, args: ServeArgs, policy: Policy) -> None:
+            if route.app in apps:
+                apps[route.app] = (apps[route.app][0], apps[route.app][1].union(policy))
+            else:
+                apps[route.app] = (args, policy)
+
         for model, job in models:
             route, args = route_of(model, job)
-            name = route.app
-            policy = explicit.get((model.tenant_id, model.id), default)
-            if name in apps:
-                apps[name] = (apps[name][0], apps[name][1].union(policy))
-            else:
-                apps[name] = (args, policy)
+            add(route, args, explicit.get((model.tenant_id, model.id), default))
+            needed.add(route.app)
+        # A job's kept checkpoints answer like its model: a LoRA checkpoint shares its base
+        # model's application; a full fine-tune's is an application of its own.
+        for model, job in checkpoints:
+            route, args = route_of(model, job)
+            deployed = explicit.get((model.tenant_id, model.id))
+            add(route, args, deployed or default)
+            if deployed is not None:
+                needed.add(route.app)
         # Every causal-LM base model answers inference too; at the default minimum of 0
         # replicas an application costs nothing until its first request.
-        base_only: set[str] = set()
         for entry in catalog.entries() if catalog else []:
             if "causal_lm" in entry.tasks:
                 route, args = base_route(entry)
                 if route.app not in apps:
                     apps[route.app] = (args, default)
-                    base_only.add(route.app)
         config = {
             "http_options": {"host": s.serve_host, "port": s.serve_port},
             "applications": [
@@ -219,21 +232,22 @@ class ServingManager:
                 for name, (args, policy) in sorted(apps.items())
             ],
         }
-        return config, base_only
+        return config, set(apps) - needed
 
     # ------------------------------------------------------------ applying
 
     def apply(self, force: bool = False, start: bool = False) -> bool:
         """Write the desired config to Serve if it changed (or `force`); True if written.
 
-        Serve is started only when a fine-tuned model needs it, or when a request needs it
-        (`start`: a base model asked for); a config of base models alone leaves it down.
+        Serve is started only when a fine-tuned model (or a deployed checkpoint) needs it,
+        or when a request needs it (`start`: a base model or a checkpoint asked for); a
+        config of on-demand applications alone leaves it down.
         """
         if self.backend is None:
             return False
-        config, base_only = self._desired()
+        config, on_demand = self._desired()
         fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-        needed = any(app["name"] not in base_only for app in config["applications"])
+        needed = any(app["name"] not in on_demand for app in config["applications"])
         with self._lock:
             if fingerprint == self._applied and not force:
                 return False

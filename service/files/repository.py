@@ -12,12 +12,12 @@ class FileRepository(ScopedRepository[StoredFile]):
     model = StoredFile
 
     def list_page(
-        self, after: str | None, limit: int, purpose: str | None
+        self, after: str | None, limit: int, purpose: str | None, *, newest_first: bool = True
     ) -> Page[StoredFile] | None:
         stmt = self._select()
         if purpose is not None:
             stmt = stmt.where(StoredFile.purpose == purpose)
-        return self.page(stmt, after, limit)
+        return self.page(stmt, after, limit, newest_first=newest_first)
 
     def active_job_using(self, file_id: str) -> Job | None:
         stmt = select(Job).where(

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -9,6 +9,7 @@ from service.deps import TenantContextDep
 from service.files.schemas import FileDeleted, FileList, FileOut
 from service.files.service import FileService
 from service.idempotency import IdempotencyDep
+from service.schemas import at_most
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -34,10 +35,12 @@ def upload_file(
 def list_files(
     files: Files,
     after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    limit: Annotated[int, Query(ge=1), at_most(10_000)] = 10_000,
     purpose: str | None = None,
+    order: Literal["asc", "desc"] = "desc",
 ) -> FileList:
-    return files.list(after, limit, purpose)
+    """Newest first, or oldest first with `order=asc` (by created_at, as OpenAI's)."""
+    return files.list(after, limit, purpose, newest_first=order == "desc")
 
 
 @router.get("/{file_id}", response_model=FileOut)

@@ -11,9 +11,11 @@ class FileOut(ApiObject):
     created_at: int
     filename: str
     purpose: str
+    # Only a complete, valid file gets a row: always processed. OpenAI's `expires_at` and
+    # `status_details` are left out (ours never expire; a failed upload is a 400, not a
+    # file in "error" with its details): its schema takes their types or no field, never
+    # null.
     status: Literal["processed"] = "processed"
-    status_details: str | None = None
-    expires_at: int | None = None
     # Tuneplane extensions: what validation found.
     format: str
     examples: int

@@ -91,8 +91,12 @@ class FileService:
         self.repo.add(stored)
         return file_out(stored)
 
-    def list(self, after: str | None, limit: int, purpose: str | None) -> FileList:
-        page = known_page(self.repo.list_page(after, limit, purpose), after, "file")
+    def list(
+        self, after: str | None, limit: int, purpose: str | None, *, newest_first: bool = True
+    ) -> FileList:
+        page = known_page(
+            self.repo.list_page(after, limit, purpose, newest_first=newest_first), after, "file"
+        )
         return FileList.of(page, file_out)
 
     def get(self, file_id: str) -> FileOut:

@@ -22,11 +22,12 @@ from starlette.responses import Response, StreamingResponse
 from service import metrics
 from service.config import Settings
 from service.deployments.serving import Route, ServingManager, base_route, route_of
-from service.errors import BadRequest, NotFound, ServiceUnavailable, TooManyRequests
+from service.errors import BadRequest, ServiceUnavailable, TooManyRequests
 from service.models import Tenant
 from service.ratelimit import RateLimiter
 from service.registry.catalog import Catalog
 from service.registry.repository import ModelRepository
+from service.registry.service import model_not_found
 from service.tenants.service import effective_quotas
 from workers.spec import ADAPTER_LOAD_HEADER, BATCH_SIZE_HEADER
 
@@ -85,7 +86,9 @@ class InferenceService:
             )
 
     def resolve(self, model_id: str, task: Task) -> Target:
-        found = self.models.get_live_with_job(model_id)
+        # A fine-tuned model, or a kept checkpoint of one of the tenant's jobs: either is
+        # served from its job's base model application with its own weights multiplexed.
+        found = self.models.servable_with_job(model_id)
         if found is None:
             entry = self.catalog.get(model_id)
             if entry is not None and task == "causal_lm" and "causal_lm" in entry.tasks:
@@ -100,10 +103,10 @@ class InferenceService:
                     param="model",
                     code="model_not_servable",
                 )
-            raise NotFound(
+            raise model_not_found(
+                self.models,
+                model_id,
                 f"The model '{model_id}' does not exist or you do not have access to it.",
-                param="model",
-                code="model_not_found",
             )
         model, job = found
         if model.task != task:
@@ -256,8 +259,9 @@ def _usage_of(data: bytes) -> dict[str, Any] | None:
 
 
 def _stream_usage(tail: bytes) -> dict[str, Any] | None:
-    """The usage of the stream's last chunk that has one."""
+    """The usage of the stream's last chunk that has one, or of the SSE comment
+    (`: {"usage": ...}`) that ends a stream whose client did not ask for usage."""
     for line in reversed(tail.split(b"\n")):
-        if line.startswith(b"data: {") and b'"usage"' in line:
-            return _usage_of(line[len(b"data: ") :])
+        if line.startswith((b"data: {", b": {")) and b'"usage"' in line:
+            return _usage_of(line.split(b" ", 1)[1])
     return None

@@ -11,13 +11,17 @@ from typing import Any
 
 from sqlmodel import Session
 
+from service.db import on_commit
+from service.jobs import retention
 from service.jobs.repository import Holding, JobStore
 from service.jobs.state import NewModel, add_event, transition
 from service.models import Checkpoint, Job, Trial
 from service.models.status import ACTIVE, TERMINAL, WAITING, JobStatus
+from service.registry.checkpoints import checkpoint_model_id, removal_event_id
 from service.registry.service import fine_tuned_model_id
 from service.tenants.repository import TenantRepository
 from workers.records import CheckpointData, ResultData, TrialData
+from workers.spec import JobSpec
 
 
 class JobLifecycle:
@@ -55,6 +59,10 @@ class JobLifecycle:
 
     def has_event(self, event_id: str) -> bool:
         return self.store.has_event(event_id)
+
+    def newest_checkpoint_step(self, job_id: str) -> int | None:
+        newest = self.store.checkpoints_of(job_id)
+        return newest[-1].step_number if newest else None
 
     def model_id(self, job: Job) -> str:
         tenant = TenantRepository(self.session).get(job.tenant_id)
@@ -123,12 +131,54 @@ class JobLifecycle:
         return self._move(job_id, JobStatus.CANCELLED, WAITING, "Job cancelled before it started")
 
     def stop(self, job_id: str) -> bool:
-        """A user's cancel of a running job: cancelling until its Ray job has stopped."""
+        """A user's cancel of a running (or pausing) job: cancelling until its Ray job has
+        stopped."""
         return self._move(
             job_id,
             JobStatus.CANCELLING,
-            (JobStatus.RUNNING,),
+            (JobStatus.RUNNING, JobStatus.PAUSING),
             "Cancellation requested; stopping the training run",
+        )
+
+    def cancel_paused(self, job_id: str) -> bool:
+        """A user's cancel of a paused job: nothing runs, so it ends at once."""
+        return self._move(
+            job_id, JobStatus.CANCELLED, (JobStatus.PAUSED,), "Job cancelled while paused"
+        )
+
+    # -- pause and resume ------------------------------------------------------------------
+
+    def pause(self, job_id: str) -> bool:
+        """A user's pause: the run saves a checkpoint at its next step and stops."""
+        return self._move(
+            job_id,
+            JobStatus.PAUSING,
+            (JobStatus.RUNNING,),
+            "Pause requested; the run saves a checkpoint at its next step and stops",
+        )
+
+    def paused(self, job_id: str, step: int | None, note: str = "") -> bool:
+        """The run of a pausing job has stopped; `step`: where the checkpoint it saved is."""
+        where = f" at step {step}" if step is not None else ""
+        return transition(
+            self.session,
+            job_id,
+            JobStatus.PAUSED,
+            expected=(JobStatus.PAUSING,),
+            level="warn" if note else "info",
+            message=f"Job paused{where}{note}; resume it to go on from there",
+            data={"step": step} if step is not None else None,
+        )
+
+    def resume(self, job: Job) -> bool:
+        """A paused job goes back to the queue; its next run goes on from its checkpoint.
+        The attempt it starts is a resume, not a retry (`pauses`)."""
+        return self._move(
+            job.id,
+            JobStatus.QUEUED,
+            (JobStatus.PAUSED,),
+            "Job resumed; it is queued again and goes on from where it paused",
+            pauses=job.pauses + 1,
         )
 
     def cancelled(self, job_id: str) -> bool:
@@ -177,10 +227,59 @@ class JobLifecycle:
                 step_number=data.step,
                 metrics={"step": data.step, **metrics},
                 uri=data.checkpoint_uri,
-                fine_tuned_model_checkpoint=f"{self.model_id(job)}:ckpt-step-{data.step}",
+                fine_tuned_model_checkpoint=checkpoint_model_id(self.model_id(job), data.step),
                 created_at=at,
             )
         )
+        # A search's trials keep their checkpoints in runs of their own, which Ray Train
+        # prunes (newest K per trial); only a plain run's are the job's to retain.
+        if data.trial_id is None and not job.search and job.spec:
+            self._retain(job)
+
+    def _retain(self, job: Job) -> None:
+        """Applies checkpoint retention (`service.jobs.retention`) to the job's rows: the
+        removed ones' rows go now, their weights once this transaction has committed (so
+        no listing ever shows a checkpoint whose files are gone). A deployed checkpoint is
+        kept whatever its age: someone is serving it."""
+        spec = JobSpec.model_validate(job.spec, strict=False)
+        keep = spec.training.num_checkpoints_to_keep
+        rows = self.store.checkpoints_of(job.id)
+        deployed = self.store.deployed(job.tenant_id, [r.fine_tuned_model_checkpoint for r in rows])
+        decision = retention.plan(
+            [retention.Scored.of(r.step_number, r.metrics) for r in rows],
+            keep,
+            protected=[r.step_number for r in rows if r.fine_tuned_model_checkpoint in deployed],
+        )
+        removed = set(decision.removed)
+        if not removed:
+            return
+        why = retention.describe(decision, keep)
+        # Never anything outside the job's own storage, whatever a row says.
+        root = spec.output_uri.rstrip("/") + "/"
+        released: list[tuple[str, dict[str, Any]]] = []
+        for row in rows:
+            if row.step_number not in removed:
+                continue
+            self.store.remove_checkpoint(row)
+            event_id = removal_event_id(job.id, row.step_number)
+            if not self.store.has_event(event_id):
+                event = add_event(
+                    self.session,
+                    job.id,
+                    job.tenant_id,
+                    f"Checkpoint at step {row.step_number} removed: {why}",
+                    data={
+                        "kind": "checkpoint_removed",
+                        "step": row.step_number,
+                        "checkpoint": row.fine_tuned_model_checkpoint,
+                        "kept_steps": sorted(decision.kept),
+                    },
+                )
+                event.id = event_id
+            if row.uri.startswith(root):
+                released.append((row.uri, {"step": row.step_number, "reason": why}))
+        self.session.flush()
+        on_commit(self.session, lambda: retention.release_all(released))
 
     def trial(self, job: Job, data: TrialData, at: float) -> None:
         row = self.store.trial(job.id, data.trial_id)

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, Text, cast, exists, or_, update
+from sqlalchemy import select as select_columns
 from sqlmodel import Session, col, func, select
 
 from service.common import Page
-from service.models import Checkpoint, FineTunedModel, Job, JobEvent, Trial
+from service.jobs.eta import JobProgress, StepSpan, TrialProgress
+from service.models import Checkpoint, Deployment, FineTunedModel, Job, JobEvent, Trial
 from service.models.status import ACTIVE, JobStatus
 from service.repository import ScopedRepository
 
@@ -31,8 +33,99 @@ class JobRepository(ScopedRepository[Job]):
         )
         return int(self.session.exec(stmt).one())
 
-    def list_page(self, after: str | None, limit: int) -> Page[Job] | None:
-        return self.page(self._select(), after, limit)
+    def list_page(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        no_metadata: bool = False,
+    ) -> Page[Job] | None:
+        """Newest first; only jobs whose metadata holds every pair of `metadata`, or (with
+        `no_metadata`) the jobs created without metadata."""
+        stmt = self._select()
+        for key, value in (metadata or {}).items():
+            stmt = stmt.where(self._metadata_is(key, value))
+        if no_metadata:
+            column = col(Job.metadata_)
+            # None is stored as JSON null (SQLAlchemy's default), not SQL NULL.
+            stmt = stmt.where(or_(column.is_(None), cast(column, Text) == "null"))
+        return self.page(stmt, after, limit)
+
+    def _metadata_is(self, key: str, value: str) -> ColumnElement[bool]:
+        column = col(Job.metadata_)
+        if self.session.get_bind().dialect.name == "sqlite":
+            # Not json_extract: SQLite's JSON paths cannot name a key holding '"', and they
+            # compare against the stored text, where json.dumps wrote non-ASCII keys as
+            # \uXXXX escapes. json_each yields every key decoded.
+            pairs = func.json_each(column).table_valued("key", "value")
+            return exists().where(pairs.c.key == key, pairs.c.value == value)
+        # PostgreSQL's ->> takes the key as a bound parameter: any key works.
+        return column[key].as_string() == value
+
+    def progress(self, jobs: Collection[Job]) -> dict[str, JobProgress]:
+        """What each of `jobs` reported since it last started: the span of its training
+        steps, and for a search each trial with its own. Two queries for any number of
+        jobs (the second only when a search is among them)."""
+        ids = sorted(j.id for j in jobs)
+        if not ids:
+            return {}
+        data = col(JobEvent.data)
+        # As numbers, not integers: PostgreSQL's cast of a text "3.0" to integer would fail
+        # the whole read.
+        step = data["step"].as_float()
+        trial = data["trial_id"].as_string().label("trial")
+        created = col(JobEvent.created_at)
+        # SQLAlchemy's select: SQLModel's types at most four columns.
+        stmt = (
+            select_columns(
+                col(JobEvent.job_id),
+                trial,
+                func.min(step),
+                func.min(created),
+                func.max(step),
+                func.max(created),
+                func.max(data["total_steps"].as_float()),
+            )
+            .join(Job, col(Job.id) == col(JobEvent.job_id))
+            .where(
+                col(JobEvent.tenant_id) == self.tenant_id,
+                col(JobEvent.job_id).in_(ids),
+                col(JobEvent.type) == "metrics",
+                data["kind"].as_string() == "metrics",
+                # This run's steps: a job run again starts over (from a checkpoint).
+                created >= col(Job.started_at),
+            )
+            .group_by(col(JobEvent.job_id), trial)
+        )
+        spans: dict[tuple[str, str | None], StepSpan] = {}
+        rows = self.session.connection().execute(stmt)
+        for job_id, trial_id, first, first_at, last, last_at, total in rows:
+            if first is None or last is None:
+                continue
+            spans[(job_id, trial_id)] = StepSpan(
+                int(first),
+                float(first_at),
+                int(last),
+                float(last_at),
+                int(total) if total is not None else None,
+            )
+        trials: dict[str, list[TrialProgress]] = {}
+        searches = sorted(j.id for j in jobs if j.search)
+        if searches:
+            of_searches = select(Trial).where(
+                Trial.tenant_id == self.tenant_id, col(Trial.job_id).in_(searches)
+            )
+            for t in self.session.exec(of_searches):
+                trials.setdefault(t.job_id, []).append(
+                    TrialProgress(
+                        t.status, t.created_at, t.updated_at, spans.get((t.job_id, t.trial_id))
+                    )
+                )
+        return {
+            job_id: JobProgress(steps=spans.get((job_id, None)), trials=trials.get(job_id, []))
+            for job_id in ids
+        }
 
     def events(self, job_id: str, after: str | None, limit: int) -> Page[JobEvent] | None:
         """Newest first, like OpenAI; the cursor is an event id of this job."""
@@ -182,6 +275,23 @@ class JobStore:
     def checkpoint_at(self, job_id: str, step: int) -> Checkpoint | None:
         stmt = select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step_number == step)
         return self.session.exec(stmt).first()
+
+    def checkpoints_of(self, job_id: str) -> list[Checkpoint]:
+        """The job's checkpoints in the order its runs reported them, oldest first."""
+        stmt = select(Checkpoint).where(Checkpoint.job_id == job_id)
+        order = (col(Checkpoint.created_at), col(Checkpoint.step_number))
+        return list(self.session.exec(stmt.order_by(*order)))
+
+    def remove_checkpoint(self, row: Checkpoint) -> None:
+        self.session.delete(row)
+        self.session.flush()
+
+    def deployed(self, tenant_id: str, model_ids: Collection[str]) -> set[str]:
+        """Those of `model_ids` that the tenant has a deployment of."""
+        stmt = select(Deployment.model).where(
+            Deployment.tenant_id == tenant_id, col(Deployment.model).in_(sorted(model_ids))
+        )
+        return set(self.session.exec(stmt))
 
     def trial(self, job_id: str, trial_id: str) -> Trial | None:
         stmt = select(Trial).where(Trial.job_id == job_id, Trial.trial_id == trial_id)

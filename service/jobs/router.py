@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from service.deps import TenantContextDep
@@ -10,6 +10,7 @@ from service.errors import Unauthorized
 from service.idempotency import IdempotencyDep
 from service.jobs import schemas
 from service.jobs.service import JobService
+from service.schemas import at_most
 from service.tenants.repository import TenantRepository
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -33,7 +34,8 @@ def _service(ctx: TenantContextDep) -> JobService:
 
 
 Jobs = Annotated[JobService, Depends(_service)]
-Limit = Annotated[int, Query(ge=1, le=100)]
+# Any positive limit, as OpenAI's lists take; a page holds at most 100.
+Limit = Annotated[int, Query(ge=1), at_most(100)]
 
 
 @router.post("", response_model=schemas.JobOut)
@@ -43,9 +45,16 @@ def create_job(
     return idem.once(lambda: jobs.create(body))
 
 
-@router.get("", response_model=schemas.JobList)
-def list_jobs(jobs: Jobs, after: str | None = None, limit: Limit = 20) -> schemas.JobList:
-    return jobs.list(after, limit)
+@router.get(
+    "",
+    response_model=schemas.JobList,
+    openapi_extra={"parameters": [schemas.METADATA_FILTER_PARAM]},
+)
+def list_jobs(
+    request: Request, jobs: Jobs, after: str | None = None, limit: Limit = 20
+) -> schemas.JobList:
+    metadata = schemas.metadata_filter(request.query_params.multi_items())
+    return jobs.list(after, limit, metadata)
 
 
 @router.get("/{job_id}", response_model=schemas.JobOut)
@@ -56,6 +65,19 @@ def get_job(job_id: str, jobs: Jobs) -> schemas.JobOut:
 @router.post("/{job_id}/cancel", response_model=schemas.JobOut)
 def cancel_job(job_id: str, jobs: Jobs) -> schemas.JobOut:
     return jobs.cancel(job_id)
+
+
+@router.post("/{job_id}/pause", response_model=schemas.JobOut)
+def pause_job(job_id: str, jobs: Jobs) -> schemas.JobOut:
+    """Saves a checkpoint at the run's next step and stops it; `status` says so once the
+    run has stopped (`state` names the pause under way until then)."""
+    return jobs.pause(job_id)
+
+
+@router.post("/{job_id}/resume", response_model=schemas.JobOut)
+def resume_job(job_id: str, jobs: Jobs) -> schemas.JobOut:
+    """Queues a paused job again; it goes on from the checkpoint its pause saved."""
+    return jobs.resume(job_id)
 
 
 @router.get("/{job_id}/events", response_model=schemas.EventList)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from service.errors import BadRequest
 from service.schemas import ApiObject, CompleteList, CursorPage, IdRangePage
 from workers.spec import Adapter, SearchSpec, Task
 
@@ -62,6 +65,108 @@ class MethodIn(BaseModel):
     reinforcement: dict[str, Any] | None = None
 
 
+# OpenAI's `Metadata` limits.
+METADATA_PAIRS = 16
+METADATA_KEY_CHARS = 64
+METADATA_VALUE_CHARS = 512
+
+
+def _key_shown(key: str) -> str:
+    return key if len(key) <= 20 else key[:20] + "..."
+
+
+def _metadata_limits(value: dict[str, str]) -> dict[str, str]:
+    # Checked here rather than as Field constraints: pydantic's own messages for those
+    # ("Dictionary should have at most 16 items after validation, not more", a key's error
+    # located at "metadata.<key>.[key]") did not say what the limit is about.
+    if len(value) > METADATA_PAIRS:
+        raise ValueError(f"at most {METADATA_PAIRS} key-value pairs, not {len(value)}")
+    for key in value:
+        if len(key) > METADATA_KEY_CHARS:
+            raise ValueError(
+                f"key '{_key_shown(key)}' is {len(key)} characters long; keys are at most "
+                f"{METADATA_KEY_CHARS}"
+            )
+    return value
+
+
+# A value too long is refused at its own param, "metadata.<key>".
+Metadata = Annotated[
+    dict[str, Annotated[str, Field(max_length=METADATA_VALUE_CHARS)]],
+    AfterValidator(_metadata_limits),
+]
+
+
+@dataclass(frozen=True)
+class MetadataFilter:
+    """`GET /v1/fine_tuning/jobs?metadata[k]=v&...` (every pair must match), or
+    `?metadata=null` (`no_metadata`: the jobs created without metadata)."""
+
+    pairs: dict[str, str] = field(default_factory=dict)
+    no_metadata: bool = False
+
+
+# How OpenAI documents the filter (a deepObject parameter, which FastAPI cannot declare).
+METADATA_FILTER_PARAM: dict[str, Any] = {
+    "in": "query",
+    "name": "metadata",
+    "required": False,
+    "style": "deepObject",
+    "explode": True,
+    "schema": {
+        "type": "object",
+        "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_CHARS},
+        "propertyNames": {"maxLength": METADATA_KEY_CHARS},
+        "maxProperties": METADATA_PAIRS,
+    },
+    "description": "Jobs whose metadata has every pair given as `metadata[k]=v`; "
+    "`metadata=null` lists the jobs without metadata.",
+}
+
+
+def metadata_filter(query: Iterable[tuple[str, str]]) -> MetadataFilter:
+    """The metadata filter in a query string, as OpenAI's clients send it."""
+    pairs: dict[str, str] = {}
+    no_metadata = False
+    for name, value in query:
+        if name == "metadata":
+            if value != "null":
+                raise BadRequest(
+                    "Filter on metadata with metadata[key]=value (every pair must match), "
+                    "or list the jobs without metadata with metadata=null.",
+                    param="metadata",
+                )
+            no_metadata = True
+            continue
+        if not name.startswith("metadata["):
+            continue
+        if not name.endswith("]"):
+            raise BadRequest(f"'{name}': a metadata filter is metadata[key]=value.", param=name)
+        key = name[len("metadata[") : -1]
+        if key in pairs:
+            raise BadRequest(f"'{name}' is given twice.", param=name)
+        if len(key) > METADATA_KEY_CHARS:
+            raise BadRequest(
+                f"Metadata keys are at most {METADATA_KEY_CHARS} characters.", param=name
+            )
+        if len(value) > METADATA_VALUE_CHARS:
+            raise BadRequest(
+                f"Metadata values are at most {METADATA_VALUE_CHARS} characters.", param=name
+            )
+        pairs[key] = value
+    if len(pairs) > METADATA_PAIRS:
+        raise BadRequest(
+            f"At most {METADATA_PAIRS} metadata pairs, not {len(pairs)}.", param="metadata"
+        )
+    if no_metadata and pairs:
+        raise BadRequest(
+            "metadata=null (jobs without metadata) and metadata[key]=value filters exclude "
+            "each other; give one of them.",
+            param="metadata",
+        )
+    return MetadataFilter(pairs, no_metadata)
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -71,7 +176,7 @@ class JobCreate(BaseModel):
     # Part of the model id ft:<base>:<tenant>:<suffix>:<job>, so no ':'.
     suffix: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    metadata: Metadata | None = None
     method: MethodIn | None = None
     hyperparameters: HyperparametersIn | None = None
     integrations: list[dict[str, Any]] | None = Field(None, max_length=16)
@@ -96,7 +201,11 @@ class JobOut(ApiObject):
     model: str
     fine_tuned_model: str | None
     organization_id: str
+    # OpenAI's statuses, and its pause operation's.
     status: str
+    # A Tuneplane extension: the full state, which also names a change under way
+    # (a cancel or a pause) that `status` shows as the state being left.
+    state: str
     hyperparameters: dict[str, Any]
     training_file: str
     validation_file: str | None

@@ -6,7 +6,7 @@ are `service.jobs.views`. Status changes go through `service.jobs.state.transiti
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlmodel import Session
 
@@ -14,7 +14,10 @@ from service.common import known_page, now
 from service.config import Settings
 from service.db import on_commit
 from service.errors import BadRequest, NotFound, TooManyRequests
+from service.faults import crash_point
 from service.files.repository import FileRepository
+from service.jobs.control import request_pause_quietly
+from service.jobs.eta import estimated_finish
 from service.jobs.lifecycle import JobLifecycle
 from service.jobs.queueing import dequeue_quietly, enqueue_quietly
 from service.jobs.repository import JobRepository
@@ -24,6 +27,7 @@ from service.jobs.schemas import (
     JobCreate,
     JobList,
     JobOut,
+    MetadataFilter,
     MetricList,
     TrialList,
 )
@@ -77,11 +81,31 @@ class JobService:
         return job
 
     def get(self, job_id: str) -> JobOut:
-        return job_out(self._get(job_id))
+        job = self._get(job_id)
+        return job_out(job, self._estimates([job]).get(job.id))
 
-    def list(self, after: str | None, limit: int) -> JobList:
-        page = known_page(self.repo.list_page(after, limit), after, "fine-tuning job")
-        return JobList.of(page, job_out)
+    def list(
+        self, after: str | None, limit: int, metadata: MetadataFilter | None = None
+    ) -> JobList:
+        found = self.repo.list_page(
+            after,
+            limit,
+            metadata=metadata.pairs if metadata else None,
+            no_metadata=metadata.no_metadata if metadata else False,
+        )
+        page = known_page(found, after, "fine-tuning job")
+        estimates = self._estimates(page.items)
+        return JobList.of(page, lambda job: job_out(job, estimates.get(job.id)))
+
+    def _estimates(self, jobs: Sequence[Job]) -> dict[str, int | None]:
+        """`estimated_finish` of those of `jobs` that are running, in one read for all:
+        a job paused, stopping or not started has none."""
+        running = [j for j in jobs if j.status == JobStatus.RUNNING]
+        if not running:
+            return {}
+        progress = self.repo.progress(running)
+        at = now()
+        return {j.id: estimated_finish(j.search, progress[j.id], at) for j in running}
 
     def events(self, job_id: str, after: str | None, limit: int) -> EventList:
         self._get(job_id)
@@ -121,7 +145,6 @@ class JobService:
             job.id,
             self.tenant.id,
             _queued_message(draft),
-            type_="status",
             data={"status": JobStatus.QUEUED},
             created_at=ts,
         )
@@ -163,10 +186,58 @@ class JobService:
         if lifecycle.cancel_unstarted(job_id):
             self._after_commit(dequeue_quietly, job)
             return job_out(self._get(job_id))
+        if lifecycle.cancel_paused(job_id):
+            return job_out(self._get(job_id))
         # It started meanwhile (or was already running): stop it on the cluster.
         if lifecycle.stop(job_id) and self.backend is not None:
             self.backend.stop(submission_id(job_id, job.attempts))
         return job_out(self._get(job_id))
+
+    # -- pause and resume ----------------------------------------------------------------
+
+    def pause(self, job_id: str) -> JobOut:
+        job = self._get(job_id)
+        if job.status != JobStatus.RUNNING or not JobLifecycle(self.session).pause(job_id):
+            job = self._get(job_id)
+            raise BadRequest(
+                f"Job {job_id} is {_said(job.status)}; only a running job can be paused.",
+                param="fine_tuning_job_id",
+                code="job_not_pausable",
+            )
+        # Once the change is committed, the run hears of it; if this replica dies first,
+        # the reconciler writes the request for every pausing job.
+        crash_at = self.settings.fault_crash_at
+
+        def tell_the_run() -> None:
+            crash_point(crash_at, "pause.after_commit")
+            request_pause_quietly(job)
+
+        on_commit(self.session, tell_the_run)
+        return job_out(self._get(job_id))
+
+    def resume(self, job_id: str) -> JobOut:
+        job = self._get(job_id)
+        if job.status == JobStatus.PAUSED:
+            quotas = effective_quotas(self.tenant, self.settings)
+            self._check_waiting_quota(quotas.max_queued_jobs)
+        if job.status != JobStatus.PAUSED or not JobLifecycle(self.session).resume(job):
+            job = self._get(job_id)
+            raise BadRequest(
+                f"Job {job_id} is {_said(job.status)}; only a paused job can be resumed.",
+                param="fine_tuning_job_id",
+                code="job_not_resumable",
+            )
+        self._after_commit(enqueue_quietly, job)
+        return job_out(self._get(job_id))
+
+
+def _said(status: str) -> str:
+    """A status in a sentence: a change under way as "being ..." rather than its name."""
+    return {
+        JobStatus.PAUSING: "being paused",
+        JobStatus.CANCELLING: "being cancelled",
+        JobStatus.VALIDATING_FILES: "validating its files",
+    }.get(JobStatus(status), status)
 
 
 def _queued_message(draft: JobDraft) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -25,14 +25,20 @@ from service.models import FineTunedModel, Job, JobEvent
 from service.models.status import TERMINAL, JobStatus
 
 log = logging.getLogger(__name__)
+# OpenAI's event types: a status change is a message whose data names the status.
+EventType = Literal["message", "metrics"]
 
 S = JobStatus
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     S.VALIDATING_FILES: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
     S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
     # running -> queued: the reconciler retries a job whose cluster job vanished.
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.QUEUED}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.QUEUED, S.PAUSING}),
     S.CANCELLING: frozenset({S.CANCELLED, S.FAILED, S.SUCCEEDED}),
+    # A run asked to pause may still finish, fail, or be cancelled before it stops.
+    S.PAUSING: frozenset({S.PAUSED, S.SUCCEEDED, S.FAILED, S.CANCELLING}),
+    # resume: back to the queue, to go on from the checkpoint the pause saved.
+    S.PAUSED: frozenset({S.QUEUED, S.CANCELLED}),
 }
 
 
@@ -55,7 +61,7 @@ def add_event(
     message: str,
     *,
     level: str = "info",
-    type_: str = "message",
+    type_: EventType = "message",
     data: dict[str, Any] | None = None,
     created_at: float | None = None,
 ) -> JobEvent:
@@ -126,7 +132,7 @@ def transition(
         tenant_id,
         message or f"Job status changed to {to}",
         level=level,
-        type_="status",
+        # A message, as OpenAI's events are (message | metrics); `data.status` says which.
         data={"status": to, **(data or {})},
         created_at=ts,
     )

@@ -17,6 +17,7 @@ from service.jobs.schemas import (
     TrialOut,
 )
 from service.models import Checkpoint, Job, JobEvent, Trial
+from service.models.status import public_status
 from service.schemas import shown
 
 
@@ -24,7 +25,9 @@ def _int_or_none(value: float | None) -> int | None:
     return int(value) if value is not None else None
 
 
-def job_out(job: Job) -> JobOut:
+def job_out(job: Job, estimated_finish: int | None = None) -> JobOut:
+    """`estimated_finish`: when a running job should end (`service.jobs.eta`), which the
+    service reads for it."""
     return JobOut(
         id=job.id,
         created_at=int(job.created_at),
@@ -33,7 +36,8 @@ def job_out(job: Job) -> JobOut:
         model=job.model,
         fine_tuned_model=job.fine_tuned_model,
         organization_id=job.tenant_id,
-        status=job.status,
+        status=public_status(job.status),
+        state=job.status,
         hyperparameters=dict(job.hyperparameters or {}),
         training_file=job.training_file,
         validation_file=job.validation_file,
@@ -45,6 +49,7 @@ def job_out(job: Job) -> JobOut:
         user_provided_suffix=job.suffix,
         metadata=job.metadata_,
         method=job.method or {"type": "supervised"},
+        estimated_finish=estimated_finish,
         task=job.task,
         adapter=job.adapter or {},
         resources=_resources_out(job.resources or {}),
@@ -63,7 +68,10 @@ def _resources_out(resources: dict[str, Any]) -> dict[str, Any]:
 
 
 def event_out(e: JobEvent) -> EventOut:
-    return shown(EventOut, e, created_at=int(e.created_at))
+    # OpenAI's types are message | metrics (rows stored before held "status" for status
+    # changes: messages too) and its `data` is an object, never null.
+    kind = "metrics" if e.type == "metrics" else "message"
+    return shown(EventOut, e, created_at=int(e.created_at), type=kind, data=e.data or {})
 
 
 def metric_point(e: JobEvent) -> MetricPoint | None:

@@ -19,6 +19,10 @@ class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     CANCELLING = "cancelling"
+    # A pause was asked for: the run saves a checkpoint at its next step and stops.
+    PAUSING = "pausing"
+    # Stopped with its progress saved; resume queues it again to go on from there.
+    PAUSED = "paused"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -31,9 +35,25 @@ TERMINAL: frozenset[JobStatus] = frozenset(
 # Waiting to start: counted against a tenant's max_queued_jobs.
 WAITING: frozenset[JobStatus] = frozenset({JobStatus.VALIDATING_FILES, JobStatus.QUEUED})
 # On the cluster: holds capacity, and the reconciler watches its Ray job.
-ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.RUNNING, JobStatus.CANCELLING})
-# Not ended: uses its files (a file in use by one cannot be deleted).
-UNFINISHED: frozenset[JobStatus] = WAITING | ACTIVE
+ACTIVE: frozenset[JobStatus] = frozenset(
+    {JobStatus.RUNNING, JobStatus.CANCELLING, JobStatus.PAUSING}
+)
+# Not ended: uses its files (a file in use by one cannot be deleted). A paused job holds
+# no capacity and counts against no quota, but it will run again.
+UNFINISHED: frozenset[JobStatus] = WAITING | ACTIVE | {JobStatus.PAUSED}
+
+# What the job object's `status` says: OpenAI's values (and "paused", which its pause
+# operation returns). A change under way is shown as the state it is leaving: a job being
+# cancelled or paused is still running until its run has stopped; `state` says which.
+PUBLIC_STATUS: dict[JobStatus, JobStatus] = {
+    JobStatus.CANCELLING: JobStatus.RUNNING,
+    JobStatus.PAUSING: JobStatus.RUNNING,
+}
+
+
+def public_status(status: str) -> str:
+    # A member hashes as its string, so a stored status looks itself up.
+    return PUBLIC_STATUS.get(JobStatus(status), status)
 
 
 class DeploymentStatus(StrEnum):

@@ -92,6 +92,8 @@ class Job(SQLModel, table=True):
     result: dict[str, Any] | None = _json()
     result_files: list[str] | None = _json()
     attempts: int = 0
+    # Attempts that began with a resume: they are not retries (see max_attempts).
+    pauses: int = 0
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None

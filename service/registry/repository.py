@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
-from service.models import FineTunedModel, Job, RegisteredBaseModel
+from service.models import Checkpoint, FineTunedModel, Job, JobEvent, RegisteredBaseModel
 from service.registry.catalog import Catalog, CatalogEntry
+from service.registry.checkpoints import as_model, parse_checkpoint_model_id, removal_event_id
 from service.repository import ScopedRepository
 from service.schemas import shown
 
@@ -90,3 +91,44 @@ class ModelRepository(ScopedRepository[FineTunedModel]):
         )
         found = self.session.exec(stmt).first()
         return (found[0], found[1]) if found is not None else None
+
+    def checkpoint_with_job(self, model_id: str) -> tuple[Checkpoint, Job] | None:
+        """A kept checkpoint of one of the tenant's jobs, by its model id, and its job."""
+        parsed = parse_checkpoint_model_id(model_id)
+        if parsed is None:
+            return None
+        job_id, step = parsed
+        stmt = (
+            select(Checkpoint, Job)
+            .join(Job, col(Job.id) == col(Checkpoint.job_id))
+            .where(
+                col(Checkpoint.tenant_id) == self.tenant_id,
+                col(Job.tenant_id) == self.tenant_id,
+                col(Checkpoint.job_id) == job_id,
+                col(Checkpoint.step_number) == step,
+                # The whole id: the base, tenant and suffix parts must be the job's too.
+                col(Checkpoint.fine_tuned_model_checkpoint) == model_id,
+            )
+        )
+        found = self.session.exec(stmt).first()
+        return (found[0], found[1]) if found is not None else None
+
+    def servable_with_job(self, model_id: str) -> tuple[FineTunedModel, Job] | None:
+        """A live fine-tuned model, or a kept checkpoint described as one (`as_model`)."""
+        found = self.get_live_with_job(model_id)
+        if found is not None:
+            return found
+        checkpoint = self.checkpoint_with_job(model_id)
+        return (as_model(*checkpoint), checkpoint[1]) if checkpoint is not None else None
+
+    def removed_by_retention(self, model_id: str) -> bool:
+        """Whether `model_id` is a checkpoint of the tenant's that retention removed."""
+        parsed = parse_checkpoint_model_id(model_id)
+        if parsed is None:
+            return False
+        stmt = select(JobEvent).where(
+            col(JobEvent.id) == removal_event_id(*parsed),
+            col(JobEvent.tenant_id) == self.tenant_id,
+        )
+        event = self.session.exec(stmt).first()
+        return event is not None and (event.data or {}).get("checkpoint") == model_id

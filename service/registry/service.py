@@ -1,4 +1,8 @@
-"""Models a tenant can see: the catalog's base models and its own fine-tuned models."""
+"""Models a tenant can see: the catalog's base models and its own fine-tuned models.
+
+Its jobs' kept checkpoints (`service.registry.checkpoints`) are models too when named, as
+OpenAI's are: GET /v1/models/{id} shows one; the list leaves them out, as OpenAI's does.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,14 @@ from sqlmodel import Session
 from service.common import now
 from service.db import on_commit
 from service.deployments.repository import DeploymentRepository
-from service.errors import PermissionDenied, or_not_found
+from service.errors import BadRequest, NotFound, PermissionDenied
 from service.models import FineTunedModel
 from service.registry.catalog import Catalog, CatalogEntry
 from service.registry.repository import ModelRepository
 from service.registry.schemas import ModelDeleted, ModelList, ModelOut
 
 BASE_OWNER = "tuneplane"
+_MISSING = "The model '{}' does not exist."
 
 
 def base_model_out(entry: CatalogEntry) -> ModelOut:
@@ -44,6 +49,22 @@ def fine_tuned_model_id(base: str, tenant_name: str, suffix: str | None, job_id:
     return f"ft:{base}:{tenant_name}:{suffix or ''}:{job_id}"
 
 
+def model_not_found(
+    repo: ModelRepository, model_id: str, message: str, code: str = "model_not_found"
+) -> NotFound:
+    """A 404 naming `model` (`message`, `code`); for a checkpoint retention removed, one
+    that says so."""
+    if repo.removed_by_retention(model_id):
+        return NotFound(
+            f"The checkpoint '{model_id}' was removed by checkpoint retention (its job keeps "
+            "its last num_checkpoints_to_keep checkpoints and its best); use a checkpoint "
+            "its job still lists, or its fine-tuned model.",
+            param="model",
+            code="checkpoint_removed",
+        )
+    return NotFound(message, param="model", code=code)
+
+
 class ModelService:
     def __init__(
         self,
@@ -67,13 +88,25 @@ class ModelService:
         entry = self.catalog.get(model_id)
         if entry is not None:
             return base_model_out(entry)
-        model = self._live(model_id)
-        return fine_tuned_out(model, self.tenant_id)
+        # A fine-tuned model, or a checkpoint of one of the tenant's jobs.
+        found = self.repo.servable_with_job(model_id)
+        if found is None:
+            raise model_not_found(self.repo, model_id, _MISSING.format(model_id), "not_found")
+        return fine_tuned_out(found[0], self.tenant_id)
 
     def _live(self, model_id: str) -> FineTunedModel:
-        return or_not_found(
-            self.repo.get_live(model_id), f"The model '{model_id}' does not exist.", param="model"
-        )
+        model = self.repo.get_live(model_id)
+        if model is not None:
+            return model
+        if self.repo.checkpoint_with_job(model_id) is not None:
+            raise BadRequest(
+                f"'{model_id}' is a checkpoint; checkpoints are not deleted one by one: "
+                "checkpoint retention removes a job's older ones (see the job's "
+                "num_checkpoints_to_keep).",
+                param="model",
+                code="checkpoint_not_deletable",
+            )
+        raise model_not_found(self.repo, model_id, _MISSING.format(model_id), "not_found")
 
     def delete(self, model_id: str) -> ModelDeleted:
         if self.catalog.get(model_id) is not None:

@@ -18,7 +18,7 @@ from sqlmodel import Session
 from service.db import new_session
 from service.faults import crash_point
 from service.jobs.lifecycle import JobLifecycle
-from service.jobs.state import add_event
+from service.jobs.state import EventType, add_event
 from service.models import Job
 from service.models.status import TERMINAL, JobStatus
 from workers.records import CheckpointData, ResultData, StatusData, TrialData
@@ -154,7 +154,7 @@ class EventConsumer:
             return  # seen before
         # Validated at the boundary, before anything is stored.
         typed = _typed(record)
-        kind = "metrics" if record.type in ("metrics", "eval") else "message"
+        kind: EventType = "metrics" if record.type in ("metrics", "eval") else "message"
         event = add_event(
             s,
             job.id,
@@ -183,7 +183,7 @@ class EventConsumer:
             # A run interrupted by a cancel reports a failure; the user asked for it.
             jobs.cancelled(job.id)
             return
-        if data.retryable and job.status == JobStatus.RUNNING:
+        if data.retryable and job.status in (JobStatus.RUNNING, JobStatus.PAUSING):
             # An internal failure (the Ray head or a node went away, say): the reconciler
             # sees the Ray job end and fails the job with this message, or finds it lost
             # with its cluster and runs it again.
@@ -194,7 +194,7 @@ class EventConsumer:
             data.code or "training_failed",
             message,
             param=data.param,
-            expected=(JobStatus.RUNNING, JobStatus.CANCELLING),
+            expected=(JobStatus.RUNNING, JobStatus.CANCELLING, JobStatus.PAUSING),
         )
 
 

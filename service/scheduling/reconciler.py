@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 
 from service.config import Settings
 from service.db import new_session
+from service.jobs.control import request_pause
 from service.jobs.lifecycle import JobLifecycle
 from service.jobs.queueing import enqueue
 from service.models import Job
@@ -102,6 +103,8 @@ class Reconciler:
                 JobLifecycle(s).cancelled(job.id)
                 s.commit()
             return
+        if job.status == JobStatus.PAUSING and self._pausing(job, sid, state):
+            return
         if state in ("PENDING", "RUNNING"):
             return
         if state == "MISSING":
@@ -111,7 +114,8 @@ class Reconciler:
                 job.id,
                 job.tenant_id,
                 job.attempts,
-                f"the Ray job {sid} was lost (Ray no longer knows it: its head restarted, or "
+                resumes=job.pauses,
+                why=f"the Ray job {sid} was lost (Ray no longer knows it: its head restarted, or "
                 "the control plane stopped before it could submit it)",
             )
             return
@@ -132,6 +136,41 @@ class Reconciler:
         # FAILED or STOPPED without a cancel: a worker crash the run did not survive.
         reason = self.backend.message(sid) or f"the Ray job ended {state}"
         self._fail(job, "training_failed", f"{self._last_error(job.id) or reason}")
+
+    def _pausing(self, job: Job, sid: str, state: str) -> bool:
+        """A pausing job: True when handled here. It is paused once its Ray job has ended
+        (its resources are free then), not when the run says it stopped."""
+        if state == "RUNNING":
+            # Idempotent: a control plane that died between the change and the request
+            # still gets its request to the run.
+            request_pause(job)
+            return True
+        if state == "PENDING":
+            # Not started: nothing to save. Stopped, it ends STOPPED and is paused below.
+            self.backend.stop(sid)
+            return True
+        note = ""
+        if state == "SUCCEEDED":
+            if self._recover_result(job):
+                return True  # it finished before it could pause
+            # Its checkpoint event may still be on its way: wait for it, for a while.
+            first = self._succeeded_seen.setdefault(job.id, time.time())
+            if time.time() - first < RESULT_GRACE_S and not self._events_drained():
+                return True
+            self._succeeded_seen.pop(job.id, None)
+        else:
+            # Stopped, lost or crashed before it said it paused: Ray Train keeps the run's
+            # newest checkpoint, and the next run of the job goes on from that.
+            note = (
+                f" (its run ended {state.lower()} before confirming the pause; resuming goes "
+                "on from its newest checkpoint)"
+            )
+        with new_session(self.engine) as s:
+            jobs = JobLifecycle(s)
+            step = None if job.search else jobs.newest_checkpoint_step(job.id)
+            jobs.paused(job.id, step, note=note)
+            s.commit()
+        return True
 
     def _events_drained(self) -> bool:
         """Every worker event in Redis is delivered and stored: none is still on its way."""

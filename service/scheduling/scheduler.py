@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from service.config import Quotas, Settings
 from service.db import new_session
 from service.faults import crash_point
+from service.jobs.control import withdraw_pause
 from service.jobs.lifecycle import JobLifecycle
 from service.jobs.queueing import cost_of, enqueue
 from service.models.status import JobStatus
@@ -195,6 +196,8 @@ class Dispatcher:
                 extra["spec"] = spec.model_dump(mode="json")
             spec_key = f"{job.tenant_id}/jobs/{job_id}/spec.json"
             self.store.write_bytes(spec_key, spec.model_dump_json().encode())
+            # A resumed job's old pause request would stop the new run at its first step.
+            withdraw_pause(job)
             if not jobs.start(
                 job_id,
                 message,
@@ -265,13 +268,17 @@ class Dispatcher:
     def backing_off(self, job_id: str) -> bool:
         return self.retry_at.get(job_id, 0.0) > time.monotonic()
 
-    def requeue_or_fail(self, job_id: str, tenant_id: str, attempt: int, why: str) -> None:
+    def requeue_or_fail(
+        self, job_id: str, tenant_id: str, attempt: int, why: str, resumes: int = 0
+    ) -> None:
+        """`resumes`: how many of the `attempt`s began with a resume (no retry)."""
+        tries = attempt - resumes
         with new_session(self.engine) as s:
             jobs = JobLifecycle(s)
-            if attempt < self.settings.max_attempts:
+            if tries < self.settings.max_attempts:
                 job = jobs.requeue(
                     job_id,
-                    f"{why}; the job is queued again (attempt {attempt} of "
+                    f"{why}; the job is queued again (attempt {tries} of "
                     f"{self.settings.max_attempts})",
                 )
                 s.commit()
@@ -282,7 +289,7 @@ class Dispatcher:
                     job_id,
                     "dispatch_failed",
                     why,
-                    message=f"{why}; giving up after {attempt} attempts",
+                    message=f"{why}; giving up after {tries} attempts",
                     expected=(JobStatus.RUNNING, JobStatus.CANCELLING),
                 )
                 s.commit()

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -242,8 +243,33 @@ def test_deployments_commands(api_only_stack: LiveStack, no_config: Path, tmp_pa
 @pytest.mark.ray
 def test_jobs_follow_shows_progress_until_the_job_ends(live_job: LiveJob, no_config: Path) -> None:
     env = env_for(live_job.stack, no_config)
-    result = run(["jobs", "follow", live_job.job_id], env=env)
+    # What the API says of the job while it is followed: (status, estimated_finish, when).
+    seen: list[tuple[str, Any, float]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        with live_job.stack.client() as c:
+            while not stop.is_set():
+                job = c.get(f"/v1/fine_tuning/jobs/{live_job.job_id}").json()
+                seen.append((job["status"], job["estimated_finish"], time.time()))
+                stop.wait(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = run(["jobs", "follow", live_job.job_id], env=env)
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
     out = result.stdout
+    if seen and seen[0][0] in ("queued", "running"):  # not already run by another test
+        # Once its steps had a measured time, the running job had an estimated finish:
+        # soon, never in the past; and none once it ended.
+        estimates = [(eta, at) for status, eta, at in seen if status == "running" and eta]
+        assert estimates, seen
+        assert all(at - 5 <= eta <= at + 300 for eta, at in estimates), estimates
+    with live_job.stack.client() as c:
+        assert c.get(f"/v1/fine_tuning/jobs/{live_job.job_id}").json()["estimated_finish"] is None
     # The final progress line: every step done, the last epoch, a loss and the ETA column.
     assert f"{LIVE_JOB_STEPS}/{LIVE_JOB_STEPS}" in out, out
     assert f"epoch {LIVE_JOB_EPOCHS}/{LIVE_JOB_EPOCHS}" in out, out

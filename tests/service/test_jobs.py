@@ -9,7 +9,7 @@ from sqlmodel import Session
 
 from service.common import now
 from service.jobs.auto import auto_batch_size, auto_epochs, auto_learning_rate
-from service.jobs.state import transition
+from service.jobs.state import add_event, transition
 from service.models import Checkpoint
 from service.models.status import JobStatus
 from tests.factories import (
@@ -244,6 +244,26 @@ def test_jobs_paginate_newest_first(client: TestClient) -> None:
     r = client.get("/v1/fine_tuning/jobs", params={"limit": 0}, headers=t.headers)
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "limit"
+    # OpenAI sets no maximum: a limit past our page size is served, not refused.
+    r = client.get("/v1/fine_tuning/jobs", params={"limit": 5000}, headers=t.headers)
+    assert r.status_code == 200, r.text
+    assert [j["id"] for j in r.json()["data"]] == list(reversed(ids))
+
+
+def test_a_limit_past_a_page_is_served_as_a_full_page(client: TestClient, app: FastAPI) -> None:
+    t = make_tenant(client)
+    job = create_job_ok(client, t)
+    with Session(app.state.engine) as s:
+        for step in range(120):
+            add_event(s, job["id"], t.id, f"step {step}", type_="metrics", data={"step": step})
+        s.commit()
+    url = f"/v1/fine_tuning/jobs/{job['id']}/events"
+    page = client.get(url, params={"limit": 1000}, headers=t.headers).json()
+    assert len(page["data"]) == 100 and page["has_more"] is True
+    rest = client.get(
+        url, params={"limit": 1000, "after": page["data"][-1]["id"]}, headers=t.headers
+    ).json()
+    assert len(rest["data"]) == 21 and rest["has_more"] is False  # and the queued event
 
 
 def test_idempotent_retry_returns_the_same_job(client: TestClient) -> None:
@@ -328,9 +348,10 @@ def test_transition_is_compare_and_set(client: TestClient, app: FastAPI) -> None
     assert got["status"] == "running"
     assert got["started_at"] is not None
     events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", headers=t.headers).json()
-    assert [e["data"]["status"] for e in events["data"] if e["type"] == "status"] == [
-        "running",
-        "queued",
+    # Status changes are OpenAI's "message" events, their data naming the status.
+    assert [(e["type"], e["data"]["status"]) for e in events["data"]] == [
+        ("message", "running"),
+        ("message", "queued"),
     ]
 
 
@@ -375,6 +396,10 @@ def test_events_and_checkpoints_paginate(client: TestClient, app: FastAPI) -> No
     rest = client.get(url, params={"limit": 2, "after": first["last_id"]}, headers=t.headers).json()
     assert [c["step_number"] for c in rest["data"]] == [10]
     assert rest["has_more"] is False
+    assert (rest["first_id"], rest["last_id"]) == (rest["data"][0]["id"],) * 2
+    past = client.get(url, params={"after": rest["last_id"]}, headers=t.headers).json()
+    # Empty: no ids to name, and OpenAI's lists take strings there ("" rather than null).
+    assert (past["data"], past["first_id"], past["last_id"]) == ([], "", "")
 
     client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=t.headers)  # a 2nd event
     events_url = f"/v1/fine_tuning/jobs/{job['id']}/events"

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from workers.checkpoints import load_optimizer, save_optimizer
+from workers.loop_parts import lr_lambda
 from workers.modeling import DEFAULT_LORA_TARGETS, causal_lm_loss_sum, lora_targets
 from workers.spec import LoraAdapter
-from workers.train import lr_lambda
 
 
 def test_schedules_warm_up_then_decay() -> None:

@@ -133,6 +133,7 @@ def run_search_here(spec: JobSpec, models_dir: Path, tmp: Path) -> tuple[ResultD
     outcome = run_search(
         spec, data, plan_steps(spec, data.train_examples), reporter, str(models_dir)
     )
+    assert outcome is not None, "nothing asked the search to pause"
     return outcome, read_json_lines(str(events_path))
 
 
@@ -271,3 +272,90 @@ def test_cancelling_a_search_stops_every_trial(
     assert alive == [], "trials (or their trainers) still alive after the stop"
     # Tune saved the experiment's state, so the search could be resumed.
     assert list((tmp_path / "output" / "ray" / "tune").glob("experiment_state-*.json"))
+
+
+def test_a_paused_search_resumes_its_trials_where_they_stopped(
+    ray_cluster: RayCluster, redis_server: RedisServer, models_dir: Path, tmp_path: Path
+) -> None:
+    spec = search_spec(
+        tmp_path,
+        "ftjob-tune-pause",
+        {
+            "space": {"learning_rate": {"type": "grid", "values": [1e-2, 3e-2]}},
+            "algorithm": "grid",
+            "scheduler": "fifo",
+            "max_concurrent_trials": 2,
+        },
+        n_epochs=4,
+        batch_size=8,
+    )
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(spec.model_dump_json())
+    before = frozenset(actor_id for actor_id, _ in _search_actor_ids())
+    command = [
+        *(sys.executable, "-m", "workers.run_job", spec.job_id),
+        *("--spec-uri", str(spec_path), "--redis-url", redis_server.url),
+        *("--models-dir", str(models_dir)),
+    ]
+
+    def run(until: Any = None) -> int:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env={**os.environ, **ray_cluster.env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            if until is not None:
+                deadline = time.monotonic() + 180
+                while not until():
+                    assert process.poll() is None and time.monotonic() < deadline
+                    time.sleep(0.2)
+                flag.parent.mkdir(parents=True, exist_ok=True)
+                flag.write_text("pause")  # what the control plane's pause writes
+            return process.wait(timeout=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+    flag = tmp_path / "output" / "control" / "pause"
+
+    def training() -> bool:
+        events = job_events(redis_server.url, spec.job_id)
+        return any(e.type == "metrics" and e.data["step"] >= 3 for e in events)
+
+    assert run(until=training) == 0
+    events = job_events(redis_server.url, spec.job_id)
+    last = events[-1]
+    assert (last.type, last.data["status"]) == ("status", "paused"), last
+    assert not any(e.type == "result" for e in events)
+    deadline = time.monotonic() + 60
+    while (alive := search_actors(ignore=before)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert alive == [], "a paused search holds nothing on the cluster"
+    paused_at = {
+        e.data["trial_id"]: e.data["paused_at_step"]
+        for e in events
+        if e.type == "message" and "paused_at_step" in e.data
+    }
+    started = {e.data["trial_id"] for e in events if e.type == "metrics"}
+    assert set(paused_at) == started, "every running trial saved a checkpoint at its next step"
+
+    flag.unlink()
+    assert run() == 0
+    events = job_events(redis_server.url, spec.job_id)
+    assert any(e.data.get("resumed_search") for e in events if e.type == "message")
+    assert events[-1].data["status"] == "succeeded"
+    result = next(e for e in events if e.type == "result")
+    assert result.data["search"]["trials"] == 2, "no trial was started afresh"
+    total = plan_steps(spec, 96).total_steps
+    assert total == 48
+    for trial_id, at in paused_at.items():
+        steps = [
+            e.data["step"]
+            for e in events
+            if e.type == "metrics" and e.data.get("trial_id") == trial_id
+        ]
+        # Each step once: the resumed trial went on from its pause, not from step 1.
+        assert steps == list(range(1, total + 1)), (trial_id, at, steps)

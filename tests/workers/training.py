@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ray.train.v2.api.callback import UserCallback
 
 from workers.data import StepPlan, load_job_data, plan_steps
 from workers.faults import FaultInjection
@@ -36,6 +39,7 @@ def fit(
     events_path: Path,
     probe_text: str | None = None,
     fault: FaultInjection | None = None,
+    callbacks: Sequence[UserCallback] = (),
 ) -> Run:
     reporter = Reporter(spec.job_id, spec.tenant_id, JsonLinesSink(path=str(events_path)))
     data = load_job_data(spec, str(models_dir))
@@ -48,6 +52,7 @@ def fit(
         reporter=reporter,
         probe_text=probe_text,
         fault=fault,
+        callbacks=callbacks,
     )
     result = trainer.fit()
     return Run(result=result, events=read_json_lines(str(events_path)), plan=plan)

@@ -108,6 +108,10 @@ def adapter_loader(
 ) -> Callable[[str], Awaitable[LoadedAdapter]]:
     """The function Serve's `multiplexed` wraps: a model id (an artifact URI) to its adapter.
 
+    The URI is a published model's folder or a job checkpoint's ``model/`` folder (a
+    checkpoint served as a model): both hold the adapter and the manifest, so both load
+    the same way, on first use.
+
     Each load's seconds go into `fresh_loads` under the model id, for the caller's
     response header."""
 

@@ -3,6 +3,10 @@
 The control plane has validated each request already; the bodies here read the fields
 serving uses. Answers are OpenAI's completion, chat completion and chunk objects, the
 chunks as Server-Sent Events, and errors in OpenAI's error shape.
+
+A stream carries its usage as OpenAI's does only when asked (`stream_options:
+{"include_usage": true}`). Otherwise the usage still ends the stream, for the control
+plane's token meter, as an SSE comment (`: {"usage": {...}}`) that clients skip.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ class GenerationBody(BaseModel):
     seed: int | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        """The client asked for the usage chunk that ends OpenAI's streams."""
+        return bool((self.stream_options or {}).get("include_usage"))
 
 
 class CompletionBody(GenerationBody):
@@ -97,16 +106,18 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     }
 
 
-def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+def _sse(obj: dict[str, Any], field: bytes = b"data: ") -> bytes:
+    return field + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
 class Completion:
-    """Accumulates one request's deltas into OpenAI's object for `kind`."""
+    """Accumulates one request's deltas into OpenAI's object for `kind`; `include_usage`:
+    the client asked for the usage chunk of a stream."""
 
-    def __init__(self, kind: Kind, model: str) -> None:
+    def __init__(self, kind: Kind, model: str, include_usage: bool = False) -> None:
         self.kind = kind
         self.model = model
+        self.include_usage = include_usage
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.text = ""
@@ -130,7 +141,7 @@ class Completion:
         if self.kind == "chat":
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": self.text},
+                "message": {"role": "assistant", "content": self.text, "refusal": None},
                 "finish_reason": self.finish,
                 "logprobs": None,
             }
@@ -143,7 +154,7 @@ class Completion:
         if self.kind == "chat":
             delta: dict[str, Any] = {"content": text}
             if first:
-                delta["role"] = "assistant"
+                delta |= {"role": "assistant", "refusal": None}
             choice: dict[str, Any] = {
                 "index": 0,
                 "delta": delta,
@@ -152,10 +163,17 @@ class Completion:
             }
         else:
             choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-        return _sse({**self._head(True), "choices": [choice]})
+        # Asked for usage, a chat chunk has the field, null until the last chunk (as
+        # OpenAI's chunk schema says); a completion's has no nullable usage to show.
+        usage = {"usage": None} if self.include_usage and self.kind == "chat" else {}
+        return _sse({**self._head(True), "choices": [choice], **usage})
 
     def usage_chunk(self) -> bytes:
+        """The stream's last chunk: OpenAI's usage chunk (no choices) when asked for, else
+        the same usage as a comment, which only the control plane reads."""
         usage = _usage(self.prompt_tokens, self.completion_tokens)
+        if not self.include_usage:
+            return _sse({"usage": usage}, field=b": ")
         return _sse({**self._head(True), "choices": [], "usage": usage})
 
 

@@ -194,7 +194,7 @@
       if (gen !== generation) return;
       const rows = page.data.map((j) => [
         jobLink(j.id),
-        badge(j.status),
+        badge(j.state || j.status),
         j.model,
         j.fine_tuned_model,
         when(j.created_at),
@@ -222,6 +222,24 @@
 
   function json(value) {
     return value === null || value === undefined ? "-" : JSON.stringify(value);
+  }
+
+  // A job's metadata as a key/value list (text nodes: keys and values are the user's).
+  function metadataList(metadata) {
+    const pairs = Object.entries(metadata || {});
+    if (!pairs.length) return undefined;
+    return el("dl", { class: "fields", id: "job-metadata" }, pairs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  }
+
+  // When a running job should finish (the service's estimate), and how long until then.
+  function estimatedFinish(ts) {
+    if (typeof ts !== "number") return undefined;
+    const left = Math.max(0, Math.round(ts - Date.now() / 1000));
+    const h = Math.floor(left / 3600);
+    const m = Math.floor((left % 3600) / 60);
+    const s = left % 60;
+    const inText = h ? `${h}h ${String(m).padStart(2, "0")}m` : m ? `${m}m ${String(s).padStart(2, "0")}s` : `${s}s`;
+    return el("span", { id: "job-eta" }, `${when(ts)} (in ${inText})`);
   }
 
   // Colours of a search's trials (a plain job uses the CSS train/eval colours).
@@ -423,17 +441,25 @@
           "div",
           { class: "toolbar" },
           el("h1", {}, job.id),
-          badge(job.status),
+          badge(job.state || job.status),
           el("span", { class: "grow" }),
+          // `state` names a pause or cancel under way, which `status` shows as running.
+          job.state === "running"
+            ? el("button", { type: "button", id: "pause-job", onclick: () => act(job.id, "pause") }, "Pause")
+            : null,
+          job.state === "paused"
+            ? el("button", { type: "button", id: "resume-job", onclick: () => act(job.id, "resume") }, "Resume")
+            : null,
           done
             ? null
-            : el("button", { type: "button", class: "danger", id: "cancel-job", onclick: () => cancel(job.id) }, "Cancel job"),
+            : el("button", { type: "button", class: "danger", id: "cancel-job", onclick: () => act(job.id, "cancel") }, "Cancel job"),
         ),
       );
       const hp = job.hyperparameters || {};
       details.replaceChildren(
         fields([
-          ["Status", badge(job.status)],
+          ["Status", badge(job.state || job.status)],
+          ["Estimated finish", estimatedFinish(job.estimated_finish)],
           ["Base model", job.model],
           ["Fine-tuned model", job.fine_tuned_model],
           ["Training file", job.training_file],
@@ -446,6 +472,7 @@
           ["Created", when(job.created_at)],
           ["Finished", when(job.finished_at)],
           ["Best trial", job.search_result ? json(job.search_result) : undefined],
+          ["Metadata", metadataList(job.metadata)],
           ["Error", job.error ? job.error.message : undefined],
         ]),
       );
@@ -496,11 +523,11 @@
       return done;
     };
 
-    const cancel = async (id) => {
+    const act = async (id, action) => {
       try {
-        await api(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+        await api(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/${action}`, { method: "POST" });
       } catch (error) {
-        window.alert(`Cancel failed: ${error.message}`);
+        window.alert(`${action[0].toUpperCase()}${action.slice(1)} failed: ${error.message}`);
       }
       await refresh();
     };

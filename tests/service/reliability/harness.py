@@ -135,13 +135,19 @@ def messages(evs: list[dict[str, Any]]) -> list[str]:
     return [str(e["message"]) for e in evs]
 
 
+def transitions(evs: list[dict[str, Any]], status: str) -> list[dict[str, Any]]:
+    """The control plane's own events of changes to `status`: messages whose data names the
+    status (a worker's reports carry their `kind` besides; "status" for its run status)."""
+    return [
+        e
+        for e in evs
+        if e["type"] == "message" and e["data"].get("status") == status and "kind" not in e["data"]
+    ]
+
+
 def starts(evs: list[dict[str, Any]]) -> list[int]:
     """The attempt number of each start the control plane recorded."""
-    return [
-        int(e["data"]["attempt"])
-        for e in evs
-        if e["type"] == "status" and (e.get("data") or {}).get("status") == "running"
-    ]
+    return [int(e["data"]["attempt"]) for e in transitions(evs, "running")]
 
 
 def train_steps(evs: list[dict[str, Any]]) -> list[int]:

@@ -149,7 +149,7 @@ def test_an_upload_cut_off_midway_leaves_nothing(live_api: tuple[str, Settings])
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize("status", ["queued", "running", "cancelling"])
+@pytest.mark.parametrize("status", ["queued", "running", "cancelling", "paused"])
 def test_a_file_an_unfinished_job_uses_cannot_be_deleted(
     client: TestClient, app: FastAPI, status: str
 ) -> None:
@@ -158,9 +158,13 @@ def test_a_file_an_unfinished_job_uses_cannot_be_deleted(
     validation = upload_ok(client, t)
     job_id = create_job_ok(client, t, training_file=training, validation_file=validation)["id"]
     with Session(app.state.engine) as s:
-        for step in {"queued": [], "running": ["running"], "cancelling": ["running", "cancelling"]}[
-            status
-        ]:
+        steps = {
+            "queued": [],
+            "running": ["running"],
+            "cancelling": ["running", "cancelling"],
+            "paused": ["running", "pausing", "paused"],
+        }
+        for step in steps[status]:
             assert transition(s, job_id, JobStatus(step))
         s.commit()
     for file_id in (training, validation):
@@ -171,7 +175,7 @@ def test_a_file_an_unfinished_job_uses_cannot_be_deleted(
         assert client.get(f"/v1/files/{file_id}/content", headers=t.headers).status_code == 200
     # Once the job has ended, the files may go.
     with Session(app.state.engine) as s:
-        end = "cancelled" if status in ("queued", "cancelling") else "failed"
+        end = "cancelled" if status in ("queued", "cancelling", "paused") else "failed"
         assert transition(s, job_id, JobStatus(end))
         s.commit()
     for file_id in (training, validation):

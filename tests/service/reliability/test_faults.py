@@ -38,6 +38,7 @@ from tests.service.reliability.harness import (
     status,
     submit,
     train_steps,
+    transitions,
     wait_terminal,
 )
 
@@ -143,8 +144,7 @@ def test_sigkill_while_ingesting_worker_events(settings: Settings, tmp_path: Pat
         results = [e for e in evs if (e.get("data") or {}).get("kind") == "result"]
         assert len(results) == 1
         # One transition to succeeded (the control plane's own status events).
-        succeeded = [e for e in evs if e["type"] == "status" and e["data"]["status"] == "succeeded"]
-        assert len(succeeded) == 1
+        assert len(transitions(evs, "succeeded")) == 1
         assert ray_states(settings.ray_address or "", job_id, 2) == ["SUCCEEDED", "MISSING"]
     finally:
         third.stop()
@@ -285,3 +285,48 @@ def test_ray_head_restarted_during_training(
         if plane is not None:
             plane.stop()
         head.process.stop()
+
+
+def test_sigkill_while_pausing_and_while_paused(settings: Settings, tmp_path: Path) -> None:
+    """Killed between committing a pause and asking the run, then again while the job is
+    paused: the pause still lands, nothing starts while paused, and the resumed run goes
+    on from the pause's checkpoint, each step trained once."""
+    address = settings.ray_address or ""
+    first = _crashing(settings, "pause.after_commit", tmp_path / "cp1.log")
+    http = httpx.Client(base_url=first.url, timeout=30)
+    t = make_tenant(http, "pause")
+    job_id = submit(http, t, **LONGER)
+    wait_for(lambda: len(train_steps(events(http, t, job_id))) >= 2, 180, "training")
+    with pytest.raises(httpx.TransportError):
+        http.post(f"/v1/fine_tuning/jobs/{job_id}/pause", headers=t.headers)
+    _wait_killed(first)  # `pausing` is committed; the run was never asked
+
+    second = ControlPlaneProcess(settings, free_port(), tmp_path / "cp2.log")
+    try:
+        http = httpx.Client(base_url=second.url, timeout=30)
+        wait_for(lambda: status(http, t, job_id) == "paused", 120, "the pause to land")
+        second.kill9()
+    finally:
+        second.stop()
+
+    third = ControlPlaneProcess(settings, free_port(), tmp_path / "cp3.log")
+    try:
+        http = httpx.Client(base_url=third.url, timeout=30)
+        assert status(http, t, job_id) == "paused"
+        evs = events(http, t, job_id)
+        assert starts(evs) == [1], "nothing started while paused"
+        assert ray_states(address, job_id, 2) == ["SUCCEEDED", "MISSING"]
+        paused_at = transitions(evs, "paused")[0]["data"]["step"]
+        r = http.post(f"/v1/fine_tuning/jobs/{job_id}/resume", headers=t.headers)
+        assert r.status_code == 200, r.text
+        wait_terminal(http, t, [job_id], 240)
+        evs = events(http, t, job_id)
+        assert status(http, t, job_id) == "succeeded", messages(evs)[-5:]
+        assert starts(evs) == [1, 2]
+        assert len(transitions(evs, "paused")) == 1
+        assert f"resumed from the checkpoint at step {paused_at}" in messages(evs)
+        steps = train_steps(evs)
+        assert steps == list(range(1, len(steps) + 1)), "each step once, in order"
+        assert ray_states(address, job_id, 3) == ["SUCCEEDED", "SUCCEEDED", "MISSING"]
+    finally:
+        third.stop()

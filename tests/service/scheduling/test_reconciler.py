@@ -123,10 +123,10 @@ def test_a_cancelling_job_is_stopped_and_ends_cancelled(
     sched.tick()
     app.state.backend = cluster
     r = client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=t.headers)
-    assert r.json()["status"] == "cancelling"
+    assert (r.json()["status"], r.json()["state"]) == ("running", "cancelling")
     assert cluster.stopped == [job_id]
     reconciler.run_once()  # Ray still says RUNNING: stop again, stay cancelling
-    assert _job(client, t, job_id)["status"] == "cancelling"
+    assert _job(client, t, job_id)["state"] == "cancelling"
     cluster.states[job_id] = "STOPPED"
     reconciler.run_once()
     assert _job(client, t, job_id)["status"] == "cancelled"

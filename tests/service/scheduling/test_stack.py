@@ -108,7 +108,7 @@ def test_cancel_a_running_job_stops_its_ray_job(stack_settings: Settings) -> Non
             "the job to be training",
         )
         r = http.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=t.headers)
-        assert r.json()["status"] in ("cancelling", "cancelled")
+        assert r.json()["state"] in ("cancelling", "cancelled")
         wait_for(lambda: _job(http, t, job_id)["status"] == "cancelled", 90, "the cancel to finish")
         backend = RayJobsBackend(stack_settings.ray_address or "")
         assert wait_for(

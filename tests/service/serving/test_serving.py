@@ -16,6 +16,7 @@ import openai
 import pytest
 import redis
 
+from service.jobs.retention import RETENTION_MARKER
 from service.ray_backend import RayJobsBackend
 from service.stack import free_port
 from tests.factories import ADMIN, TenantHandle
@@ -49,6 +50,7 @@ class Served:
     classifier: str
     http: httpx.Client
     backend: RayJobsBackend
+    data_dir: Path
 
     def openai(self, tenant: TenantHandle) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=tenant.key, max_retries=0)
@@ -143,6 +145,7 @@ def served(
             finished["classifier"]["fine_tuned_model"],
             http,
             backend,
+            settings.data_dir,
         )
     finally:
         http.close()
@@ -181,7 +184,13 @@ def test_openai_client_chat_and_completions_plain_and_streaming(served: Served) 
     assert streamed == text, "greedy: streaming says what the plain call said"
     assert chunks[0].choices[0].delta.role == "assistant"
     assert any(c.choices and c.choices[0].finish_reason for c in chunks)
-    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == chat.usage.total_tokens
+    # Usage only when asked for, as OpenAI's streams: then a last chunk without choices.
+    assert all(c.choices and c.usage is None for c in chunks)
+    counted = list(
+        _chat(client, served.animals, stream=True, stream_options={"include_usage": True})
+    )
+    assert counted[-1].choices == [] and counted[-1].usage is not None
+    assert counted[-1].usage.total_tokens == chat.usage.total_tokens
 
     done = client.completions.create(
         model=served.animals, prompt=PROMPT, max_tokens=4, temperature=0
@@ -229,6 +238,100 @@ def test_classifier_answers_classifications(served: Served) -> None:
     labels = {"color", "animal", "fruit", "number"}
     for item in body["data"]:
         assert item["label"] in labels and set(item["scores"]) == labels
+
+
+def _reported_checkpoints(served: Served, job_id: str) -> list[tuple[int, float]]:
+    """(step, train_loss) of every checkpoint the run reported, in the order it did."""
+    found: list[tuple[int, float]] = []
+    after: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 100, **({"after": after} if after else {})}
+        r = served.http.get(
+            f"/v1/fine_tuning/jobs/{job_id}/events", params=params, headers=served.a.headers
+        )
+        page = r.json()
+        for event in page["data"]:
+            if event["data"].get("kind") == "checkpoint":
+                found.append((event["data"]["step"], event["data"]["metrics"]["train_loss"]))
+        if not page["has_more"]:
+            return found[::-1]  # the API lists events newest first
+        after = page["data"][-1]["id"]
+
+
+def _greedy_reply(models_dir: Path, adapter_dir: Path, max_tokens: int, chat: bool) -> str:
+    """The reply (to PROMPT as a chat, or as a completion prompt) of the base model with
+    the adapter of `adapter_dir`, loaded here with transformers + peft, decoded greedily."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from workers.data import chat_prompt_ids, load_tokenizer, prompt_ids
+    from workers.sources import resolve_model_source
+
+    source = "tiny:tiny-gpt2"
+    tokenizer = load_tokenizer(source, str(models_dir))
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_source(source, models_dir))
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    messages = [{"role": "user", "content": PROMPT}]
+    ids = chat_prompt_ids(tokenizer, messages) if chat else prompt_ids(tokenizer, PROMPT)
+    tokens: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            logits = model(input_ids=torch.tensor([ids + tokens])).logits[0, -1]
+            token = int(logits.argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            tokens.append(token)
+    return str(tokenizer.decode(tokens, skip_special_tokens=True))
+
+
+def test_a_jobs_checkpoints_are_retained_and_answer_as_models(
+    served: Served, tiny_models_dir: Path
+) -> None:
+    job_id = served.animals.rsplit(":", 1)[1]
+    # 8 epochs, a checkpoint each, 2 kept by default (num_checkpoints_to_keep) and the
+    # best: no validation data, so the lowest training loss (the earliest on a tie).
+    reported = _reported_checkpoints(served, job_id)
+    assert len(reported) == 8, reported
+    best = min(range(len(reported)), key=lambda i: (reported[i][1], i))
+    kept = sorted({step for step, _ in reported[-2:]} | {reported[best][0]})
+    listed = served.http.get(
+        f"/v1/fine_tuning/jobs/{job_id}/checkpoints", headers=served.a.headers
+    ).json()["data"]
+    assert sorted(c["step_number"] for c in listed) == kept
+    run = served.data_dir / "artifacts" / served.a.id / "jobs" / job_id / "ray" / "train"
+
+    def on_disk() -> tuple[list[int], list[int]]:
+        dirs = {int(d.name.split("-")[1]): d for d in run.glob("checkpoint-*")}
+        full = sorted(
+            s for s, d in dirs.items() if (d / "model" / "adapter_model.safetensors").is_file()
+        )
+        emptied = sorted(
+            s for s, d in dirs.items() if [p.name for p in d.iterdir()] == [RETENTION_MARKER]
+        )
+        return full, emptied
+
+    # Files go once the rows' removal has committed: a moment after the listing.
+    removed = sorted({step for step, _ in reported} - set(kept))
+    wait_for(lambda: on_disk() == (kept, removed), 30, f"checkpoints on disk: {on_disk()}")
+
+    # The oldest kept checkpoint (an earlier model than the job's own) answers as its
+    # weights do when loaded directly. Trained on completions, its chat answer may be
+    # just the end of the turn; the completion shows the weights (it names an animal).
+    step = kept[0]
+    checkpoint = f"{served.animals}:ckpt-step-{step}"
+    client = served.openai(served.a)
+    weights = run / f"checkpoint-{step:07d}" / "model"
+    chat = _chat(client, checkpoint)
+    assert chat.model == checkpoint
+    assert chat.choices[0].message.content == _greedy_reply(tiny_models_dir, weights, 6, True)
+    done = client.completions.create(model=checkpoint, prompt=PROMPT, max_tokens=4, temperature=0)
+    assert done.choices[0].text, "trained on colour -> animal: it answers something"
+    assert done.choices[0].text == _greedy_reply(tiny_models_dir, weights, 4, False)
+    with pytest.raises(openai.NotFoundError):
+        _chat(served.openai(served.b), checkpoint)
+    with pytest.raises(openai.NotFoundError, match="retention"):
+        _chat(served.openai(served.a), f"{served.animals}:ckpt-step-{removed[0]}")
 
 
 def test_other_tenants_and_deleted_models_are_404(served: Served) -> None:

@@ -19,8 +19,9 @@ from sqlalchemy import create_engine
 from sqlmodel import Session
 
 from service.common import now
-from service.jobs.state import add_event
+from service.jobs.state import add_event, transition
 from service.models import Trial
+from service.models.status import JobStatus
 from tests.factories import classification_records, jsonl, prompt_completion_records
 from tests.fixtures.live_stack import LIVE_JOB_STEPS, LiveJob, LiveStack
 
@@ -323,3 +324,45 @@ def lm_training_file(c: httpx.Client) -> str:
     r = c.post("/v1/files", files=files, data={"purpose": "fine-tune"})
     assert r.status_code == 200, r.text
     return str(r.json()["id"])
+
+
+def test_a_running_job_shows_its_metadata_as_text_and_its_estimated_finish(
+    page: Page, api_only_stack: LiveStack
+) -> None:
+    """The job is set running and its steps written as the event consumer would."""
+    stack = api_only_stack
+    metadata = {"team": "search", "note": HOSTILE}
+    with stack.client() as c:
+        r = c.post(
+            "/v1/fine_tuning/jobs",
+            json={"model": "tiny-gpt2", "training_file": lm_training_file(c), "metadata": metadata},
+        )
+        assert r.status_code == 200, r.text
+        job_id = r.json()["id"]
+    engine = create_engine(stack.database_url)
+    started = now() - 30
+    with Session(engine) as s:
+        assert transition(s, job_id, JobStatus.RUNNING, started_at=started)
+        for step in (1, 2, 3):  # 10 s a step, 7 of 10 steps left: about 70 s from now
+            add_event(s, job_id, stack.tenant_id, f"step {step}", type_="metrics",
+                      data={"kind": "metrics", "step": step, "train_loss": 1.0,
+                            "total_steps": 10}, created_at=started + 10 * step)  # fmt: skip
+        s.commit()
+    engine.dispose()
+    with stack.client() as c:
+        eta = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()["estimated_finish"]
+    assert eta is not None and 60 <= eta - now() <= 80, eta
+
+    sign_in(page, stack, stack.api_key)
+    page.locator("#jobs-table").wait_for()
+    page.goto(f"{stack.url}/ui/#/jobs/{job_id}")
+    shown = page.locator("#job-eta")
+    shown.wait_for()
+    assert re.search(r"\(in 1m [01]\ds\)$", shown.inner_text()), shown.inner_text()
+    pairs = page.locator("#job-metadata")
+    assert pairs.locator("dt:text-is('team') + dd").inner_text() == "search"
+    assert pairs.locator("dt:text-is('note') + dd").inner_text() == HOSTILE
+    assert pairs.locator("img").count() == 0
+    assert page.evaluate("window.__xss") is None
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-running.png"), full_page=True)
