@@ -14,7 +14,7 @@ export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S := 0.2
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-real lint typecheck pytest postgres chromium clean
+.PHONY: setup demo test test-long test-real lint typecheck pytest postgres chromium clean
 
 setup: $(STAMP) postgres chromium
 
@@ -45,7 +45,13 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy $(wildcard service workers tests bench)
 
 pytest: setup
-	$(VENV)/bin/pytest -q --durations=15 -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --durations=15 -m "not slow and not long" $(PYTEST_ARGS)
+
+# Faults injected into running jobs (control-plane SIGKILLs, Redis and Ray head restarts,
+# a lost worker node) and multi-trial searches: a minute or more each, so apart from
+# `make test`'s 20-minute budget. CI runs it after `make test`.
+test-long: setup
+	$(VENV)/bin/pytest -q --durations=15 -m long $(PYTEST_ARGS)
 
 # Real pretrained models end to end (SmolLM2 LoRA, MiniLM classification): minutes on a CPU,
 # so apart from `make test`'s 20-minute budget.

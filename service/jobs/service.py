@@ -7,6 +7,7 @@ are `service.jobs.views`. Status changes go through `service.jobs.state.transiti
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 from sqlmodel import Session
 
@@ -198,12 +199,7 @@ class JobService:
     def pause(self, job_id: str) -> JobOut:
         job = self._get(job_id)
         if job.status != JobStatus.RUNNING or not JobLifecycle(self.session).pause(job_id):
-            job = self._get(job_id)
-            raise BadRequest(
-                f"Job {job_id} is {_said(job.status)}; only a running job can be paused.",
-                param="fine_tuning_job_id",
-                code="job_not_pausable",
-            )
+            raise self._cannot(job_id, "pause")
         # Once the change is committed, the run hears of it; if this replica dies first,
         # the reconciler writes the request for every pausing job.
         crash_at = self.settings.fault_crash_at
@@ -215,18 +211,22 @@ class JobService:
         on_commit(self.session, tell_the_run)
         return job_out(self._get(job_id))
 
+    def _cannot(self, job_id: str, action: Literal["pause", "resume"]) -> BadRequest:
+        status = self._get(job_id).status  # as it is now: it may have changed meanwhile
+        only = "a running job can be paused" if action == "pause" else "a paused job can be resumed"
+        return BadRequest(
+            f"Job {job_id} is {_said(status)}; only {only}.",
+            param="fine_tuning_job_id",
+            code="job_not_pausable" if action == "pause" else "job_not_resumable",
+        )
+
     def resume(self, job_id: str) -> JobOut:
         job = self._get(job_id)
         if job.status == JobStatus.PAUSED:
             quotas = effective_quotas(self.tenant, self.settings)
             self._check_waiting_quota(quotas.max_queued_jobs)
         if job.status != JobStatus.PAUSED or not JobLifecycle(self.session).resume(job):
-            job = self._get(job_id)
-            raise BadRequest(
-                f"Job {job_id} is {_said(job.status)}; only a paused job can be resumed.",
-                param="fine_tuning_job_id",
-                code="job_not_resumable",
-            )
+            raise self._cannot(job_id, "resume")
         self._after_commit(enqueue_quietly, job)
         return job_out(self._get(job_id))
 

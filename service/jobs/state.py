@@ -158,14 +158,5 @@ def _register(store: JobStore, job_id: str, model: NewModel, at: float) -> None:
     job = store.get(job_id)
     assert job is not None  # it just changed
     store.add(
-        FineTunedModel(
-            id=model.id,
-            tenant_id=job.tenant_id,
-            job_id=job.id,
-            base_model=job.model,
-            task=job.task,
-            adapter_type=str((job.adapter or {}).get("type", "lora")),
-            artifact_uri=model.artifact_uri,
-            created_at=at,
-        )
+        FineTunedModel.of_job(job, id=model.id, artifact_uri=model.artifact_uri, created_at=at)
     )

@@ -168,6 +168,20 @@ class FineTunedModel(SQLModel, table=True):
     created_at: float
     deleted_at: float | None = None
 
+    @classmethod
+    def of_job(cls, job: Job, *, id: str, artifact_uri: str, created_at: float) -> FineTunedModel:
+        """A model `job` trained (its final one, or one of its checkpoints)."""
+        return cls(
+            id=id,
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            base_model=job.model,
+            task=job.task,
+            adapter_type=str((job.adapter or {}).get("type", "lora")),
+            artifact_uri=artifact_uri,
+            created_at=created_at,
+        )
+
 
 class Deployment(SQLModel, table=True):
     """How a fine-tuned model is served: its replica range and autoscaling target."""

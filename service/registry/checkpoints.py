@@ -40,13 +40,9 @@ def removal_event_id(job_id: str, step: int) -> str:
 
 def as_model(checkpoint: Checkpoint, job: Job) -> FineTunedModel:
     """The checkpoint described as a fine-tuned model of its job (never stored)."""
-    return FineTunedModel(
+    return FineTunedModel.of_job(
+        job,
         id=checkpoint.fine_tuned_model_checkpoint,
-        tenant_id=checkpoint.tenant_id,
-        job_id=job.id,
-        base_model=job.model,
-        task=job.task,
-        adapter_type=str((job.adapter or {}).get("type", "lora")),
         artifact_uri=f"{checkpoint.uri.rstrip('/')}/{MODEL_DIR}",
         created_at=checkpoint.created_at,
     )

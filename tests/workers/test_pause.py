@@ -1,5 +1,6 @@
 """A paused run stops at a step boundary with a checkpoint, and the next run of the job
-goes on from it as if it had never stopped: the same loss at every step."""
+goes on from it as if it had never stopped: the same loss at every step, even after
+retention emptied its older checkpoints (which Ray Train's snapshot of the run still lists)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from ray.train.v2.api.callback import UserCallback
 
+from service.jobs.retention import RETENTION_MARKER, release
 from tests.fixtures.ray_cluster import RayCluster
 from tests.workers.factories import make_spec
 from tests.workers.training import fit
@@ -63,6 +65,13 @@ def test_a_paused_and_resumed_run_has_the_losses_of_one_that_never_stopped(
     before = dict(first.series("metrics", "train_loss"))
     assert sorted(before) == list(range(1, paused_at + 1))
 
+    # Retention empties the older checkpoints (the control plane's, here with K=1). Ray
+    # Train's snapshot of the run still lists them: the resumed run must not need them.
+    reported = [e.data["checkpoint_uri"] for e in first.of_type("checkpoint")]
+    assert len(reported) >= 2, "a checkpoint before the pause, and the pause's own"
+    for uri in reported[:-1]:
+        release(uri, {"reason": "retention"})
+
     flag.unlink()  # resume: the control plane takes the request back, then starts a run
     second = fit(paused_spec, models_dir, tmp_path / "b2.jsonl")
     assert PAUSED_METRIC not in second.result.metrics
@@ -76,3 +85,6 @@ def test_a_paused_and_resumed_run_has_the_losses_of_one_that_never_stopped(
     assert sorted(after) == list(range(paused_at + 1, total + 1))
     for step, loss in {**before, **after}.items():
         assert abs(loss - expected[step]) <= 1e-4, (step, loss, expected[step])
+    for uri in reported[:-1]:
+        emptied = Path(uri.removeprefix("file://"))
+        assert [p.name for p in emptied.iterdir()] == [RETENTION_MARKER]

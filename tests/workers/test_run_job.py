@@ -53,6 +53,24 @@ def run_job(
     )
 
 
+def start_run_job(
+    job_id: str, spec_path: Path, redis_url: str, models_dir: Path, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """`workers.run_job` as the control plane submits it, reporting to `redis_url`."""
+    command = [
+        *(sys.executable, "-m", "workers.run_job", job_id),
+        *("--spec-uri", str(spec_path), "--redis-url", redis_url),
+        *("--models-dir", str(models_dir)),
+    ]
+    return subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def job_events(redis_url: str, job_id: str) -> list[EventRecord]:
     client: Any = redis.Redis.from_url(redis_url, decode_responses=True)
     return [
@@ -166,18 +184,7 @@ def test_a_stopped_job_reports_that_it_was_stopped(
     )
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(spec.model_dump_json())
-    command = [
-        *(sys.executable, "-m", "workers.run_job", spec.job_id),
-        *("--spec-uri", str(spec_path), "--redis-url", redis_server.url),
-        *("--models-dir", str(models_dir)),
-    ]
-    process = subprocess.Popen(
-        command,
-        cwd=REPO_ROOT,
-        env={**os.environ, **ray_cluster.env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_run_job(spec.job_id, spec_path, redis_server.url, models_dir, ray_cluster.env)
     try:
         deadline = time.monotonic() + 120
         while not any(e.type == "metrics" for e in job_events(redis_server.url, spec.job_id)):

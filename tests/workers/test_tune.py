@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,14 +13,14 @@ import pytest
 from tests.fixtures.ray_cluster import RayCluster
 from tests.fixtures.redis_server import RedisServer
 from tests.workers.factories import make_spec, prompt_completion_rows, write_jsonl
-from tests.workers.test_run_job import REPO_ROOT, job_events, run_job
+from tests.workers.test_run_job import job_events, run_job, start_run_job
 from workers.data import load_job_data, plan_steps
 from workers.records import ResultData
 from workers.report import EventRecord, JsonLinesSink, Reporter, read_json_lines
 from workers.spec import JobSpec
 from workers.tune import SEARCH_ACTORS
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.long]
 
 
 def search_spec(tmp: Path, job_id: str, search: dict[str, Any], **training: Any) -> JobSpec:
@@ -233,18 +230,7 @@ def test_cancelling_a_search_stops_every_trial(
     spec_path.write_text(spec.model_dump_json())
     # The session's cluster is shared: whatever an earlier test left is not this search's.
     before = frozenset(actor_id for actor_id, _ in _search_actor_ids())
-    command = [
-        *(sys.executable, "-m", "workers.run_job", spec.job_id),
-        *("--spec-uri", str(spec_path), "--redis-url", redis_server.url),
-        *("--models-dir", str(models_dir)),
-    ]
-    process = subprocess.Popen(
-        command,
-        cwd=REPO_ROOT,
-        env={**os.environ, **ray_cluster.env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_run_job(spec.job_id, spec_path, redis_server.url, models_dir, ray_cluster.env)
     try:
         deadline = time.monotonic() + 180
         while not any(e.type == "metrics" for e in job_events(redis_server.url, spec.job_id)):
@@ -292,19 +278,10 @@ def test_a_paused_search_resumes_its_trials_where_they_stopped(
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(spec.model_dump_json())
     before = frozenset(actor_id for actor_id, _ in _search_actor_ids())
-    command = [
-        *(sys.executable, "-m", "workers.run_job", spec.job_id),
-        *("--spec-uri", str(spec_path), "--redis-url", redis_server.url),
-        *("--models-dir", str(models_dir)),
-    ]
 
     def run(until: Any = None) -> int:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env={**os.environ, **ray_cluster.env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        process = start_run_job(
+            spec.job_id, spec_path, redis_server.url, models_dir, ray_cluster.env
         )
         try:
             if until is not None:

@@ -42,7 +42,7 @@ from tests.service.reliability.harness import (
     wait_terminal,
 )
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.long]
 # A run of 128 steps.
 LONG: dict[str, Any] = {"examples": 64, "n_epochs": 2, "batch_size": 1}
 # Tiny-gpt2 trains ~50 steps a second here: a fault injected once the first steps or a
@@ -290,12 +290,14 @@ def test_ray_head_restarted_during_training(
 def test_sigkill_while_pausing_and_while_paused(settings: Settings, tmp_path: Path) -> None:
     """Killed between committing a pause and asking the run, then again while the job is
     paused: the pause still lands, nothing starts while paused, and the resumed run goes
-    on from the pause's checkpoint, each step trained once."""
+    on from the pause's checkpoint, each step trained once. (The run is long enough that a
+    loaded machine cannot finish it before the pause lands; once the resumed run is seen
+    going on from the right step, it is cancelled.)"""
     address = settings.ray_address or ""
     first = _crashing(settings, "pause.after_commit", tmp_path / "cp1.log")
     http = httpx.Client(base_url=first.url, timeout=30)
     t = make_tenant(http, "pause")
-    job_id = submit(http, t, **LONGER)
+    job_id = submit(http, t, **{**LONGER, "n_epochs": 200})
     wait_for(lambda: len(train_steps(events(http, t, job_id))) >= 2, 180, "training")
     with pytest.raises(httpx.TransportError):
         http.post(f"/v1/fine_tuning/jobs/{job_id}/pause", headers=t.headers)
@@ -317,16 +319,29 @@ def test_sigkill_while_pausing_and_while_paused(settings: Settings, tmp_path: Pa
         assert starts(evs) == [1], "nothing started while paused"
         assert ray_states(address, job_id, 2) == ["SUCCEEDED", "MISSING"]
         paused_at = transitions(evs, "paused")[0]["data"]["step"]
+        assert train_steps(evs) == list(range(1, paused_at + 1))
+        r = http.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints", headers=t.headers)
+        listed = {c["step_number"] for c in r.json()["data"]}
+        assert paused_at in listed, "the pause's checkpoint is kept and listed"
         r = http.post(f"/v1/fine_tuning/jobs/{job_id}/resume", headers=t.headers)
         assert r.status_code == 200, r.text
-        wait_terminal(http, t, [job_id], 240)
+        wait_for(
+            lambda: len(train_steps(events(http, t, job_id))) >= paused_at + 3,
+            180,
+            "the resumed run to train",
+        )
+        r = http.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=t.headers)
+        assert r.status_code == 200, r.text
+        wait_terminal(http, t, [job_id], 120)
         evs = events(http, t, job_id)
-        assert status(http, t, job_id) == "succeeded", messages(evs)[-5:]
+        assert status(http, t, job_id) == "cancelled", messages(evs)[-5:]
         assert starts(evs) == [1, 2]
         assert len(transitions(evs, "paused")) == 1
         assert f"resumed from the checkpoint at step {paused_at}" in messages(evs)
         steps = train_steps(evs)
         assert steps == list(range(1, len(steps) + 1)), "each step once, in order"
-        assert ray_states(address, job_id, 3) == ["SUCCEEDED", "SUCCEEDED", "MISSING"]
+        first_run, second_run, no_third = ray_states(address, job_id, 3)
+        assert (first_run, no_third) == ("SUCCEEDED", "MISSING")
+        assert second_run in ("STOPPED", "FAILED"), "the cancel stopped the resumed run"
     finally:
         third.stop()

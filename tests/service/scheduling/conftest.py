@@ -6,10 +6,13 @@ from dataclasses import dataclass, field
 
 import pytest
 import redis
+from fastapi import FastAPI
 
 from service.config import Settings
 from service.queue import FairQueue
 from service.ray_backend import Capacity, RayJobState
+from service.scheduling.reconciler import Reconciler
+from service.scheduling.scheduler import Dispatcher, Scheduler
 from tests.fixtures.redis_server import RedisServer
 
 
@@ -70,3 +73,17 @@ class FixedCluster:
 @pytest.fixture
 def cluster() -> FixedCluster:
     return FixedCluster()
+
+
+def loop_parts(
+    app: FastAPI, queue: FairQueue, cluster: FixedCluster, **overrides: object
+) -> tuple[Scheduler, Reconciler]:
+    """The scheduler and reconciler of `app` over `cluster`: quick (no dispatch grace) and
+    retrying a lost job once unless `overrides` say otherwise. The app's cancels and pauses
+    stop runs on `cluster` too."""
+    settings: Settings = app.state.settings.model_copy(
+        update={"dispatch_grace_s": 0.0, "max_attempts": 2, **overrides}
+    )
+    dispatcher = Dispatcher(app.state.engine, cluster, queue, app.state.store, settings)
+    sched = Scheduler(app.state.engine, queue, cluster, dispatcher, settings, "only")
+    return sched, Reconciler(app.state.engine, queue, cluster, dispatcher, settings)

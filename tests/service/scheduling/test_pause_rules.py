@@ -13,26 +13,21 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from service.config import Settings
 from service.jobs.lifecycle import JobLifecycle
 from service.jobs.repository import JobStore
 from service.queue import FairQueue
 from service.scheduling.reconciler import Reconciler
-from service.scheduling.scheduler import Dispatcher, Scheduler
+from service.scheduling.scheduler import Scheduler
 from tests.contract.test_openai_contract import validate_pause_resume
 from tests.factories import TenantHandle, create_job_ok, make_tenant
-from tests.service.scheduling.conftest import FixedCluster
+from tests.service.scheduling.conftest import FixedCluster, loop_parts
 from workers.storage import pause_flag_uri
 
 
 def _parts(app: FastAPI, queue: FairQueue, cluster: FixedCluster) -> tuple[Scheduler, Reconciler]:
-    settings: Settings = app.state.settings.model_copy(
-        update={"dispatch_grace_s": 0.0, "max_attempts": 1}
-    )
-    dispatcher = Dispatcher(app.state.engine, cluster, queue, app.state.store, settings)
-    sched = Scheduler(app.state.engine, queue, cluster, dispatcher, settings, "only")
+    # No retry: a resumed run that is lost must still get its own try (see below).
     app.state.backend = cluster
-    return sched, Reconciler(app.state.engine, queue, cluster, dispatcher, settings)
+    return loop_parts(app, queue, cluster, max_attempts=1)
 
 
 def _post(client: TestClient, t: TenantHandle, job_id: str, action: str) -> tuple[int, dict]:

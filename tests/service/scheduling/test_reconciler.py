@@ -7,26 +7,12 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service.config import Settings
 from service.queue import FairQueue
 from service.scheduling.events import EventConsumer
-from service.scheduling.reconciler import Reconciler
-from service.scheduling.scheduler import Dispatcher, Scheduler
 from tests.factories import TenantHandle, create_job_ok, make_tenant
-from tests.service.scheduling.conftest import FixedCluster
+from tests.service.scheduling.conftest import FixedCluster, loop_parts
 from workers.records import ResultData
 from workers.report import EVENTS_STREAM, EventRecord
-
-
-def _parts(
-    app: FastAPI, queue: FairQueue, cluster: FixedCluster, **overrides: object
-) -> tuple[Scheduler, Reconciler]:
-    settings: Settings = app.state.settings.model_copy(
-        update={"dispatch_grace_s": 0.0, "max_attempts": 2, **overrides}
-    )
-    dispatcher = Dispatcher(app.state.engine, cluster, queue, app.state.store, settings)
-    sched = Scheduler(app.state.engine, queue, cluster, dispatcher, settings, "only")
-    return sched, Reconciler(app.state.engine, queue, cluster, dispatcher, settings)
 
 
 def _job(client: TestClient, t: TenantHandle, job_id: str) -> dict[str, object]:
@@ -45,7 +31,7 @@ def test_a_lost_ray_job_is_retried_then_failed(
 ) -> None:
     t = make_tenant(client)
     job_id = create_job_ok(client, t)["id"]
-    sched, reconciler = _parts(app, queue, cluster)
+    sched, reconciler = loop_parts(app, queue, cluster)
     assert sched.tick() == [job_id]
     cluster.states[job_id] = "MISSING"  # the Ray head restarted and forgot it
     reconciler.run_once()
@@ -65,7 +51,7 @@ def test_ray_failure_fails_the_job_with_rays_words(
 ) -> None:
     t = make_tenant(client)
     job_id = create_job_ok(client, t)["id"]
-    sched, reconciler = _parts(app, queue, cluster)
+    sched, reconciler = loop_parts(app, queue, cluster)
     sched.tick()
     cluster.states[job_id] = "FAILED"
     reconciler.run_once()
@@ -79,7 +65,7 @@ def test_a_lost_result_is_recovered_from_the_published_artifact(
 ) -> None:
     t = make_tenant(client, "recover")
     job_id = create_job_ok(client, t, suffix="r")["id"]
-    sched, reconciler = _parts(app, queue, cluster)
+    sched, reconciler = loop_parts(app, queue, cluster)
     sched.tick()
     # The worker published its model, then its result event was lost with Redis.
     manifest = {"job_id": job_id, "metrics": {"trained_tokens": 321, "eval_loss": 1.5}}
@@ -106,7 +92,7 @@ def test_queued_jobs_redis_lost_are_enqueued_again(
     one_cpu = {"cpus_per_worker": 1}
     jobs = [create_job_ok(client, t, resources=one_cpu)["id"] for _ in range(3)]
     queue.r.flushall()
-    sched, reconciler = _parts(app, queue, cluster)
+    sched, reconciler = loop_parts(app, queue, cluster)
     assert sched.tick() == []
     reconciler.run_once()
     assert queue.depth(t.id) == 3
@@ -119,7 +105,7 @@ def test_a_cancelling_job_is_stopped_and_ends_cancelled(
 ) -> None:
     t = make_tenant(client)
     job_id = create_job_ok(client, t)["id"]
-    sched, reconciler = _parts(app, queue, cluster)
+    sched, reconciler = loop_parts(app, queue, cluster)
     sched.tick()
     app.state.backend = cluster
     r = client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=t.headers)
@@ -150,7 +136,7 @@ def test_an_internal_failure_is_retried_when_ray_lost_the_job(
 ) -> None:
     t = make_tenant(client)
     job_id = create_job_ok(client, t)["id"]
-    sched, reconciler = _parts(app, queue, cluster)
+    sched, reconciler = loop_parts(app, queue, cluster)
     sched.tick()
     # The Ray head died under the run: the driver reports an internal failure, and the
     # restarted head knows nothing of the job.
@@ -168,7 +154,7 @@ def test_an_internal_failure_fails_the_job_once_ray_says_it_failed(
 ) -> None:
     t = make_tenant(client)
     job_id = create_job_ok(client, t)["id"]
-    sched, reconciler = _parts(app, queue, cluster)
+    sched, reconciler = loop_parts(app, queue, cluster)
     sched.tick()
     _internal_failure(queue, job_id, t.id)
     EventConsumer(app.state.engine, queue.r, "cp", "r").poll(block_ms=100)
@@ -191,7 +177,7 @@ def test_a_lost_result_is_recovered_on_the_first_pass_once_no_event_is_in_flight
 ) -> None:
     t = make_tenant(client, "drained")
     job_id = create_job_ok(client, t)["id"]
-    sched, reconciler = _parts(app, queue, cluster)
+    sched, reconciler = loop_parts(app, queue, cluster)
     sched.tick()
     _publish_manifest(app, t, job_id, 321)
     EventConsumer(app.state.engine, queue.r, "control-plane", "r").poll(block_ms=100)
@@ -207,7 +193,7 @@ def test_a_result_event_still_on_its_way_is_waited_for(
 ) -> None:
     t = make_tenant(client, "inflight")
     job_id = create_job_ok(client, t)["id"]
-    sched, reconciler = _parts(app, queue, cluster)
+    sched, reconciler = loop_parts(app, queue, cluster)
     sched.tick()
     consumer = EventConsumer(app.state.engine, queue.r, "control-plane", "r")
     consumer.ensure_group()
@@ -248,7 +234,7 @@ def test_a_slow_submission_is_not_taken_for_a_lost_job(
     t = make_tenant(client)
     job_id = create_job_ok(client, t)["id"]
     cluster = SlowCluster()
-    sched, reconciler = _parts(app, queue, cluster)  # dispatch grace 0
+    sched, reconciler = loop_parts(app, queue, cluster)  # dispatch grace 0
     ticking = threading.Thread(target=sched.tick)
     ticking.start()
     assert cluster.arrived.wait(30)
