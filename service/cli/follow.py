@@ -216,13 +216,17 @@ def _progress() -> Progress:
     )
 
 
+# Where following a job ends: it ended, or it waits for a resume.
+STOPPED = TERMINAL | {JobStatus.PAUSED}
+
+
 def until_ended(poll: Callable[[], dict[str, Any]], timeout_s: float) -> dict[str, Any]:
     """Call `poll` (it shows what is new and returns the job) every second until the job
-    has ended or `timeout_s` has passed; returns the job as last polled."""
+    has ended or paused, or `timeout_s` has passed; returns the job as last polled."""
     deadline = time.monotonic() + timeout_s
     while True:
         job = poll()
-        if job["status"] in TERMINAL or time.monotonic() > deadline:
+        if job["status"] in STOPPED or time.monotonic() > deadline:
             return job
         time.sleep(1.0)
 
@@ -231,7 +235,7 @@ def follow_job(
     client: httpx.Client, job_id: str, timeout_s: float
 ) -> tuple[dict[str, Any], FollowState]:
     """Draw the job's progress until it ends; returns the ended job and what its events
-    showed. Exits 1 if it is still going after `timeout_s`."""
+    showed. Exits 1 if it paused, or is still going after `timeout_s`."""
     path = f"/v1/fine_tuning/jobs/{job_id}"
     job = call(client, "GET", path)
     epochs = (job.get("hyperparameters") or {}).get("n_epochs", "?")
@@ -257,6 +261,9 @@ def follow_job(
 
     with progress:
         job = until_ended(poll, timeout_s)
+        if job["status"] == JobStatus.PAUSED:
+            err.print(f"{job_id} is paused; `tuneplane jobs resume {job_id}` goes on from there")
+            raise typer.Exit(1)
         if job["status"] not in TERMINAL:
             err.print(f"[red]{job_id} is still {job['status']} after {timeout_s:.0f} s")
             raise typer.Exit(1)

@@ -431,3 +431,12 @@ def _access_log(path: Path, job_id: str) -> str:
     """The access lines of `path` that name the job, joined (empty while there are none)."""
     lines = path.read_text(errors="replace").splitlines() if path.exists() else []
     return "\n".join(x for x in lines if '"tuneplane.access"' in x and job_id in x)
+
+
+def test_following_a_job_stops_when_it_pauses() -> None:
+    from service.cli.follow import until_ended
+
+    polls = iter([{"status": "running"}, {"status": "paused"}, {"status": "queued"}])
+    started = time.monotonic()
+    assert until_ended(lambda: next(polls), timeout_s=60)["status"] == "paused"
+    assert time.monotonic() - started < 5, "it did not wait for the job to end"
