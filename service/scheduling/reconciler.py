@@ -103,7 +103,8 @@ class Reconciler:
                 JobLifecycle(s).cancelled(job.id)
                 s.commit()
             return
-        if job.status == JobStatus.PAUSING and self._pausing(job, sid, state):
+        if job.status == JobStatus.PAUSING:
+            self._pausing(job, sid, state)
             return
         if state in ("PENDING", "RUNNING"):
             return
@@ -121,11 +122,9 @@ class Reconciler:
             return
         if state == "SUCCEEDED":
             # Success is recorded by the result event: while it may still be on its way,
-            # wait for it (at most RESULT_GRACE_S); once the stream is drained it is lost.
-            first = self._succeeded_seen.setdefault(job.id, time.time())
-            if time.time() - first < RESULT_GRACE_S and not self._events_drained():
+            # wait for it; once the stream is drained it is lost.
+            if self._awaiting_events(job):
                 return
-            self._succeeded_seen.pop(job.id, None)
             if not self._recover_result(job):
                 self._fail(
                     job,
@@ -137,27 +136,34 @@ class Reconciler:
         reason = self.backend.message(sid) or f"the Ray job ended {state}"
         self._fail(job, "training_failed", f"{self._last_error(job.id) or reason}")
 
-    def _pausing(self, job: Job, sid: str, state: str) -> bool:
-        """A pausing job: True when handled here. It is paused once its Ray job has ended
-        (its resources are free then), not when the run says it stopped."""
+    def _awaiting_events(self, job: Job) -> bool:
+        """Whether a run Ray says succeeded may still have events on their way (its result,
+        its last checkpoint): True until the stream is drained, for RESULT_GRACE_S at most
+        from the first time it was seen."""
+        first = self._succeeded_seen.setdefault(job.id, time.time())
+        if time.time() - first < RESULT_GRACE_S and not self._events_drained():
+            return True
+        self._succeeded_seen.pop(job.id, None)
+        return False
+
+    def _pausing(self, job: Job, sid: str, state: str) -> None:
+        """A pausing job is paused once its Ray job has ended (its resources are free then),
+        not when the run says it stopped."""
         if state == "RUNNING":
             # Idempotent: a control plane that died between the change and the request
             # still gets its request to the run.
             request_pause(job)
-            return True
+            return
         if state == "PENDING":
             # Not started: nothing to save. Stopped, it ends STOPPED and is paused below.
             self.backend.stop(sid)
-            return True
+            return
         note = ""
         if state == "SUCCEEDED":
-            if self._recover_result(job):
-                return True  # it finished before it could pause
-            # Its checkpoint event may still be on its way: wait for it, for a while.
-            first = self._succeeded_seen.setdefault(job.id, time.time())
-            if time.time() - first < RESULT_GRACE_S and not self._events_drained():
-                return True
-            self._succeeded_seen.pop(job.id, None)
+            # Its result (it finished before it could pause) or its last checkpoint event
+            # may still be on its way.
+            if self._awaiting_events(job) or self._recover_result(job):
+                return
         else:
             # Stopped, lost or crashed before it said it paused: Ray Train keeps the run's
             # newest checkpoint, and the next run of the job goes on from that.
@@ -170,7 +176,6 @@ class Reconciler:
             step = None if job.search else jobs.newest_checkpoint_step(job.id)
             jobs.paused(job.id, step, note=note)
             s.commit()
-        return True
 
     def _events_drained(self) -> bool:
         """Every worker event in Redis is delivered and stored: none is still on its way."""
