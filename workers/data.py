@@ -12,6 +12,9 @@ Each tokenized row has:
   loss); for classification, the label's index in ``JobSpec.labels``
 - ``num_tokens``: ``len(input_ids)``, so throughput can be counted without the padding
 - ``truncated``: 1 when the example was longer than ``max_length`` and was cut to it
+- preference data (DPO) only: ``rejected_input_ids`` and ``rejected_labels``, the
+  non-preferred answer's sequence; ``input_ids``/``labels`` are then the preferred one's
+  (see `tokenize_preference`)
 
 Prompt masking: in chat data only assistant messages (with ``weight`` 1, the default)
 carry loss; in prompt/completion data only the completion (and the EOS after it); text
@@ -89,14 +92,23 @@ def _eos(tokenizer: Any) -> list[int]:
     return [int(tokenizer.eos_token_id)] if tokenizer.eos_token_id is not None else []
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+def _render(
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    generation_prompt: bool,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
+    # Only passed when there are tools: a template may test `tools is not none`.
+    extra = {"tools": tools} if tools is not None else {}
     text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt
+        messages, tokenize=False, add_generation_prompt=generation_prompt, **extra
     )
     return str(text)
 
 
-def _chat_segments(tokenizer: Any, messages: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+def _chat_segments(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> list[tuple[str, bool]]:
     """The rendered conversation cut into (text, trains_on_it) pieces.
 
     Rendering the conversation one message at a time and taking the differences keeps
@@ -109,12 +121,12 @@ def _chat_segments(tokenizer: Any, messages: list[dict[str, Any]]) -> list[tuple
     for i, message in enumerate(messages):
         trains = message["role"] == "assistant" and message.get("weight", 1) != 0
         if message["role"] == "assistant":
-            prompt = _render(tokenizer, plain[:i], generation_prompt=True)
+            prompt = _render(tokenizer, plain[:i], generation_prompt=True, tools=tools)
             if not prompt.startswith(done):
                 raise DataError("the tokenizer's chat template does not render incrementally")
             segments.append((prompt[len(done) :], False))
             done = prompt
-        full = _render(tokenizer, plain[: i + 1], generation_prompt=False)
+        full = _render(tokenizer, plain[: i + 1], generation_prompt=False, tools=tools)
         if not full.startswith(done):
             raise DataError("the tokenizer's chat template does not render incrementally")
         segments.append((full[len(done) :], trains))
@@ -122,11 +134,15 @@ def _chat_segments(tokenizer: Any, messages: list[dict[str, Any]]) -> list[tuple
     return [(text, trains) for text, trains in segments if text]
 
 
-def tokenize_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+def tokenize_chat(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> tuple[list[int], list[int]]:
+    """A conversation to ids and labels; `tools` go to the chat template (the fallback
+    format, for tokenizers without one, has no way to show them)."""
     ids: list[int] = []
     labels: list[int] = []
     if getattr(tokenizer, "chat_template", None):
-        for text, trains in _chat_segments(tokenizer, messages):
+        for text, trains in _chat_segments(tokenizer, messages, tools):
             # The template writes its own BOS/EOS, so the tokenizer must not add more.
             piece = _encode(tokenizer, text, special=False)
             ids += piece
@@ -155,10 +171,9 @@ def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]
     """A conversation as a generation prompt, rendered exactly as training rendered it."""
     if getattr(tokenizer, "chat_template", None):
         return _encode(tokenizer, _render(tokenizer, messages, generation_prompt=True), False)
-    ids = [int(tokenizer.bos_token_id)] if tokenizer.bos_token_id is not None else []
-    for message in messages:
-        text = FALLBACK_CHAT_FORMAT.format(role=message["role"], content=message["content"])
-        ids += _encode(tokenizer, text, special=False)
+    # The conversation so far as training renders it (an earlier answer ends with EOS),
+    # then the head of the answer to generate.
+    ids, _ = tokenize_chat(tokenizer, list(messages))
     return ids + _encode(tokenizer, "assistant: ", special=False)
 
 
@@ -182,6 +197,56 @@ def tokenize_text(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
     return ids, list(ids)
 
 
+# A preference example (OpenAI's DPO format) is one conversation (``input.messages``) with
+# two answers to its last turn, rendered as chat: the chosen one (``preferred_output``) as
+# ``input_ids``/``labels``, the other as ``rejected_input_ids``/``rejected_labels``. Only
+# the answer carries labels (an assistant message in ``input.messages`` is context), so
+# the two share the prompt's tokens and differ only where the answers do.
+
+
+def _conversation(record: dict[str, Any], output_key: str) -> list[dict[str, Any]]:
+    context = [
+        {"role": m["role"], "content": m["content"], "weight": 0}
+        for m in record["input"]["messages"]
+    ]
+    answer = record[output_key][0]
+    return [*context, {"role": "assistant", "content": answer["content"]}]
+
+
+def _has_loss(labels: list[int]) -> bool:
+    # A causal LM predicts token t+1 from t, so the first label never counts.
+    return any(label != IGNORE_INDEX for label in labels[1:])
+
+
+def tokenize_preference(
+    tokenizer: Any, record: dict[str, Any], max_length: int
+) -> dict[str, Any] | None:
+    """One validated preference line (`workers.formats.check_record`) to a row; None when
+    truncation to `max_length` left either answer without a token to learn from."""
+    # An empty list shows the model no tools: render it as a conversation without them.
+    tools = record["input"].get("tools") or None
+    chosen_ids, chosen_labels = tokenize_chat(
+        tokenizer, _conversation(record, "preferred_output"), tools
+    )
+    rejected_ids, rejected_labels = tokenize_chat(
+        tokenizer, _conversation(record, "non_preferred_output"), tools
+    )
+    truncated = len(chosen_ids) > max_length or len(rejected_ids) > max_length
+    # Each keeps its start, as chat rows do (tokenize_record says why).
+    chosen_ids, chosen_labels = chosen_ids[:max_length], chosen_labels[:max_length]
+    rejected_ids, rejected_labels = rejected_ids[:max_length], rejected_labels[:max_length]
+    if not (_has_loss(chosen_labels) and _has_loss(rejected_labels)):
+        return None
+    return {
+        "input_ids": chosen_ids,
+        "labels": chosen_labels,
+        "rejected_input_ids": rejected_ids,
+        "rejected_labels": rejected_labels,
+        "num_tokens": len(chosen_ids) + len(rejected_ids),
+        "truncated": int(truncated),
+    }
+
+
 def tokenize_record(
     tokenizer: Any, record: dict[str, Any], options: TokenizeOptions
 ) -> dict[str, Any] | None:
@@ -202,6 +267,8 @@ def tokenize_record(
             "num_tokens": len(ids),
             "truncated": len(full) > len(ids),
         }
+    if fmt == "preference":
+        return tokenize_preference(tokenizer, record, options.max_length)
     if fmt == "chat":
         ids, labels = tokenize_chat(tokenizer, record["messages"])
     elif fmt == "prompt_completion":
@@ -259,7 +326,7 @@ def tokenize_batch(batch: dict[str, np.ndarray], options: TokenizeOptions) -> di
         if row is not None:
             rows.append(row)
     classification = options.task == "sequence_classification"
-    return {
+    out = {
         "input_ids": _ragged([r["input_ids"] for r in rows]),
         "labels": (
             np.array([r["labels"] for r in rows], dtype=np.int64)
@@ -269,6 +336,10 @@ def tokenize_batch(batch: dict[str, np.ndarray], options: TokenizeOptions) -> di
         "num_tokens": np.array([r["num_tokens"] for r in rows], dtype=np.int64),
         "truncated": np.array([r["truncated"] for r in rows], dtype=np.int64),
     }
+    if options.data_format == "preference":
+        out["rejected_input_ids"] = _ragged([r["rejected_input_ids"] for r in rows])
+        out["rejected_labels"] = _ragged([r["rejected_labels"] for r in rows])
+    return out
 
 
 def _ragged(rows: Sequence[list[int]]) -> np.ndarray:

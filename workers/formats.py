@@ -1,12 +1,16 @@
 """Training-data formats and the validator shared by the control plane and the workers.
 
-A file is JSONL; every line is one example in one of four formats, and all lines of a
+A file is JSONL; every line is one example in one of five formats, and all lines of a
 file share a format:
 
 - chat:              {"messages": [{"role": "user", "content": "..."}, ...]}
 - prompt_completion: {"prompt": "...", "completion": "..."}
 - text:              {"text": "..."}
 - classification:    {"text": "...", "label": "positive" | 3}
+- preference:        {"input": {"messages": [...], "tools": [...]},
+                      "preferred_output": [{"role": "assistant", "content": "..."}],
+                      "non_preferred_output": [{"role": "assistant", "content": "..."}]}
+                     (OpenAI's DPO format: two answers to the same conversation)
 
 The validator consumes raw bytes incrementally so an upload can be checked while it
 streams to storage, and its errors always name the line.
@@ -24,6 +28,12 @@ from workers.spec import DataFormat
 CHAT_ROLES = ("system", "user", "assistant")
 # Labels are kept for the label vocabulary only while there are few of them.
 MAX_DISTINCT_LABELS = 10_000
+# OpenAI's preference format: its top-level keys, and those `input` may carry. Anything
+# else is refused, so that a misspelt key is not silently ignored.
+PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
+PREFERENCE_INPUT_KEYS = ("messages", "tools", "parallel_tool_calls")
+# The keys that identify the other formats (a line mixing them with PREFERENCE_KEYS is refused).
+_OTHER_FORMAT_KEYS = ("messages", "prompt", "completion", "text", "label")
 
 
 class DataFormatError(ValueError):
@@ -49,6 +59,14 @@ class FileSummary:
 
 def detect_format(record: dict[str, Any]) -> DataFormat:
     """Which format a parsed line is in, by its keys; raises ValueError when unclear."""
+    if any(key in record for key in PREFERENCE_KEYS):
+        mixed = [key for key in _OTHER_FORMAT_KEYS if key in record]
+        if mixed:
+            raise ValueError(
+                f"a line has {_quoted(mixed)} and also the preference format's "
+                f"{_quoted(k for k in PREFERENCE_KEYS if k in record)}; use one format"
+            )
+        return "preference"
     if "messages" in record:
         if "prompt" in record or "text" in record:
             raise ValueError("a line has 'messages' and also 'prompt' or 'text'; use one format")
@@ -61,9 +79,14 @@ def detect_format(record: dict[str, Any]) -> DataFormat:
         return "text"
     keys = ", ".join(sorted(record)) or "none"
     raise ValueError(
-        "no known format: expected 'messages', 'prompt'/'completion', 'text', or "
-        f"'text'/'label' (keys found: {keys})"
+        "no known format: expected 'messages', 'prompt'/'completion', 'text', "
+        "'text'/'label', or 'input'/'preferred_output'/'non_preferred_output' "
+        f"(keys found: {keys})"
     )
+
+
+def _quoted(keys: Iterable[str]) -> str:
+    return ", ".join(f"'{key}'" for key in keys)
 
 
 def _nonempty_str(record: dict[str, Any], key: str) -> str:
@@ -77,28 +100,119 @@ def _nonempty_str(record: dict[str, Any], key: str) -> str:
     return value
 
 
-def _check_chat(record: dict[str, Any]) -> None:
-    messages = record["messages"]
+def _check_messages(messages: Any, where: str) -> list[dict[str, Any]]:
+    """A list of chat messages; `where` is its path in the line, for the error messages."""
     if not isinstance(messages, list) or not messages:
-        raise ValueError("'messages' must be a non-empty list")
-    has_assistant = False
+        raise ValueError(f"'{where}' must be a non-empty list")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise ValueError(f"messages[{i}] must be an object")
+            raise ValueError(f"{where}[{i}] must be an object")
         role = message.get("role")
         if role not in CHAT_ROLES:
-            raise ValueError(f"messages[{i}].role {role!r} is not one of {', '.join(CHAT_ROLES)}")
+            raise ValueError(f"{where}[{i}].role {role!r} is not one of {', '.join(CHAT_ROLES)}")
         content = message.get("content")
         if not isinstance(content, str):
-            raise ValueError(f"messages[{i}].content must be a string")
+            raise ValueError(f"{where}[{i}].content must be a string")
         if not content.strip():
-            raise ValueError(f"messages[{i}].content is empty")
+            raise ValueError(f"{where}[{i}].content is empty")
         weight = message.get("weight")
         if weight is not None and weight not in (0, 1):
-            raise ValueError(f"messages[{i}].weight must be 0 or 1")
-        has_assistant = has_assistant or role == "assistant"
-    if not has_assistant:
+            raise ValueError(f"{where}[{i}].weight must be 0 or 1")
+    return messages
+
+
+def _check_chat(record: dict[str, Any]) -> None:
+    messages = _check_messages(record["messages"], "messages")
+    if not any(message["role"] == "assistant" for message in messages):
         raise ValueError("no assistant message: there is nothing to learn from this example")
+
+
+def _check_tools(tools: Any) -> None:
+    # The shape chat templates read: tool.type, tool.function.name (and .parameters).
+    if not isinstance(tools, list):
+        raise ValueError(f"'input.tools' must be a list of tools, got {type(tools).__name__}")
+    for i, tool in enumerate(tools):
+        where = f"input.tools[{i}]"
+        if not isinstance(tool, dict):
+            raise ValueError(f"{where} must be an object")
+        if tool.get("type") != "function":
+            raise ValueError(f"{where}.type must be 'function', got {tool.get('type')!r}")
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise ValueError(f"{where}.function must be an object")
+        name = function.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{where}.function.name must be a non-empty string")
+        if "parameters" in function and not isinstance(function["parameters"], dict):
+            raise ValueError(f"{where}.function.parameters must be an object (a JSON Schema)")
+
+
+def _check_output(record: dict[str, Any], key: str) -> str:
+    """One of the two answers: a list of exactly one assistant message; returns its text."""
+    if key not in record:
+        raise ValueError(f"missing field '{key}'")
+    output = record[key]
+    if not isinstance(output, list):
+        raise ValueError(
+            f"'{key}' must be a list with exactly one assistant message, "
+            f"got {type(output).__name__}"
+        )
+    if not output:
+        raise ValueError(f"'{key}' is empty: it must hold exactly one assistant message")
+    if len(output) > 1:
+        raise ValueError(
+            f"'{key}' has {len(output)} messages: it must hold exactly one assistant message"
+        )
+    message = output[0]
+    if not isinstance(message, dict):
+        raise ValueError(f"{key}[0] must be an object")
+    if message.get("role") != "assistant":
+        raise ValueError(f"{key}[0].role must be 'assistant', got {message.get('role')!r}")
+    content = message.get("content")
+    if not isinstance(content, str):
+        raise ValueError(f"{key}[0].content must be a string")
+    if not content.strip():
+        raise ValueError(f"{key}[0].content is empty")
+    return content
+
+
+def _check_preference(record: dict[str, Any]) -> None:
+    unknown = [key for key in record if key not in PREFERENCE_KEYS]
+    if unknown:
+        raise ValueError(
+            f"unknown field {_quoted(unknown)}: a preference example has the fields "
+            f"{_quoted(PREFERENCE_KEYS)}"
+        )
+    if "input" not in record:
+        raise ValueError("missing field 'input'")
+    prompt = record["input"]
+    if not isinstance(prompt, dict):
+        raise ValueError(f"'input' must be an object, got {type(prompt).__name__}")
+    unknown = [f"input.{key}" for key in prompt if key not in PREFERENCE_INPUT_KEYS]
+    if unknown:
+        raise ValueError(
+            f"unknown field {_quoted(unknown)}: 'input' has the fields "
+            f"{_quoted(PREFERENCE_INPUT_KEYS)}"
+        )
+    if "messages" not in prompt:
+        raise ValueError("missing field 'input.messages'")
+    messages = _check_messages(prompt["messages"], "input.messages")
+    if messages[-1]["role"] == "assistant":
+        raise ValueError(
+            f"input.messages[{len(messages) - 1}] is an assistant message: 'input.messages' "
+            "must end with the user turn that preferred_output and non_preferred_output answer"
+        )
+    if "tools" in prompt:
+        _check_tools(prompt["tools"])
+    if "parallel_tool_calls" in prompt and not isinstance(prompt["parallel_tool_calls"], bool):
+        raise ValueError("'input.parallel_tool_calls' must be true or false")
+    preferred = _check_output(record, "preferred_output")
+    non_preferred = _check_output(record, "non_preferred_output")
+    if preferred == non_preferred:
+        raise ValueError(
+            "preferred_output[0].content and non_preferred_output[0].content are the same: "
+            "there is nothing to prefer"
+        )
 
 
 def _label_of(record: dict[str, Any]) -> str:
@@ -128,6 +242,8 @@ def check_record(record: Any, expected: DataFormat | None) -> tuple[DataFormat, 
         _nonempty_str(record, "completion")
     elif fmt == "text":
         _nonempty_str(record, "text")
+    elif fmt == "preference":
+        _check_preference(record)
     else:
         _nonempty_str(record, "text")
         label = _label_of(record)

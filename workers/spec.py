@@ -30,12 +30,20 @@ TRIAL_RUNNING: Final[TrialState] = "running"
 TRIAL_TERMINATED: Final[TrialState] = "terminated"
 TRIAL_EARLY_STOPPED: Final[TrialState] = "early_stopped"
 TRIAL_ERROR: Final[TrialState] = "error"
-DataFormat = Literal["chat", "prompt_completion", "text", "classification"]
+DataFormat = Literal["chat", "prompt_completion", "text", "classification", "preference"]
+# How a job learns: from examples (OpenAI's "supervised") or from pairs of a preferred and
+# a non-preferred answer (Direct Preference Optimization).
+Method = Literal["supervised", "dpo"]
 
 # Which file formats each task can train on.
 TASK_FORMATS: dict[str, frozenset[str]] = {
-    "causal_lm": frozenset({"chat", "prompt_completion", "text"}),
+    "causal_lm": frozenset({"chat", "prompt_completion", "text", "preference"}),
     "sequence_classification": frozenset({"classification"}),
+}
+# Which file formats each method trains on (a job's file must be in both sets).
+METHOD_FORMATS: dict[str, frozenset[str]] = {
+    "supervised": frozenset({"chat", "prompt_completion", "text", "classification"}),
+    "dpo": frozenset({"preference"}),
 }
 
 
@@ -119,6 +127,8 @@ SEARCHABLE_PARAMS: frozenset[str] = frozenset(
         "lora_r",
         "lora_alpha",
         "lora_dropout",
+        # DPO's beta (DpoConfig), for method "dpo" only.
+        "beta",
     }
 )
 
@@ -165,10 +175,32 @@ class SearchSpec(_Strict):
     num_trials: int = Field(4, ge=1, le=256)
     algorithm: Literal["random", "grid", "optuna"] = "random"
     scheduler: Literal["asha", "fifo"] = "asha"
-    metric: Literal["eval_loss", "train_loss", "eval_accuracy"] = "eval_loss"
+    # eval_reward_accuracy: DPO's share of validation pairs the model prefers rightly.
+    metric: Literal["eval_loss", "train_loss", "eval_accuracy", "eval_reward_accuracy"] = (
+        "eval_loss"
+    )
     mode: Literal["min", "max"] = "min"
     # None: the control plane fills it from free capacity and the tenant's quota.
     max_concurrent_trials: int | None = Field(None, ge=1, le=256)
+
+
+class DpoConfig(_Strict):
+    """Direct Preference Optimization: the loss is -log sigmoid(beta * (chosen log-ratio -
+    rejected log-ratio)), each log-ratio taken against the reference model (the model the
+    job starts from)."""
+
+    # OpenAI's range: (0, 2].
+    beta: float = Field(0.1, gt=0, le=2)
+
+
+class InitFrom(_Strict):
+    """The fine-tuned model (or checkpoint) a job continues from."""
+
+    # Its id: ft:... or ft:...:ckpt-step-N.
+    model: str
+    # Its weights folder (artifact-store URI): the LoRA adapter, or the whole model.
+    uri: str
+    adapter: Literal["lora", "full"]
 
 
 class BaseModelRef(_Strict):
@@ -198,6 +230,19 @@ class JobSpec(_Strict):
     search: SearchSpec | None = None
     # For classification: label values in the order of the model's output ids.
     labels: list[str] | None = None
+    method: Method = "supervised"
+    # Set when method is "dpo".
+    dpo: DpoConfig | None = None
+    # Continued training: the job starts from this fine-tuned model's weights. A LoRA
+    # parent's adapter goes on training as the same adapter on `base_model`; a full
+    # parent's folder is `base_model.source` itself.
+    init_from: InitFrom | None = None
+
+    @model_validator(mode="after")
+    def _method_config(self) -> JobSpec:
+        if (self.method == "dpo") != (self.dpo is not None):
+            raise ValueError("dpo settings go with method 'dpo', and only with it")
+        return self
 
 
 # ---------------------------------------------------------------- serving

@@ -89,7 +89,7 @@ BAD_FILES: list[tuple[str, bytes, str]] = [
     ("binary", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary data"),
     ("bad_utf8", _lines('{"text": "ok"}') + b'{"text": "\xff\xfe"}\n', "line 2: not valid UTF-8"),
     ("not_an_object", _lines("[1, 2, 3]"), "line 1: expected a JSON object"),
-    ("unknown_shape", _lines('{"input": "a", "output": "b"}'), "line 1: no known format"),
+    ("unknown_shape", _lines('{"question": "a", "answer": "b"}'), "line 1: no known format"),
     (
         "mixed_formats",
         _lines('{"text": "hello"}', '{"prompt": "a", "completion": "b"}'),
@@ -209,3 +209,38 @@ def test_upload_retry_with_idempotency_key_returns_the_same_file(client: TestCli
     assert first.json() == again.json()
     assert again.headers.get("idempotent-replayed") == "true"
     assert len(client.get("/v1/files", headers=t.headers).json()["data"]) == 1
+
+
+def _preference(preferred: str, non_preferred: str) -> dict[str, Any]:
+    return {
+        "input": {
+            "messages": [
+                {"role": "system", "content": "Answer with one animal."},
+                {"role": "user", "content": "Which animal is red?"},
+            ]
+        },
+        "preferred_output": [{"role": "assistant", "content": preferred}],
+        "non_preferred_output": [{"role": "assistant", "content": non_preferred}],
+    }
+
+
+def test_preference_files_are_checked_at_upload(client: TestClient) -> None:
+    t = make_tenant(client)
+    good = [_preference("The cat.", "The dog."), _preference("A fox.", "A cow.")]
+    bad = [*good, {**_preference("The cat.", "The dog."), "prefered_output": []}]
+    r = upload(client, t, jsonl(bad))
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["code"], err["param"]) == ("invalid_file", "file")
+    assert "line 3: unknown field 'prefered_output'" in err["message"]
+    same = [_preference("The cat.", "The cat.")]
+    r = upload(client, t, jsonl(same))
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert "line 1: preferred_output[0].content and non_preferred_output[0].content" in message
+    assert client.get("/v1/files", headers=t.headers).json()["data"] == []
+    r = upload(client, t, jsonl(good))
+    assert r.status_code == 200, r.text
+    assert (r.json()["format"], r.json()["examples"]) == ("preference", 2)
+    stored = client.get(f"/v1/files/{r.json()['id']}", headers=t.headers).json()
+    assert stored["format"] == "preference"

@@ -161,3 +161,22 @@ def test_ray_data_pipeline_and_step_plan(
     assert plan.total_steps == 14
     with pytest.raises(DataError, match="fewer than the 64 workers"):
         plan_steps(spec.model_copy(update={"resources": Resources(num_workers=64)}), 50)
+
+
+def test_a_multi_turn_prompt_is_rendered_as_training_rendered_it(models_dir: Path) -> None:
+    """Without a chat template too: an earlier answer ends with EOS in both."""
+    from workers.data import chat_prompt_ids, tokenize_chat
+
+    tokenizer = copy.deepcopy(load_tokenizer("tiny:tiny-gpt2", str(models_dir)))
+    tokenizer.chat_template = None
+    turns = [
+        {"role": "user", "content": "Which animal is red?"},
+        {"role": "assistant", "content": "The cat."},
+        {"role": "user", "content": "And blue?"},
+    ]
+    answer = {"role": "assistant", "content": "The bird."}
+    trained, labels = tokenize_chat(tokenizer, [*turns, answer])
+    prompt = chat_prompt_ids(tokenizer, turns)
+    assert trained[: len(prompt)] == prompt
+    # The answer to generate starts where the prompt ends: its head carries no loss.
+    assert labels[len(prompt) - 1] == -100 and labels[len(prompt)] != -100
