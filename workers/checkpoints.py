@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from workers.modeling import load_adapter_weights
 from workers.spec import MANIFEST_FILE, JobSpec, LoraAdapter
 
 MODEL_DIR = "model"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 PROBE_FILE = "probe_logits.safetensors"
@@ -192,10 +192,7 @@ def restore_state(
 
 def restore_adapter(model: nn.Module, directory: Path) -> None:
     """Loads a checkpoint's LoRA weights into a freshly built adapter."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(model, load_file(str(directory / MODEL_DIR / ADAPTER_WEIGHTS)))
+    load_adapter_weights(model, directory / MODEL_DIR)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ the adapter (and that head), a full job every weight.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from torch import nn
 from workers.data import IGNORE_INDEX
 from workers.spec import JobSpec, LoraAdapter
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # LoRA targets when the job does not name them: the attention projections, as in the LoRA
 # paper; architectures not listed fall back to peft's own table.
 DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
@@ -44,6 +46,39 @@ def load_base_model(spec: JobSpec, source: str) -> nn.Module:
             ignore_mismatched_sizes=True,
         )
     return AutoModelForCausalLM.from_pretrained(source)
+
+
+def load_start_model(spec: JobSpec, source: str, init_dir: Path | None) -> nn.Module:
+    """The model a job starts from, before an adapter of its own: the base model (for a
+    job that continues a full fine-tune, `source` is that model's folder), or, for a full
+    fine-tune that continues a LoRA model, the base with that adapter folded into it."""
+    model = load_base_model(spec, source)
+    init = spec.init_from
+    if init is not None and init.adapter == "lora" and spec.adapter.type == "full":
+        from peft import PeftModel
+
+        assert init_dir is not None, "a LoRA parent's adapter folder is needed"
+        merged = PeftModel.from_pretrained(model, str(init_dir)).merge_and_unload()
+        assert isinstance(merged, nn.Module)
+        # peft froze the base weights under the adapter; a full fine-tune trains them all.
+        merged.requires_grad_(True)
+        return merged
+    return model
+
+
+def load_adapter_weights(model: nn.Module, folder: Path) -> None:
+    """Loads the LoRA weights saved in `folder` (a published adapter or a checkpoint's
+    ``model/``) into `model`'s adapter of the same shape."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected:
+        raise ValueError(
+            f"the adapter in {folder} does not fit this model: {len(unexpected)} weights "
+            f"have no place in it (first: {unexpected[0]})"
+        )
 
 
 def lora_targets(adapter: LoraAdapter, model_type: str) -> list[str] | str | None:

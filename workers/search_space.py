@@ -34,9 +34,14 @@ def apply_params(spec: JobSpec, params: dict[str, Any], trial_id: str) -> JobSpe
     """The job's spec with a trial's hyperparameters and its own output directory."""
     training = spec.training.model_dump()
     adapter = spec.adapter.model_dump()
+    dpo = spec.dpo.model_dump() if spec.dpo is not None else None
     for name, value in params.items():
         value = round(value) if name in INT_PARAMS else value
-        if name in LORA_FIELDS:
+        if name == "beta":
+            if dpo is None:
+                raise ValueError("'beta' needs method 'dpo'")
+            dpo["beta"] = value
+        elif name in LORA_FIELDS:
             if not isinstance(spec.adapter, LoraAdapter):
                 raise ValueError(f"'{name}' needs a LoRA adapter")
             adapter[LORA_FIELDS[name]] = value
@@ -47,6 +52,7 @@ def apply_params(spec: JobSpec, params: dict[str, Any], trial_id: str) -> JobSpe
             **spec.model_dump(),
             "training": training,
             "adapter": adapter,
+            "dpo": dpo,
             "output_uri": trial_output_uri(spec.output_uri, trial_id),
             "search": None,
         }

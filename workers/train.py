@@ -34,29 +34,22 @@ from ray.train.v2.api.callback import UserCallback
 from torch import nn
 
 from workers.checkpoints import (
-    MODEL_DIR,
     PAUSED_METRIC,
     TrainerState,
-    restore_adapter,
     restore_state,
     write_checkpoint,
     write_probe,
     write_serving_files,
 )
 from workers.control import PauseFlag
-from workers.data import JobData, StepPlan, collate, load_tokenizer, pad_token_id
+from workers.data import JobData, StepPlan, load_tokenizer, pad_token_id
 from workers.faults import FaultInjection, crash_if_due
 from workers.loop_parts import all_reduce, lr_lambda, seed_all, with_last
-from workers.modeling import (
-    apply_lora,
-    count_targets,
-    forward_loss,
-    load_base_model,
-    unwrap,
-)
+from workers.modeling import unwrap
+from workers.objectives import averaged, build_model
 from workers.report import Reporter
 from workers.sources import resolve_model_source
-from workers.spec import JobSpec, LoraAdapter
+from workers.spec import JobSpec
 from workers.storage import RUN_NAME, run_storage_uri, storage_path
 from workers.train_events import TrainEventsCallback
 
@@ -116,10 +109,13 @@ class FineTuneRecipe:
             restore_dir = (
                 Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
             )
-            model = self._load_model(restore_dir)
+            model, self.objective = build_model(
+                self.spec, self.source, self.config.models_dir, restore_dir, self.pad_id
+            )
             self.model = ray.train.torch.prepare_model(
                 model, parallel_strategy_kwargs={"find_unused_parameters": False}
             )
+            self.objective.to(self.device)
             self.trainable = [p for p in self.model.parameters() if p.requires_grad]
             self.optimizer = self._optimizer()
             warmup = math.ceil(self.spec.training.warmup_ratio * self.plan.total_steps)
@@ -135,17 +131,6 @@ class FineTuneRecipe:
         self.validation = (
             ray.train.get_dataset_shard("validation") if self.config.has_validation else None
         )
-
-    def _load_model(self, restore_dir: Path | None) -> nn.Module:
-        adapter = self.spec.adapter
-        if isinstance(adapter, LoraAdapter):
-            model = apply_lora(load_base_model(self.spec, self.source), self.spec, adapter)
-            if restore_dir is not None:
-                restore_adapter(model, restore_dir)
-            return model
-        # Full fine-tune: a checkpoint holds the whole model, loaded in place of the base.
-        source = str(restore_dir / MODEL_DIR) if restore_dir is not None else self.source
-        return load_base_model(self.spec, source)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         # No weight decay on biases and norms (1-d tensors), as is usual for transformers.
@@ -220,15 +205,14 @@ class FineTuneRecipe:
 
     def _optimizer_step(self, window: list[dict[str, np.ndarray]]) -> None:
         self.model.train()
-        batches = [
-            {k: v.to(self.device) for k, v in collate(b, self.pad_id, self.spec.task).items()}
-            for b in window
-        ]
-        # Normalising by the targets of the whole window makes accumulation equal to one
-        # big batch, however the tokens are spread over the micro-batches.
-        targets = sum(count_targets(b["labels"], self.spec.task) for b in batches)
+        objective = self.objective
+        batches = [{k: v.to(self.device) for k, v in objective.collate(b).items()} for b in window]
+        # Normalising by the units (targets, or pairs) of the whole window makes
+        # accumulation equal to one big batch, however they are spread over micro-batches.
+        units = sum(objective.units(b) for b in batches)
         loss_total = 0.0
         tokens = 0
+        sums = [0.0] * len(objective.metric_names)
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
             sync = (
@@ -237,9 +221,10 @@ class FineTuneRecipe:
                 else contextlib.nullcontext()
             )
             with sync:
-                loss, _ = forward_loss(self.model, batch, self.spec.task, self.autocast_dtype)
-                (loss / max(1, targets)).backward()
-            loss_total += float(loss.detach())
+                result = objective.loss(self.model, batch, self.autocast_dtype)
+                (result.loss / max(1, units)).backward()
+            loss_total += float(result.loss.detach())
+            sums = [s + result.sums[n] for s, n in zip(sums, objective.metric_names, strict=True)]
             tokens += int(batch["attention_mask"].sum())
         torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.training.max_grad_norm)
         learning_rate = self.scheduler.get_last_lr()[0]
@@ -251,8 +236,8 @@ class FineTuneRecipe:
         # the same step without a collective of its own.
         pause = self.config.pause
         asked = float(self.rank == 0 and pause is not None and pause.requested())
-        loss_sum, target_count, token_count, paused = all_reduce(
-            [loss_total, float(targets), float(tokens), asked], self.device
+        loss_sum, target_count, token_count, paused, *summed = all_reduce(
+            [loss_total, float(units), float(tokens), asked, *sums], self.device
         )
         self._pause = paused > 0
         elapsed = time.perf_counter() - self._clock
@@ -270,6 +255,10 @@ class FineTuneRecipe:
                     "tokens_per_second": token_count / max(elapsed, 1e-9),
                     "trained_tokens": self.state.trained_tokens,
                     "total_steps": self.plan.total_steps,
+                    **{
+                        f"train_{name}": value
+                        for name, value in averaged(objective, summed, target_count).items()
+                    },
                 }
             )
 
@@ -320,30 +309,27 @@ class FineTuneRecipe:
         # different numbers of evaluation batches.
         model = unwrap(self.model)
         model.eval()
-        loss_sum = targets = correct = examples = 0.0
+        objective = self.objective
+        loss_sum = units = 0.0
+        sums = [0.0] * len(objective.metric_names)
         batches = self.validation.iter_batches(
             batch_size=max(self.plan.micro_batch_size, 8), batch_format="numpy"
         )
         for index, raw in enumerate(batches):
             if index % self.world_size != self.rank:
                 continue
-            batch = {
-                k: v.to(self.device) for k, v in collate(raw, self.pad_id, self.spec.task).items()
-            }
-            loss, logits = forward_loss(model, batch, self.spec.task, self.autocast_dtype)
-            loss_sum += float(loss)
-            targets += count_targets(batch["labels"], self.spec.task)
-            if self.spec.task == "sequence_classification":
-                correct += float((logits.argmax(-1) == batch["labels"]).sum())
-                examples += batch["labels"].numel()
-        loss_sum, targets, correct, examples = all_reduce(
-            [loss_sum, targets, correct, examples], self.device
+            batch = {k: v.to(self.device) for k, v in objective.collate(raw).items()}
+            result = objective.loss(model, batch, self.autocast_dtype)
+            loss_sum += float(result.loss)
+            units += objective.units(batch)
+            sums = [s + result.sums[n] for s, n in zip(sums, objective.metric_names, strict=True)]
+        loss_sum, units, *sums = all_reduce([loss_sum, units, *sums], self.device)
+        metrics = {"eval_loss": loss_sum / max(1.0, units)}
+        metrics.update(
+            {f"eval_{name}": value for name, value in averaged(objective, sums, units).items()}
         )
-        metrics = {"eval_loss": loss_sum / max(1.0, targets)}
         if self.state.first_eval_loss is None:
             self.state.first_eval_loss = metrics["eval_loss"]
-        if self.spec.task == "sequence_classification":
-            metrics["eval_accuracy"] = correct / max(1.0, examples)
         self.state.metrics.update(metrics)
         if self.reporter:
             self.reporter.eval({"step": self.state.step, **metrics})

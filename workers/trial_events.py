@@ -30,6 +30,11 @@ TRIAL_METRICS = (
     "train_loss",
     "eval_loss",
     "eval_accuracy",
+    # DPO's (workers.objectives.Dpo).
+    "eval_reward_accuracy",
+    "eval_reward_margin",
+    "eval_chosen_reward",
+    "eval_rejected_reward",
     "step",
     "epoch",
     "trained_tokens",

@@ -96,3 +96,28 @@ def make_spec(tmp: Path, **fields: Any) -> JobSpec:
     if "training_file_uri" not in spec:
         spec["training_file_uri"] = write_jsonl(tmp / "train.jsonl", prompt_completion_rows(96, 0))
     return JobSpec.model_validate(spec)
+
+
+def preference_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    """Colour -> animal pairs: the preferred answer names the colour's animal, the other a
+    wrong one (the same mapping `chat_rows` teaches)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        i = rng.randrange(len(COLORS))
+        wrong = (i + rng.randrange(1, len(ANIMALS))) % len(ANIMALS)
+        rows.append(
+            {
+                "input": {
+                    "messages": [
+                        {"role": "system", "content": "Answer with an animal."},
+                        {"role": "user", "content": f"Which animal is {COLORS[i]}?"},
+                    ]
+                },
+                "preferred_output": [{"role": "assistant", "content": f"The {ANIMALS[i]}."}],
+                "non_preferred_output": [
+                    {"role": "assistant", "content": f"The {ANIMALS[wrong]}."}
+                ],
+            }
+        )
+    return rows

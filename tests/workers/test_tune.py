@@ -17,7 +17,7 @@ from tests.workers.test_run_job import job_events, run_job, start_run_job
 from workers.data import load_job_data, plan_steps
 from workers.records import ResultData
 from workers.report import EventRecord, JsonLinesSink, Reporter, read_json_lines
-from workers.spec import JobSpec
+from workers.spec import DpoConfig, JobSpec
 from workers.tune import SEARCH_ACTORS
 
 pytestmark = [pytest.mark.ray, pytest.mark.long]
@@ -336,3 +336,66 @@ def test_a_paused_search_resumes_its_trials_where_they_stopped(
         ]
         # Each step once: the resumed trial went on from its pause, not from step 1.
         assert steps == list(range(1, total + 1)), (trial_id, at, steps)
+
+
+def test_a_dpo_search_over_beta_and_learning_rate_picks_the_best_reward_accuracy(
+    ray_cluster: RayCluster, redis_server: RedisServer, models_dir: Path, tmp_path: Path
+) -> None:
+    from tests.workers.factories import preference_rows
+
+    spec = search_spec(
+        tmp_path,
+        "ftjob-dpo-search",
+        {
+            "space": {
+                "beta": {"type": "grid", "values": [0.05, 0.5]},
+                "learning_rate": {"type": "grid", "values": [1e-5, 3e-2]},
+            },
+            "algorithm": "grid",
+            "num_trials": 1,
+            "scheduler": "fifo",
+            "metric": "eval_reward_accuracy",
+            "mode": "max",
+            "max_concurrent_trials": 2,
+        },
+        n_epochs=1,
+        checkpoint_every_steps=None,
+        eval_every_steps=None,
+    )
+    spec = spec.model_copy(
+        update={
+            "data_format": "preference",
+            "method": "dpo",
+            "dpo": DpoConfig(beta=0.1),
+            "training_file_uri": write_jsonl(tmp_path / "pairs.jsonl", preference_rows(48, 0)),
+            "validation_file_uri": write_jsonl(tmp_path / "held.jsonl", preference_rows(16, 1)),
+        }
+    )
+    spec = JobSpec.model_validate(spec.model_dump())
+    done = run_job(spec, tmp_path, ray_cluster, redis_server.url, models_dir)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    events = job_events(redis_server.url, spec.job_id)
+    final = {tid: history[-1] for tid, history in trials_of(events).items()}
+    assert sorted((d["params"]["beta"], d["params"]["learning_rate"]) for d in final.values()) == [
+        (0.05, 1e-5),
+        (0.05, 3e-2),
+        (0.5, 1e-5),
+        (0.5, 3e-2),
+    ]
+    [result] = [e.data for e in events if e.type == "result"]
+    best = result["best_trial"]
+    assert best["metric"] == "eval_reward_accuracy"
+    scores = [d["metrics"]["eval_reward_accuracy"] for d in final.values()]
+    assert best["value"] == max(scores)
+    assert (best["params"]["beta"], best["params"]["learning_rate"]) in {
+        (d["params"]["beta"], d["params"]["learning_rate"])
+        for d in final.values()
+        if d["metrics"]["eval_reward_accuracy"] == best["value"]
+    }
+    # Each trial trained with its own hyperparameters: the fast rate moved the rewards further.
+    margin = {
+        (d["params"]["beta"], d["params"]["learning_rate"]): d["metrics"]["eval_reward_margin"]
+        for d in final.values()
+    }
+    for beta in (0.05, 0.5):
+        assert margin[(beta, 3e-2)] > margin[(beta, 1e-5)], margin
