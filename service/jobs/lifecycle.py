@@ -67,7 +67,7 @@ class JobLifecycle:
     def model_id(self, job: Job) -> str:
         tenant = TenantRepository(self.session).get(job.tenant_id)
         return fine_tuned_model_id(
-            job.model, tenant.name if tenant else job.tenant_id, job.suffix, job.id
+            job.base_model_name(), tenant.name if tenant else job.tenant_id, job.suffix, job.id
         )
 
     # -- changes ---------------------------------------------------------------------------

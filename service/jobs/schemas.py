@@ -56,12 +56,22 @@ class SupervisedIn(BaseModel):
     hyperparameters: HyperparametersIn | None = None
 
 
+class DpoHyperparametersIn(HyperparametersIn):
+    # OpenAI's range: above 0, at most 2; "auto" is DPO's usual 0.1.
+    beta: Annotated[float, Field(gt=0, le=2)] | Auto | None = None
+
+
+class DpoIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    hyperparameters: DpoHyperparametersIn | None = None
+
+
 class MethodIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedIn | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoIn | None = None
     reinforcement: dict[str, Any] | None = None
 
 

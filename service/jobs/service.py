@@ -40,6 +40,7 @@ from service.models.status import TERMINAL, WAITING, JobStatus
 from service.queue import FairQueue
 from service.ray_backend import ComputeBackend, submission_id
 from service.registry.catalog import Catalog
+from service.registry.repository import ModelRepository
 from service.storage import ArtifactStore
 from service.tenants.service import effective_quotas
 
@@ -71,6 +72,7 @@ class JobService:
             files=FileRepository(session, tenant.id),
             settings=settings,
             store=store,
+            models=ModelRepository(session, tenant.id),
         )
 
     # -- reads ---------------------------------------------------------------------------

@@ -20,17 +20,20 @@ from service.config import Settings
 from service.errors import BadRequest
 from service.files.repository import FileRepository
 from service.jobs.auto import auto_batch_size, auto_epochs, auto_learning_rate
+from service.jobs.methods import MethodChoice, check_file_format, check_method_task, method_of
+from service.jobs.parents import Start, continued_adapter, resolve_start
 from service.jobs.queueing import AUTO_CPUS
 from service.jobs.schemas import HyperparametersIn, JobCreate, ResourcesIn
 from service.models import Job, StoredFile, Tenant
 from service.models.status import JobStatus
 from service.registry.catalog import Catalog, CatalogEntry
+from service.registry.repository import ModelRepository
 from service.storage import ArtifactStore
 from workers.spec import (
     SEARCHABLE_PARAMS,
-    TASK_FORMATS,
     Adapter,
     DataFormat,
+    DpoConfig,
     JobSpec,
     LoraAdapter,
     Resources,
@@ -63,8 +66,10 @@ class JobDraft:
 
     spec: JobSpec
     body: JobCreate
-    # The catalog name the user asked for (the spec holds the resolved reference).
+    # The model the user asked for: a catalog name, or the fine-tuned model or checkpoint
+    # the job continues (the spec holds the resolved reference).
     model: str
+    method: MethodChoice
     training_file: StoredFile
     validation_file: StoredFile | None
     # Relative to the base model's rate; None when the user set an absolute rate.
@@ -99,7 +104,10 @@ class JobDraft:
             seed=spec.seed,
             priority=body.priority,
             hyperparameters=hyperparameters,
-            method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+            method={
+                "type": spec.method,
+                spec.method: {"hyperparameters": {**hyperparameters, **self.method.config()}},
+            },
             metadata_=body.metadata,
             adapter=spec.adapter.model_dump(),
             resources={**spec.resources.model_dump(), AUTO_CPUS: self.auto_cpus},
@@ -120,28 +128,47 @@ class SpecBuilder:
     files: FileRepository
     settings: Settings
     store: ArtifactStore
+    models: ModelRepository
 
     def build(self, body: JobCreate, *, max_gpus: int | None) -> JobDraft:
         # The checks run in this order so that a request with several faults always gets
         # the same error first.
-        entry = self._entry(body.model)
-        task = self._task(body, entry)
-        training, validation = self._data_files(body, entry, task)
-        adapter = body.adapter or LoraAdapter()
-        hp = self._hyperparameters(body)
+        start = resolve_start(body.model, self.catalog, self.models)
+        entry = start.entry if start is not None else self._entry(body.model)
+        task = self._task(body, entry, start)
+        method = method_of(body)
+        check_method_task(method, entry, task)
+        training, validation = self._data_files(body, entry, task, method, start)
+        adapter = (
+            continued_adapter(start, body.adapter)
+            if start is not None
+            else body.adapter or LoraAdapter()
+        )
+        hp = method.hyperparameters
         config = self._training_config(hp, entry, adapter.type, training)
         resources = self._resources(body.resources or ResourcesIn())
         self._check_resources(resources, max_gpus)
         if body.search is not None:
-            self._check_search(body.search, adapter, config, task, validation)
+            self._check_search(body.search, adapter, config, task, validation, method)
         if body.integrations:
             raise BadRequest("integrations are not supported by Tuneplane.", param="integrations")
         spec = self._spec(body, entry, task, training, validation, adapter, config, resources)
+        spec = spec.model_copy(
+            update={
+                "method": method.type,
+                "dpo": method.dpo,
+                "init_from": start.init_from if start is not None else None,
+                "labels": start.labels
+                if start is not None and task == "sequence_classification"
+                else spec.labels,
+            }
+        )
         given_cpus = body.resources.cpus_per_worker if body.resources else None
         return JobDraft(
             spec=spec,
             body=body,
-            model=entry.name,
+            model=body.model if start is not None else entry.name,
+            method=method,
             training_file=training,
             validation_file=validation,
             # The rate relative to the base model's; meaningless beside an absolute rate.
@@ -199,8 +226,13 @@ class SpecBuilder:
             )
         return entry
 
-    def _task(self, body: JobCreate, entry: CatalogEntry) -> Task:
+    def _task(self, body: JobCreate, entry: CatalogEntry, start: Start | None) -> Task:
         task = body.task or entry.tasks[0]
+        if start is not None and start.task is not None and task != start.task:
+            raise BadRequest(
+                f"'{body.model}' is a {start.task} model; a job continuing it keeps its task.",
+                param="task",
+            )
         if task not in entry.tasks:
             raise BadRequest(
                 f"Model '{entry.name}' does not support task '{task}'; it supports "
@@ -210,10 +242,24 @@ class SpecBuilder:
         return task
 
     def _data_files(
-        self, body: JobCreate, entry: CatalogEntry, task: Task
+        self,
+        body: JobCreate,
+        entry: CatalogEntry,
+        task: Task,
+        method: MethodChoice,
+        start: Start | None,
     ) -> tuple[StoredFile, StoredFile | None]:
-        training = self._file(body.training_file, "training_file", task)
-        if training.format == "chat" and not entry.chat:
+        training = self._file(body.training_file, "training_file", task, method)
+        if start is not None and start.labels and task == "sequence_classification":
+            unknown = set(training.labels or []) - set(start.labels)
+            if unknown:
+                raise BadRequest(
+                    f"training_file has labels the model '{body.model}' was not trained on: "
+                    f"{sorted(unknown)[:5]}; a continued classifier keeps its labels "
+                    f"({', '.join(start.labels)}).",
+                    param="training_file",
+                )
+        if training.format in ("chat", "preference") and not entry.chat:
             raise BadRequest(
                 f"Model '{entry.name}' has no chat template, so it cannot train on chat data; "
                 "use prompt/completion or text data.",
@@ -222,9 +268,10 @@ class SpecBuilder:
             )
         if not body.validation_file:
             return training, None
-        validation = self._file(body.validation_file, "validation_file", task)
+        validation = self._file(body.validation_file, "validation_file", task, method)
         if task == "sequence_classification":
-            unknown = set(validation.labels or []) - set(training.labels or [])
+            known = start.labels if start is not None and start.labels else training.labels
+            unknown = set(validation.labels or []) - set(known or [])
             if unknown:
                 raise BadRequest(
                     f"validation_file has labels the training file lacks: {sorted(unknown)[:5]}",
@@ -232,7 +279,7 @@ class SpecBuilder:
                 )
         return training, validation
 
-    def _file(self, file_id: str, param: str, task: Task) -> StoredFile:
+    def _file(self, file_id: str, param: str, task: Task, method: MethodChoice) -> StoredFile:
         stored = self.files.get(file_id)
         if stored is None:
             raise BadRequest(f"File '{file_id}' not found.", param=param, code="file_not_found")
@@ -240,33 +287,10 @@ class SpecBuilder:
             raise BadRequest(
                 f"File '{file_id}' has purpose '{stored.purpose}', not 'fine-tune'.", param=param
             )
-        allowed = TASK_FORMATS[task]
-        if stored.format not in allowed:
-            raise BadRequest(
-                f"File '{file_id}' is in format '{stored.format}', which task '{task}' cannot "
-                f"train on (it needs {' or '.join(sorted(allowed))}).",
-                param=param,
-                code="invalid_file_format",
-            )
+        check_file_format(stored, param, task, method.type)
         return stored
 
     # -- hyperparameters and resources ---------------------------------------------------
-
-    def _hyperparameters(self, body: JobCreate) -> HyperparametersIn:
-        method = body.method
-        if method is not None and method.type != "supervised":
-            raise BadRequest(
-                f"method.type '{method.type}' is not supported; Tuneplane runs 'supervised'.",
-                param="method.type",
-            )
-        from_method = method.supervised.hyperparameters if method and method.supervised else None
-        if from_method is not None and body.hyperparameters is not None:
-            raise BadRequest(
-                "Give hyperparameters in method.supervised.hyperparameters or the legacy "
-                "hyperparameters field, not both.",
-                param="hyperparameters",
-            )
-        return from_method or body.hyperparameters or HyperparametersIn()
 
     def _training_config(
         self, hp: HyperparametersIn, entry: CatalogEntry, adapter_type: str, training: StoredFile
@@ -294,7 +318,13 @@ class SpecBuilder:
             lr = auto_lr
         extra = hp.model_dump(
             exclude_none=True,
-            exclude={"n_epochs", "batch_size", "learning_rate_multiplier", "learning_rate"},
+            exclude={
+                "n_epochs",
+                "batch_size",
+                "learning_rate_multiplier",
+                "learning_rate",
+                "beta",
+            },
         )
         try:
             return TrainingConfig(
@@ -346,6 +376,7 @@ class SpecBuilder:
         config: TrainingConfig,
         task: Task,
         validation: StoredFile | None,
+        method: MethodChoice,
     ) -> None:
         for name, dist in search.space.items():
             param = f"search.space.{name}"
@@ -357,6 +388,8 @@ class SpecBuilder:
                 )
             if name in LORA_PARAMS and adapter.type != "lora":
                 raise BadRequest(f"'{name}' needs a LoRA adapter.", param=param)
+            if name == "beta" and method.dpo is None:
+                raise BadRequest("'beta' is DPO's; it needs method.type 'dpo'.", param=param)
             if search.algorithm == "grid" and dist.type != "grid":
                 raise BadRequest("A grid search needs every dimension of type 'grid'.", param=param)
             if search.algorithm != "grid" and dist.type == "grid":
@@ -369,10 +402,12 @@ class SpecBuilder:
             )
             for value in candidates:
                 self._check_candidate(name, value, adapter, config, param)
-        self._check_search_metric(search, task, validation)
+        self._check_search_metric(search, task, validation, method)
 
     @staticmethod
-    def _check_search_metric(search: SearchSpec, task: Task, validation: StoredFile | None) -> None:
+    def _check_search_metric(
+        search: SearchSpec, task: Task, validation: StoredFile | None, method: MethodChoice
+    ) -> None:
         if search.metric.startswith("eval_") and validation is None:
             raise BadRequest(
                 f"search.metric '{search.metric}' needs a validation_file.", param="search.metric"
@@ -382,7 +417,12 @@ class SpecBuilder:
                 "eval_accuracy is only reported for sequence_classification.",
                 param="search.metric",
             )
-        expected_mode = "max" if search.metric == "eval_accuracy" else "min"
+        if search.metric == "eval_reward_accuracy" and method.dpo is None:
+            raise BadRequest(
+                "eval_reward_accuracy is only reported for method 'dpo'.", param="search.metric"
+            )
+        maximised = ("eval_accuracy", "eval_reward_accuracy")
+        expected_mode = "max" if search.metric in maximised else "min"
         if search.mode != expected_mode:
             raise BadRequest(
                 f"search.mode must be '{expected_mode}' for metric '{search.metric}'.",
@@ -399,7 +439,9 @@ class SpecBuilder:
                 param=param,
             )
         try:
-            if name in LORA_PARAMS:
+            if name == "beta":
+                DpoConfig.model_validate({"beta": value})
+            elif name in LORA_PARAMS:
                 LoraAdapter.model_validate({**adapter.model_dump(), LORA_PARAMS[name]: value})
             else:
                 TrainingConfig.model_validate({**config.model_dump(), name: value})

@@ -99,6 +99,16 @@ class Job(SQLModel, table=True):
     finished_at: float | None = None
     updated_at: float
 
+    def base_model_name(self) -> str:
+        """The base model under it: `model` itself, unless the job continued a fine-tuned
+        model (then `model` is that model's id and the spec names the base)."""
+        return str(((self.spec or {}).get("base_model") or {}).get("name") or self.model)
+
+    def parent_model(self) -> str | None:
+        """The fine-tuned model or checkpoint the job continued from, if any."""
+        parent = ((self.spec or {}).get("init_from") or {}).get("model")
+        return str(parent) if parent else None
+
 
 class JobEvent(SQLModel, table=True):
     __tablename__ = "job_events"
@@ -167,6 +177,8 @@ class FineTunedModel(SQLModel, table=True):
     artifact_uri: str = Field(max_length=1024)
     created_at: float
     deleted_at: float | None = None
+    # The model (or checkpoint) its job continued from; None for one trained from a base.
+    parent: str | None = Field(default=None, max_length=512)
 
     @classmethod
     def of_job(cls, job: Job, *, id: str, artifact_uri: str, created_at: float) -> FineTunedModel:
@@ -175,11 +187,12 @@ class FineTunedModel(SQLModel, table=True):
             id=id,
             tenant_id=job.tenant_id,
             job_id=job.id,
-            base_model=job.model,
+            base_model=job.base_model_name(),
             task=job.task,
             adapter_type=str((job.adapter or {}).get("type", "lora")),
             artifact_uri=artifact_uri,
             created_at=created_at,
+            parent=job.parent_model(),
         )
 
 

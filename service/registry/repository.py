@@ -132,3 +132,14 @@ class ModelRepository(ScopedRepository[FineTunedModel]):
         )
         event = self.session.exec(stmt).first()
         return event is not None and (event.data or {}).get("checkpoint") == model_id
+
+    def parent_of(self, model_id: str) -> str | None:
+        """The model `model_id` continued from; deleted and removed models still answer
+        (a lineage outlives its members)."""
+        parsed = parse_checkpoint_model_id(model_id)
+        if parsed is None:
+            row = self.get(model_id)
+            return row.parent if row is not None else None
+        stmt = select(Job).where(col(Job.id) == parsed[0], col(Job.tenant_id) == self.tenant_id)
+        job = self.session.exec(stmt).first()
+        return job.parent_model() if job is not None else None

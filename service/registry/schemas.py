@@ -17,6 +17,10 @@ class ModelOut(ApiObject):
     base_model: str | None = None
     fine_tuning_job: str | None = None
     adapter: str | None = None
+    # Continued training: the model (or checkpoint) this one's job started from, and the
+    # whole chain from the base model down to that parent.
+    parent: str | None = None
+    lineage: list[str] | None = None
     # Base models: what it is for.
     description: str | None = None
 

@@ -42,7 +42,22 @@ def fine_tuned_out(model: FineTunedModel, owner: str) -> ModelOut:
         base_model=model.base_model,
         fine_tuning_job=model.job_id,
         adapter=model.adapter_type,
+        parent=model.parent,
     )
+
+
+# A lineage longer than this is cut (it cannot loop: a parent exists before its child).
+MAX_LINEAGE = 64
+
+
+def lineage(repo: ModelRepository, model: FineTunedModel) -> list[str]:
+    """The chain a model descends from: its base model first, its parent last."""
+    chain: list[str] = []
+    parent = model.parent
+    while parent is not None and len(chain) < MAX_LINEAGE and parent not in chain:
+        chain.append(parent)
+        parent = repo.parent_of(parent)
+    return [model.base_model, *reversed(chain)]
 
 
 def fine_tuned_model_id(base: str, tenant_name: str, suffix: str | None, job_id: str) -> str:
@@ -92,7 +107,9 @@ class ModelService:
         found = self.repo.servable_with_job(model_id)
         if found is None:
             raise model_not_found(self.repo, model_id, _MISSING.format(model_id), "not_found")
-        return fine_tuned_out(found[0], self.tenant_id)
+        out = fine_tuned_out(found[0], self.tenant_id)
+        out.lineage = lineage(self.repo, found[0])
+        return out
 
     def _live(self, model_id: str) -> FineTunedModel:
         model = self.repo.get_live(model_id)

@@ -494,3 +494,30 @@ def test_chat_completions_and_completions_served(
             headers=backend._headers(),
             timeout=60,
         )
+
+
+def test_a_dpo_job_continuing_a_model_and_its_lineage(client: TestClient) -> None:
+    t = make_tenant(client)
+    h = t.headers
+    parent_job = create_job_ok(client, t)
+    parent = f"ft:tiny-gpt2:{t.name}::{parent_job['id']}"
+    add_model(client.app.state.engine, t, parent_job["id"], parent)  # type: ignore[attr-defined]
+    pairs = {
+        "input": {"messages": [{"role": "user", "content": "Say hi."}]},
+        "preferred_output": [{"role": "assistant", "content": "Hi!"}],
+        "non_preferred_output": [{"role": "assistant", "content": "No."}],
+    }
+    r = client.post(
+        "/v1/fine_tuning/jobs",
+        json={
+            "model": parent,
+            "training_file": upload_ok(client, t, jsonl([pairs] * 4)),
+            "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1}}},
+        },
+        headers=h,
+    )
+    job = ok(r, CONTRACT.operation("createFineTuningJob"))
+    assert job["model"] == parent
+    assert job["method"]["dpo"]["hyperparameters"]["beta"] == 0.2
+    shown = ok(client.get(f"/v1/models/{parent}", headers=h), CONTRACT.operation("retrieveModel"))
+    assert shown["lineage"] == ["tiny-gpt2"] and shown["parent"] is None

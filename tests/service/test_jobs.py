@@ -158,7 +158,7 @@ BAD_SPECS: list[tuple[str, Any, str]] = [
         {"hyperparameters": {"learning_rate": 1e-4, "learning_rate_multiplier": 2}},
         "hyperparameters.learning_rate",
     ),
-    ("unsupported_method", {"method": {"type": "dpo"}}, "method.type"),
+    ("unsupported_method", {"method": {"type": "reinforcement"}}, "method.type"),
     (
         "method_and_legacy",
         {
