@@ -3,7 +3,9 @@ started by the control plane (a real process), called with the official `openai`
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -261,17 +263,26 @@ def _reported_checkpoints(served: Served, job_id: str) -> list[tuple[int, float]
 def _greedy_reply(models_dir: Path, adapter_dir: Path, max_tokens: int, chat: bool) -> str:
     """The reply (to PROMPT as a chat, or as a completion prompt) of the base model with
     the adapter of `adapter_dir`, loaded here with transformers + peft, decoded greedily."""
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from workers.data import chat_prompt_ids, load_tokenizer, prompt_ids
+    from workers.data import load_tokenizer
     from workers.sources import resolve_model_source
 
     source = "tiny:tiny-gpt2"
     tokenizer = load_tokenizer(source, str(models_dir))
     base = AutoModelForCausalLM.from_pretrained(resolve_model_source(source, models_dir))
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    return _greedy(model, tokenizer, max_tokens, chat)
+
+
+def _greedy(model: Any, tokenizer: Any, max_tokens: int, chat: bool) -> str:
+    """`model`'s reply to PROMPT (as a chat, or as a completion prompt), rendered as
+    serving renders it and decoded greedily, as serving decodes at temperature 0."""
+    import torch
+
+    from workers.data import chat_prompt_ids, prompt_ids
+
     messages = [{"role": "user", "content": PROMPT}]
     ids = chat_prompt_ids(tokenizer, messages) if chat else prompt_ids(tokenizer, PROMPT)
     tokens: list[int] = []
@@ -332,6 +343,64 @@ def test_a_jobs_checkpoints_are_retained_and_answer_as_models(
         _chat(served.openai(served.b), checkpoint)
     with pytest.raises(openai.NotFoundError, match="retention"):
         _chat(served.openai(served.a), f"{served.animals}:ckpt-step-{removed[0]}")
+
+
+def _untar(body: bytes, into: Path) -> Path:
+    """The tar's one top folder, extracted under `into`."""
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        tops = {m.name.split("/")[0] for m in tar.getmembers()}
+        assert len(tops) == 1, tops
+        tar.extractall(into, filter="data")
+    return into / tops.pop()
+
+
+def test_a_merged_download_answers_as_the_served_model(served: Served, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from typer.testing import CliRunner
+
+    from service.cli import app as cli
+
+    path = f"/v1/models/{served.animals}/content"
+    r = served.http.get(path, params={"format": "merged"}, headers=served.a.headers, timeout=300)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/x-tar"
+    assert r.headers["content-disposition"].endswith('-merged.tar"')
+    over_http = _untar(r.content, tmp_path / "http")
+    # The CLI writes the same files into the folder it is given.
+    env = {
+        "TUNEPLANE_URL": served.url,
+        "TUNEPLANE_CONFIG": str(tmp_path / "no-config.toml"),
+        "COLUMNS": "200",
+    }
+    out = tmp_path / "cli"
+    args = ["models", "download", served.animals, "--format", "merged", "-o", str(out)]
+    done = CliRunner().invoke(cli, args, env={**env, "TUNEPLANE_API_KEY": served.a.key})
+    assert done.exit_code == 0, done.output
+    assert f"to {out}" in done.output
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert files == {p.name: p.read_bytes() for p in over_http.iterdir()}
+    assert "model.safetensors" in files and "adapter_model.safetensors" not in files
+    refused = CliRunner().invoke(cli, args, env={**env, "TUNEPLANE_API_KEY": served.b.key})
+    assert refused.exit_code == 1 and "404" in refused.output
+
+    # Plain transformers, no peft: greedy decoding says what the served adapter says.
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    client = served.openai(served.a)
+    assert _chat(client, served.animals).choices[0].message.content == _greedy(
+        model, tokenizer, 6, chat=True
+    )
+    completion = client.completions.create(
+        model=served.animals, prompt=PROMPT, max_tokens=4, temperature=0
+    )
+    assert completion.choices[0].text.strip() in ANIMALS, completion.choices[0].text
+    assert completion.choices[0].text == _greedy(model, tokenizer, 4, chat=False)
+
+    # Another tenant's model is not found; an unknown format is refused.
+    r = served.http.get(path, params={"format": "merged"}, headers=served.b.headers)
+    assert (r.status_code, r.json()["error"]["param"]) == (404, "model")
+    r = served.http.get(path, params={"format": "bogus"}, headers=served.a.headers)
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "format")
 
 
 def test_other_tenants_and_deleted_models_are_404(served: Served) -> None:
