@@ -3,9 +3,11 @@ trials, with epoch, training loss, validation loss and accuracy, and an ETA), a 
 validation pass, and the validation rows of the final summary.
 
 Worker events reach the events API as type ``metrics`` events whose ``data.kind`` is
-``metrics`` (a training step: ``train_loss``, ``epoch``...) or ``eval`` (a validation pass:
-``step``, ``eval_loss`` and, for classification, ``eval_accuracy``); the ``succeeded`` status
-event carries the finished run's final ``metrics``."""
+``metrics`` (a training step: ``train_loss``, ``epoch``, and ``train_accuracy`` for
+classification or ``train_reward_accuracy`` for DPO...) or ``eval`` (a validation pass:
+``step``, ``eval_loss`` and, for classification, ``eval_accuracy``; for DPO,
+``eval_reward_accuracy`` and ``eval_reward_margin``); the ``succeeded`` status event carries
+the finished run's final ``metrics``."""
 
 from __future__ import annotations
 
@@ -30,8 +32,21 @@ from service.cli.client import call, console, err, when
 from service.models.status import TERMINAL, JobStatus, TrialStatus
 
 # The validation metrics, in display order, with the progress bar's short names.
-EVAL_KEYS = {"eval_loss": "eval_loss", "eval_accuracy": "eval_acc"}
-SUMMARY_NAMES = {"eval_loss": "validation loss", "eval_accuracy": "validation accuracy"}
+EVAL_KEYS = {
+    "eval_loss": "eval_loss",
+    "eval_accuracy": "eval_acc",
+    "eval_reward_accuracy": "eval_reward_acc",
+    "eval_reward_margin": "eval_margin",
+}
+SUMMARY_NAMES = {
+    "eval_loss": "validation loss",
+    "eval_accuracy": "validation accuracy",
+    "eval_reward_accuracy": "validation reward accuracy",
+    "eval_reward_margin": "validation reward margin",
+}
+# A training step's accuracy (classification) or reward accuracy (DPO), with the progress
+# bar's short names; the loss is shown apart.
+TRAIN_KEYS = {"train_accuracy": "acc", "train_reward_accuracy": "reward_acc"}
 # A search trial in one of these has ended: it counts towards the bar's trials done.
 TRIAL_ENDED = (TrialStatus.TERMINATED, TrialStatus.EARLY_STOPPED, TrialStatus.ERROR)
 # Following rides out a control plane restart (an upgrade, a replica moving) this long.
@@ -100,6 +115,8 @@ class FollowState:
 
     epoch: Any = None
     loss: float | None = None
+    # The latest step's accuracy or reward accuracy (TRAIN_KEYS), those it reported.
+    train: dict[str, float] = field(default_factory=dict)
     # The latest validation pass (of the job; a search's trials are not mixed in here).
     eval: dict[str, float] = field(default_factory=dict)
     eval_step: Any = None
@@ -113,6 +130,8 @@ class FollowState:
         if kind == "metrics" and not search:
             self.epoch = data.get("epoch")
             self.loss = _number(data.get("train_loss"))
+            found = {key: _number(data.get(key)) for key in TRAIN_KEYS}
+            self.train = {key: value for key, value in found.items() if value is not None}
         elif kind == "eval":
             numbers = eval_numbers(data)
             if not numbers:
@@ -127,12 +146,14 @@ class FollowState:
         return None
 
     def detail(self, epochs: Any) -> str:
-        """The progress bar's text: epoch, training loss, latest validation metrics."""
+        """The progress bar's text: epoch, training loss (and accuracy), latest validation
+        metrics."""
         parts = []
         if self.epoch is not None:
             parts.append(f"epoch {self.epoch}/{epochs}")
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f}")
+        parts += [f"{TRAIN_KEYS[key]} {value:.4f}" for key, value in self.train.items()]
         parts += [f"{EVAL_KEYS[key]} {value:.4f}" for key, value in self.eval.items()]
         return "  ".join(parts)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Annotated, Any
 
 import httpx
@@ -34,10 +35,28 @@ jobs_app = typer.Typer(help="Fine-tuning jobs.", no_args_is_help=True)
 # How long following a job waits for its end, unless told.
 FOLLOW_TIMEOUT_S = 24 * 3600
 Timeout = Annotated[float, typer.Option(help="Give up after this many seconds.")]
+
+
+class MethodName(StrEnum):
+    """OpenAI's training methods that Tuneplane runs."""
+
+    SUPERVISED = "supervised"
+    DPO = "dpo"
+
+
 MetadataOption = Annotated[
     list[str] | None,
     typer.Option("--metadata", help="key=value; repeat it for more pairs.", show_default=False),
 ]
+
+
+def method_text(method: Any) -> str:
+    """A job's `method` as a person reads it: its type, and DPO's beta."""
+    if not isinstance(method, dict):
+        return "supervised"
+    kind = str(method.get("type") or "supervised")
+    hp = (method.get(kind) or {}).get("hyperparameters") or {}
+    return f"{kind} (beta {hp['beta']})" if kind == "dpo" and "beta" in hp else kind
 
 
 def _job_row(j: dict[str, Any]) -> list[Any]:
@@ -58,6 +77,7 @@ def show_job(job: dict[str, Any], seen: FollowState | None = None) -> None:
         ("status", job["status"]),
         ("ETA", finish_text(job.get("estimated_finish"))),
         ("model", job["model"]),
+        ("method", method_text(job.get("method"))),
         ("training file", job.get("training_file")),
         ("validation file", job.get("validation_file")),
         ("fine-tuned model", job.get("fine_tuned_model")),
@@ -113,14 +133,33 @@ def _extra(text: str | None) -> dict[str, Any]:
 @jobs_app.command("create")
 def jobs_create(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option(help="Base model, e.g. tiny-gpt2.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Base model (e.g. tiny-gpt2), or one of your fine-tuned models or their "
+            "checkpoints to continue training from (ft:..., ft:...:ckpt-step-N)."
+        ),
+    ],
     training_file: Annotated[str, typer.Option(help="File id of the training data.")],
     validation_file: Annotated[str | None, typer.Option(help="File id for evaluation.")] = None,
     suffix: Annotated[str | None, typer.Option(help="Goes into the model id.")] = None,
     epochs: Annotated[int | None, typer.Option(help="n_epochs (default: auto).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Default: auto.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Default: the catalog's.")] = None,
-    adapter: Annotated[str, typer.Option(help="lora or full.")] = "lora",
+    method: Annotated[
+        MethodName, typer.Option(help="supervised, or dpo (trains on a preference file).")
+    ] = MethodName.SUPERVISED,
+    beta: Annotated[
+        float | None,
+        typer.Option(help="DPO's beta, above 0 and at most 2 (default: auto, 0.1)."),
+    ] = None,
+    adapter: Annotated[
+        str | None,
+        typer.Option(
+            help="lora or full (default: lora; continuing a fine-tuned model, its own adapter).",
+            show_default=False,
+        ),
+    ] = None,
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     metadata: MetadataOption = None,
@@ -130,13 +169,24 @@ def jobs_create(
     follow: Annotated[bool, typer.Option(help="Follow it to its end.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Submit a fine-tuning job."""
-    hp = given(n_epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
+    """Submit a fine-tuning job: supervised or DPO, from a base model or continuing one of
+    your fine-tuned models."""
+    if beta is not None and method != MethodName.DPO:
+        err.print("[red]--beta is DPO's: give it with --method dpo")
+        raise typer.Exit(2)
+    hp = given(n_epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, beta=beta)
     body: dict[str, Any] = {
         "model": model,
         "training_file": training_file,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
-        "adapter": {"type": adapter, **({"r": lora_r} if lora_r else {})},
+        # OpenAI's shape: {"type": "dpo", "dpo": {"hyperparameters": {...}}}.
+        "method": {"type": method.value, method.value: {"hyperparameters": hp}},
+        # Left out unless asked for: a job continuing a LoRA model keeps that model's
+        # adapter, and the server refuses another rank for it.
+        **(
+            {"adapter": {"type": adapter or "lora", **({"r": lora_r} if lora_r else {})}}
+            if adapter or lora_r
+            else {}
+        ),
         **given(validation_file=validation_file, suffix=suffix, seed=seed),
         **({"metadata": pairs} if (pairs := _metadata(metadata)) else {}),
         **_extra(extra),

@@ -34,19 +34,33 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+# What a step or validation pass reports beside its loss, as a message names it: a
+# classifier's accuracy, DPO's reward accuracy and margin (suffixes of train_ / eval_).
+_BESIDE_LOSS = (
+    ("accuracy", "accuracy"),
+    ("reward_accuracy", "reward accuracy"),
+    ("reward_margin", "reward margin"),
+)
+
+
+def _beside_loss(d: dict[str, Any], prefix: str) -> str:
+    return "".join(
+        f", {name}={_fmt(d[prefix + key])}" for key, name in _BESIDE_LOSS if prefix + key in d
+    )
+
+
 def describe(record: EventRecord) -> str:
     """The user-facing message for a worker event, in the style of OpenAI's events."""
     d = record.data
     if record.type == "metrics":
         text = f"Step {d.get('step')}: training loss={_fmt(d.get('train_loss'))}"
+        text += _beside_loss(d, "train_")
         if "learning_rate" in d:
             text += f", learning rate={d['learning_rate']:.2e}"
         return text
     if record.type == "eval":
         text = f"Step {d.get('step')}: validation loss={_fmt(d.get('eval_loss'))}"
-        if "eval_accuracy" in d:
-            text += f", accuracy={_fmt(d['eval_accuracy'])}"
-        return text
+        return text + _beside_loss(d, "eval_")
     if record.type == "checkpoint":
         return f"Checkpoint saved at step {d.get('step')}"
     if record.message:

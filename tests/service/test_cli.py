@@ -24,8 +24,10 @@ from typer.testing import CliRunner, Result
 
 from service.cli import app as cli
 from service.cli.follow import FollowState, validation_rows
+from service.common import now
 from service.config import Settings
 from service.jobs.state import add_event
+from service.models import FineTunedModel, Job
 from service.stack import free_port
 from tests.factories import (
     ADMIN,
@@ -108,6 +110,101 @@ def test_files_and_jobs_commands(
 
     deleted = run(["files", "delete", uploaded["id"]], env=env)
     assert "deleted" in deleted.stdout
+
+
+PREFERENCE_PAIRS = [
+    {
+        "input": {"messages": [{"role": "user", "content": f"Name colour {i}."}]},
+        "preferred_output": [{"role": "assistant", "content": f"Colour {i} is red."}],
+        "non_preferred_output": [{"role": "assistant", "content": "No."}],
+    }
+    for i in range(4)
+]
+
+
+def test_jobs_create_runs_dpo_on_a_fine_tuned_model_and_follow_shows_reward_accuracy(
+    api_only_stack: LiveStack, no_config: Path, tmp_path: Path
+) -> None:
+    """SFT, then DPO on the SFT model, from the CLI; the DPO job's steps and validation
+    passes (stored as the event consumer stores them) as `jobs follow` shows them."""
+    stack = api_only_stack
+    env = env_for(stack, no_config)
+    ids = []
+    for name, records in (
+        ("sft.jsonl", prompt_completion_records(4)),
+        ("pairs.jsonl", PREFERENCE_PAIRS),
+    ):
+        data = tmp_path / name
+        data.write_bytes(jsonl(records))
+        ids.append(as_json(run(["files", "upload", str(data), "--json"], env=env))["id"])
+    sft = as_json(
+        run(["jobs", "create", "--model", "tiny-gpt2", "--training-file", ids[0],
+             "--lora-r", "4", "--suffix", "sft", "--json"], env=env)
+    )  # fmt: skip
+    assert sft["method"]["type"] == "supervised" and sft["adapter"]["r"] == 4
+    # The SFT job's model, registered as a succeeded job's is.
+    parent = f"ft:tiny-gpt2:{stack.tenant_name}:sft:{sft['id']}"
+    engine = create_engine(stack.database_url)
+    with Session(engine) as s:
+        row = s.get(Job, sft["id"])
+        assert row is not None
+        s.add(
+            FineTunedModel.of_job(row, id=parent, artifact_uri="file:///nowhere", created_at=now())
+        )
+        s.commit()
+
+    job = as_json(
+        run(["jobs", "create", "--model", parent, "--training-file", ids[1],
+             "--validation-file", ids[1], "--method", "dpo", "--beta", "0.2", "--epochs", "1",
+             "--json"], env=env)
+    )  # fmt: skip
+    # OpenAI's method object, with the options the command takes in its hyperparameters.
+    assert job["model"] == parent
+    assert job["method"]["type"] == "dpo" and "supervised" not in job["method"]
+    hp = job["method"]["dpo"]["hyperparameters"]
+    assert hp["beta"] == 0.2 and hp["n_epochs"] == 1
+    # No --adapter: the parent's LoRA adapter (rank 4) goes on training.
+    assert job["adapter"]["type"] == "lora" and job["adapter"]["r"] == 4
+    shown = run(["jobs", "get", job["id"]], env=env).stdout
+    assert "dpo (beta 0.2)" in shown and parent in shown, shown
+    assert "supervised" in run(["jobs", "get", sft["id"]], env=env).stdout
+
+    with Session(engine) as s:
+        for step, numbers in (
+            (1, {"kind": "metrics", "epoch": 1, "train_loss": 0.6931,
+                 "train_reward_accuracy": 0.5, "train_reward_margin": 0.0}),
+            (2, {"kind": "eval", "eval_loss": 0.5, "eval_reward_accuracy": 0.75,
+                 "eval_reward_margin": 1.25, "eval_chosen_reward": 0.5}),
+        ):  # fmt: skip
+            add_event(s, job["id"], stack.tenant_id, f"step {step}", type_="metrics",
+                      data={"step": step, **numbers})  # fmt: skip
+        s.commit()
+    engine.dispose()
+    run(["jobs", "cancel", job["id"]], env=env)
+    out = run(["jobs", "follow", job["id"]], env=env, ok=False).stdout
+    assert "step 2: eval_loss 0.5000  eval_reward_accuracy 0.7500  eval_reward_margin 1.2500" in out
+    # The progress bar: the DPO loss and reward accuracy, then the latest validation pass.
+    bar = "loss 0.6931  reward_acc 0.5000  eval_loss 0.5000  eval_reward_acc 0.7500  eval_margin"
+    assert bar in out, out
+    assert re.search(r"validation reward accuracy\s+\S?\s*0\.7500 \(step 2\)", out), out
+    assert re.search(r"validation reward margin\s+\S?\s*1\.2500 \(step 2\)", out), out
+
+
+def test_beta_is_refused_without_the_dpo_method_before_any_request(no_config: Path) -> None:
+    # Nothing listens there: a request would end in "Cannot reach".
+    env: dict[str, str | None] = {
+        "TUNEPLANE_URL": f"http://127.0.0.1:{free_port()}",
+        "TUNEPLANE_API_KEY": "tp-unused",
+        "TUNEPLANE_CONFIG": str(no_config),
+    }
+    base = ["jobs", "create", "--model", "tiny-gpt2", "--training-file", "file-x"]
+    for method in ([], ["--method", "supervised"]):
+        refused = run([*base, *method, "--beta", "0.2"], env=env, ok=False)
+        assert refused.exit_code == 2, refused.output
+        assert "--beta is DPO's: give it with --method dpo" in refused.output
+        assert "Cannot reach" not in refused.output
+    unknown = run([*base, "--method", "rlhf"], env=env, ok=False)
+    assert unknown.exit_code == 2 and "rlhf" in unknown.output
 
 
 def test_admin_commands_create_tenants_and_keys(api_only_stack: LiveStack, no_config: Path) -> None:

@@ -10,10 +10,10 @@ from sqlmodel import Session
 
 from service.jobs.state import transition
 from service.models.status import JobStatus
-from service.scheduling.events import EventConsumer
+from service.scheduling.events import EventConsumer, describe
 from tests.factories import create_job_ok, make_tenant, upload_ok
 from workers.records import ResultData
-from workers.report import EVENTS_STREAM, EventRecord
+from workers.report import EVENTS_STREAM, EventRecord, EventType
 
 
 def _running_job(
@@ -232,3 +232,42 @@ def test_a_record_sent_twice_is_stored_once(
     assert EventConsumer(app.state.engine, redis_client, "cp", "r").poll(block_ms=100) == 2
     events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", headers=headers).json()["data"]
     assert [e["message"] for e in events].count("Step 1: training loss=1.0000") == 1
+
+
+def _message(type_: EventType, **data: object) -> str:
+    """The message stored for a worker event of this type and data."""
+    return describe(EventRecord(job_id="ftjob-x", tenant_id="t", type=type_, data=data))
+
+
+def test_steps_and_passes_say_their_accuracy_or_reward_accuracy_beside_the_loss() -> None:
+    # DPO: reward accuracy and margin after the (DPO) loss; not the raw rewards.
+    dpo_step = _message(
+        "metrics",
+        step=3,
+        train_loss=0.6931,
+        train_reward_accuracy=0.5,
+        train_reward_margin=0.0,
+        train_chosen_reward=0.0,
+        train_rejected_reward=0.0,
+        learning_rate=1e-4,
+    )
+    assert dpo_step == (
+        "Step 3: training loss=0.6931, reward accuracy=0.5000, reward margin=0.0000, "
+        "learning rate=1.00e-04"
+    )
+    dpo_pass = _message(
+        "eval", step=4, eval_loss=0.5, eval_reward_accuracy=0.75, eval_reward_margin=1.25
+    )
+    assert (
+        dpo_pass == "Step 4: validation loss=0.5000, reward accuracy=0.7500, reward margin=1.2500"
+    )
+    # A classifier: accuracy, now for its steps too.
+    assert _message("metrics", step=1, train_loss=0.5, train_accuracy=1.0) == (
+        "Step 1: training loss=0.5000, accuracy=1.0000"
+    )
+    assert _message("eval", step=2, eval_loss=0.25, eval_accuracy=0.75) == (
+        "Step 2: validation loss=0.2500, accuracy=0.7500"
+    )
+    # A language model's: the loss alone.
+    assert _message("metrics", step=1, train_loss=2.5) == "Step 1: training loss=2.5000"
+    assert _message("eval", step=2, eval_loss=2.0) == "Step 2: validation loss=2.0000"
