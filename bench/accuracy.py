@@ -1,6 +1,6 @@
 """Does the service train as well and as fast as a plain loop? Figures against a baseline.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/accuracy.py [--quick] [--part cls lm gen | all]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/accuracy.py [--quick] [--part cls lm gen dpo | all]
         [--train 2000] [--test 1000] [--lm-steps 40] [--cpus 2] [--repeats 1] [--gpu]
 
 Every figure is measured beside its baseline in the same run, on the same machine, and
@@ -29,6 +29,8 @@ both sides alike. Nothing is asserted; the targets are printed beside the figure
     of `--gen-tokens` new tokens: the serving engine
     (`workers.serving.engine.CausalLMEngine`, what a deployment runs) vs `transformers`'
     own `generate` on the same weights.
+(d) dpo: SFT then DPO on the SFT model (SmolLM2), in bench/preference.py: held-out reward
+    accuracy and generations with the preferred property, DPO model vs SFT model.
 
 Figures:
 
@@ -763,7 +765,9 @@ def local_ray(args: argparse.Namespace) -> Iterator[None]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    parser.add_argument("--part", nargs="+", choices=["cls", "lm", "gen", "all"], default=["all"])
+    parser.add_argument(
+        "--part", nargs="+", choices=["cls", "lm", "gen", "dpo", "all"], default=["all"]
+    )
     parser.add_argument("--train", type=int, default=None, help="classification train examples")
     parser.add_argument("--test", type=int, default=None, help="classification test examples")
     parser.add_argument("--epochs", type=int, default=1)
@@ -775,6 +779,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gen-batch", type=int, default=None)
     parser.add_argument("--gen-tokens", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--beta", type=float, default=0.1, help="DPO beta (part dpo)")
+    parser.add_argument("--dpo-lr", type=float, default=5e-4, help="DPO learning rate")
+    parser.add_argument("--dpo-epochs", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs (threads) per training process")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--gpu", action="store_true", help="train and generate on CUDA")
@@ -797,7 +804,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
     if "all" in args.part:
-        args.part = ["cls", "lm", "gen"]
+        args.part = ["cls", "lm", "gen", "dpo"]
     return args
 
 
@@ -825,7 +832,7 @@ def main() -> None:
         )
     device = torch.device("cuda" if args.gpu else "cpu")
     models_dir = str(Path(args.models_dir) if args.models_dir else default_models_dir())
-    if "lm" in args.part or "gen" in args.part:
+    if {"lm", "gen", "dpo"} & set(args.part):
         started = time.perf_counter()
         resolve_model_source(SMOLLM[1], Path(models_dir))  # converts the GGUF once
         print(f"SmolLM2 folder ready in {time.perf_counter() - started:.1f} s", flush=True)
@@ -850,7 +857,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tuneplane-bench-") as name:
         tmp = Path(name)
         threads = args.cpus
-        if "cls" in args.part or "lm" in args.part:
+        if {"cls", "lm", "dpo"} & set(args.part):
             with local_ray(args):
                 threads = ray_threads(args.cpus)
                 torch.set_num_threads(threads)
@@ -858,6 +865,10 @@ def main() -> None:
                     guarded("cls", lambda: cls_rows(*part_cls(args, tmp, models_dir, device)))
                 if "lm" in args.part:
                     guarded("lm", lambda: lm_rows(*part_lm(args, tmp, models_dir, device), args))
+                if "dpo" in args.part:
+                    from bench.preference import part_dpo
+
+                    guarded("dpo", lambda: part_dpo(args, tmp, models_dir))
         if "gen" in args.part:
             torch.set_num_threads(threads)
             guarded("gen", lambda: gen_rows(*part_gen(args, models_dir), args))
