@@ -13,8 +13,13 @@ from service.errors import NotFound
 
 router = APIRouter(prefix="/ui", tags=["ui"], include_in_schema=False)
 STATIC = Path(__file__).parent / "static"
+JS = "text/javascript; charset=utf-8"
 ASSETS = {
-    "app.js": "text/javascript; charset=utf-8",
+    "dom.js": JS,
+    "charts.js": JS,
+    "session.js": JS,
+    "job.js": JS,
+    "app.js": JS,
     "style.css": "text/css; charset=utf-8",
 }
 # Scripts and styles only from this origin, no inline script, no framing: even a tenant

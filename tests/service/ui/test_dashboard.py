@@ -20,7 +20,7 @@ from sqlmodel import Session
 
 from service.common import now
 from service.jobs.state import add_event, transition
-from service.models import Trial
+from service.models import FineTunedModel, Job, Trial
 from service.models.status import JobStatus
 from tests.factories import classification_records, jsonl, prompt_completion_records
 from tests.fixtures.live_stack import LIVE_JOB_STEPS, LiveJob, LiveStack
@@ -366,3 +366,105 @@ def test_a_running_job_shows_its_metadata_as_text_and_its_estimated_finish(
     assert page.evaluate("window.__xss") is None
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-running.png"), full_page=True)
+
+
+PREFERENCE_PAIRS = [
+    {
+        "input": {"messages": [{"role": "user", "content": f"Name colour {i}."}]},
+        "preferred_output": [{"role": "assistant", "content": f"Colour {i} is red."}],
+        "non_preferred_output": [{"role": "assistant", "content": "No."}],
+    }
+    for i in range(4)
+]
+
+
+def register_model(s: Session, job_id: str, model_id: str) -> None:
+    """The job's fine-tuned model, registered as the event consumer registers a succeeded
+    job's (its parent comes from the job)."""
+    job = s.get(Job, job_id)
+    assert job is not None
+    s.add(FineTunedModel.of_job(job, id=model_id, artifact_uri="file:///nowhere", created_at=now()))
+
+
+def test_a_dpo_job_on_a_fine_tuned_model_shows_its_method_parent_and_reward_charts(
+    page: Page, api_only_stack: LiveStack
+) -> None:
+    """SFT, then DPO on the SFT model: the DPO job's page, its model's parent in the models
+    list, and the lineage on the model's page. Steps and models are written as the event
+    consumer writes them."""
+    stack = api_only_stack
+    engine = create_engine(stack.database_url)
+    with stack.client() as c:
+        r = c.post("/v1/fine_tuning/jobs",
+                   json={"model": "tiny-gpt2", "training_file": lm_training_file(c)})  # fmt: skip
+        assert r.status_code == 200, r.text
+        sft_id = r.json()["id"]
+        parent = f"ft:tiny-gpt2:{stack.tenant_name}:sft:{sft_id}"
+        with Session(engine) as s:
+            register_model(s, sft_id, parent)
+            s.commit()
+        files = {"file": ("pairs.jsonl", jsonl(PREFERENCE_PAIRS), "application/jsonl")}
+        pairs = c.post("/v1/files", files=files, data={"purpose": "fine-tune"}).json()["id"]
+        r = c.post(
+            "/v1/fine_tuning/jobs",
+            json={"model": parent, "training_file": pairs, "validation_file": pairs,
+                  "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25}}}},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        job_id = r.json()["id"]
+    child = f"ft:tiny-gpt2:{stack.tenant_name}:dpo:{job_id}"
+    with Session(engine) as s:
+        register_model(s, job_id, child)
+        for step, accuracy, margin in ((1, 0.5, 0.0), (2, 0.75, 0.5)):
+            point(s, job_id, stack.tenant_id, kind="metrics", step=step, train_loss=0.69,
+                  train_reward_accuracy=accuracy, train_reward_margin=margin)  # fmt: skip
+        point(s, job_id, stack.tenant_id, kind="eval", step=2, eval_loss=0.6,
+              eval_reward_accuracy=0.75, eval_reward_margin=0.375)  # fmt: skip
+        s.commit()
+    engine.dispose()
+
+    sign_in(page, stack, stack.api_key)
+    page.locator("#jobs-table").wait_for()
+    page.goto(f"{stack.url}/ui/#/jobs/{job_id}")
+    rewards = page.locator("#reward-accuracy-chart")
+    rewards.locator("circle.eval").first.wait_for()
+    assert rewards.get_attribute("data-train-points") == "2"
+    assert rewards.get_attribute("data-eval-points") == "1"
+    ticks = rewards.locator("text.tick").all_text_contents()
+    assert "0.00" in ticks and "1.00" in ticks, ticks
+    titles = rewards.locator("circle title").all_text_contents()
+    assert "step 2: validation reward accuracy 0.7500" in titles, titles
+    assert "step 1: training reward accuracy 0.5000" in titles, titles
+    margins = page.locator("#reward-margin-chart")
+    assert margins.get_attribute("data-train-points") == "2"
+    assert margins.get_attribute("data-eval-points") == "1"
+    assert "validation reward margin" in page.locator("#reward-margin .legend").inner_text()
+    assert page.locator("#loss-chart circle.train").count() == 2
+    assert page.locator("#accuracy-chart").count() == 0  # no classification accuracy here
+    details = page.locator("dl.fields")
+    assert details.locator("dt:text-is('Method') + dd").inner_text() == "dpo (beta 0.25)"
+    assert details.locator("dt:text-is('Base model') + dd").inner_text() == "tiny-gpt2"
+    assert details.locator("dt:text-is('Validation reward accuracy') + dd").inner_text() == (
+        "0.7500 (step 2)"
+    )
+    assert details.locator("dt:text-is('Validation reward margin') + dd").inner_text() == (
+        "0.3750 (step 2)"
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-dpo.png"), full_page=True)
+
+    # "Continues" links to the parent's page: its lineage is its base model.
+    details.locator("dt:text-is('Continues') + dd a").click()
+    page.locator(f"h1:text-is('{parent}')").wait_for()
+    assert page.locator("#model-lineage li").all_inner_texts() == ["tiny-gpt2", parent]
+
+    page.click("nav a[data-page=models]")
+    row = page.locator("#models-table tr", has=page.locator(f"td:first-child a:text-is('{child}')"))
+    row.wait_for()
+    assert parent in row.inner_text()
+    row.locator("td:first-child a").click()
+    lineage = page.locator("#model-lineage li")
+    lineage.first.wait_for()
+    assert lineage.all_inner_texts() == ["tiny-gpt2", parent, child]
+    parent_field = page.locator("dt:text-is('Parent') + dd")
+    assert parent_field.inner_text() == parent
