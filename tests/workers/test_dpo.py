@@ -168,6 +168,21 @@ def _continuing(parent: Run, adapter: str = "lora") -> dict[str, Any]:
     return {"model": PARENT_ID, "uri": str(parent.checkpoint_dir / "model"), "adapter": adapter}
 
 
+def _dpo_spec(tmp: Path, parent: Run, pairs: int, training: dict[str, Any], **fields: Any) -> Any:
+    """A DPO job continuing `parent`, evaluated before its first step too."""
+    return make_spec(
+        tmp,
+        data_format="preference",
+        method="dpo",
+        dpo={"beta": 0.1},
+        init_from=_continuing(parent),
+        training_file_uri=write_jsonl(tmp / "train.jsonl", preference_rows(pairs, seed=0)),
+        validation_file_uri=write_jsonl(tmp / "val.jsonl", preference_rows(16, seed=1)),
+        training={"batch_size": 16, "max_length": 64, "eval_at_start": True, **training},
+        **fields,
+    )
+
+
 def test_a_continued_lora_job_starts_where_its_parent_ended(
     sft_parent: Run, models_dir: Path, tmp_path: Path
 ) -> None:
@@ -192,22 +207,12 @@ def test_a_continued_lora_job_starts_where_its_parent_ended(
 def test_dpo_after_sft_on_two_workers_learns_the_preferences(
     sft_parent: Run, models_dir: Path, tmp_path: Path
 ) -> None:
-    spec = make_spec(
+    spec = _dpo_spec(
         tmp_path,
-        data_format="preference",
-        method="dpo",
-        dpo={"beta": 0.1},
-        init_from=_continuing(sft_parent),
-        training_file_uri=write_jsonl(tmp_path / "train.jsonl", preference_rows(64, seed=0)),
-        validation_file_uri=write_jsonl(tmp_path / "val.jsonl", preference_rows(24, seed=1)),
+        sft_parent,
+        pairs=64,
         resources={"num_workers": 2},
-        training={
-            "n_epochs": 3,
-            "batch_size": 16,
-            "learning_rate": 3e-2,
-            "max_length": 64,
-            "eval_at_start": True,
-        },
+        training={"n_epochs": 3, "learning_rate": 3e-2},
     )
     run = fit(spec, models_dir, tmp_path / "events.jsonl")
     evals = [e.data for e in run.of_type("eval")]
@@ -251,22 +256,12 @@ def test_full_dpo_from_a_lora_model_folds_its_adapter_in_first(
 ) -> None:
     """A full fine-tune of a LoRA model starts from the base with the adapter merged in, and
     that merged model is DPO's frozen reference."""
-    spec = make_spec(
+    spec = _dpo_spec(
         tmp_path,
-        data_format="preference",
-        method="dpo",
-        dpo={"beta": 0.1},
+        sft_parent,
+        pairs=32,
         adapter={"type": "full"},
-        init_from=_continuing(sft_parent),
-        training_file_uri=write_jsonl(tmp_path / "train.jsonl", preference_rows(32, seed=0)),
-        validation_file_uri=write_jsonl(tmp_path / "val.jsonl", preference_rows(16, seed=1)),
-        training={
-            "n_epochs": 1,
-            "batch_size": 16,
-            "learning_rate": 1e-3,
-            "max_length": 64,
-            "eval_at_start": True,
-        },
+        training={"n_epochs": 1, "learning_rate": 1e-3},
     )
     run = fit(spec, models_dir, tmp_path / "events.jsonl")
     evals = [e.data for e in run.of_type("eval")]
