@@ -1,18 +1,21 @@
 """SFT, then DPO on the SFT model, driven by the official `openai` client against a real
-control plane, Redis and Ray (the session's live stack and its SFT job)."""
+control plane, Redis and Ray. A control plane of its own: the session's live stack holds
+exactly one job, which its metrics and dashboard tests count on."""
 
 from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from service.config import Settings
 from tests.contract.test_openai_contract import CONTRACT, JOB
-from tests.factories import jsonl
-from tests.fixtures.live_stack import LiveJob
+from tests.factories import jsonl, prompt_completion_records
+from tests.fixtures.live_stack import LiveStack, start_control_plane
 from tests.fixtures.stack import wait_for
 
 pytestmark = pytest.mark.ray
@@ -27,11 +30,45 @@ PAIRS = [
 ]
 
 
-def test_dpo_on_the_sft_model_through_the_openai_client(live_job: LiveJob) -> None:
-    stack = live_job.stack
-    assert live_job.wait_finished() == "succeeded"
+def _finished(sdk: openai.OpenAI, job_id: str, log: Path) -> Any:
+    return wait_for(
+        lambda: (
+            (j := sdk.fine_tuning.jobs.retrieve(job_id)).status
+            in ("succeeded", "failed", "cancelled")
+            and j
+        ),
+        300,
+        f"job {job_id} to end (log: {log})",
+        1.0,
+    )
+
+
+def test_dpo_on_the_sft_model_through_the_openai_client(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    proc, stack = start_control_plane(stack_settings, tmp_path / "control-plane.log")
+    try:
+        _sft_then_dpo(stack)
+    finally:
+        proc.stop()
+
+
+def _sft_then_dpo(stack: LiveStack) -> None:
     sdk = openai.OpenAI(api_key=stack.api_key, base_url=f"{stack.url}/v1", max_retries=0)
-    sft = sdk.fine_tuning.jobs.retrieve(live_job.job_id)
+    data = sdk.files.create(
+        file=("sft.jsonl", io.BytesIO(jsonl(prompt_completion_records(16)))),
+        purpose="fine-tune",
+    )
+    sft = _finished(
+        sdk,
+        sdk.fine_tuning.jobs.create(
+            model="tiny-gpt2",
+            training_file=data.id,
+            hyperparameters={"n_epochs": 2, "batch_size": 4},
+        ).id,
+        stack.log,
+    )
+    assert sft.status == "succeeded", sft.error
     assert sft.fine_tuned_model
     pairs = sdk.files.create(file=("pairs.jsonl", io.BytesIO(jsonl(PAIRS))), purpose="fine-tune")
 
@@ -55,16 +92,7 @@ def test_dpo_on_the_sft_model_through_the_openai_client(live_job: LiveJob) -> No
     with stack.client() as c:
         JOB.check(c.get(f"/v1/fine_tuning/jobs/{job.id}").json())
 
-    done = wait_for(
-        lambda: (
-            (j := sdk.fine_tuning.jobs.retrieve(job.id)).status
-            in ("succeeded", "failed", "cancelled")
-            and j
-        ),
-        300,
-        f"DPO job {job.id} (log: {stack.log})",
-        1.0,
-    )
+    done = _finished(sdk, job.id, stack.log)
     assert done.status == "succeeded", done.error
     with stack.client() as c:
         points = c.get(f"/v1/fine_tuning/jobs/{job.id}/metrics", params={"limit": 1000}).json()
