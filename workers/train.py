@@ -71,6 +71,9 @@ class LoopConfig:
     fault: FaultInjection | None = None
     # The control plane's pause request, read by rank 0 between steps.
     pause: PauseFlag | None = None
+    # A metric every report must carry (a search trial's: Tune refuses a result without
+    # its metric, and Optuna reads it from each one).
+    required_metric: str | None = None
 
 
 class FineTuneRecipe:
@@ -368,6 +371,12 @@ class FineTuneRecipe:
 
         `paused`: the run stops after it (its metrics say so); `already_saved`: this step's
         checkpoint exists, so only the paused mark is reported, with no second copy."""
+        required = self.config.required_metric
+        evaluated = required is not None and required.startswith("eval_")
+        if evaluated and required not in self.state.metrics and self.validation is not None:
+            # Saved before the first evaluation (checkpoints more often than evaluations,
+            # or a pause at the first steps): evaluate now, so the report has the metric.
+            self.evaluate()
         metrics = self._report_metrics()
         if paused:
             metrics[PAUSED_METRIC] = 1.0
@@ -423,6 +432,7 @@ def build_trainer(
     checkpoint_events: bool = True,
     callbacks: Sequence[UserCallback] = (),
     pause: PauseFlag | None = None,
+    required_metric: str | None = None,
 ) -> TorchTrainer:
     """`pause`: where the run reads a pause request; by default its own output URI's
     (a search's trials read the job's)."""
@@ -445,6 +455,7 @@ def build_trainer(
         probe_text=probe_text,
         fault=fault,
         pause=pause or PauseFlag(spec.output_uri),
+        required_metric=required_metric,
     )
     # Checkpoints reported to the control plane are retained by it (the last K and the
     # best; Ray Train can keep one or the other), so Ray keeps them all: a checkpoint

@@ -106,6 +106,7 @@ def run_trial(
         callbacks=[TuneReportCallback()],
         # Every trial pauses when the job does.
         pause=PauseFlag(spec.output_uri),
+        required_metric=spec.search.metric if spec.search is not None else None,
     )
     result = trainer.fit()
     if (result.metrics or {}).get(PAUSED_METRIC):

@@ -62,13 +62,21 @@ def start_run_job(
         *("--spec-uri", str(spec_path), "--redis-url", redis_url),
         *("--models-dir", str(models_dir)),
     ]
-    return subprocess.Popen(
-        command,
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # Its output goes beside the spec, for whoever reads a failure.
+    with (spec_path.parent / f"{job_id}.log").open("ab") as log:
+        return subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def run_log(spec_path: Path, job_id: str, tail: int = 6000) -> str:
+    """The end of what `start_run_job`'s processes for the job printed."""
+    path = spec_path.parent / f"{job_id}.log"
+    return path.read_text(errors="replace")[-tail:] if path.is_file() else ""
 
 
 def job_events(redis_url: str, job_id: str) -> list[EventRecord]:

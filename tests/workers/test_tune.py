@@ -13,7 +13,7 @@ import pytest
 from tests.fixtures.ray_cluster import RayCluster
 from tests.fixtures.redis_server import RedisServer
 from tests.workers.factories import make_spec, prompt_completion_rows, write_jsonl
-from tests.workers.test_run_job import job_events, run_job, start_run_job
+from tests.workers.test_run_job import job_events, run_job, run_log, start_run_job
 from workers.data import load_job_data, plan_steps
 from workers.records import ResultData
 from workers.report import EventRecord, JsonLinesSink, Reporter, read_json_lines
@@ -184,8 +184,10 @@ def test_an_optuna_search_runs(models_dir: Path, tmp_path: Path, ray_cluster: Ra
             "max_concurrent_trials": 2,
         },
         n_epochs=1,
-        checkpoint_every_steps=None,
-        eval_every_steps=None,
+        # Reports (checkpoints) before the first evaluation: each must still carry the
+        # search's metric, which Tune checks and Optuna reads from every result.
+        checkpoint_every_steps=1,
+        eval_every_steps=4,
     )
     outcome, events = run_search_here(spec, models_dir, tmp_path)
     trials = trials_of(events)
@@ -302,7 +304,7 @@ def test_a_paused_search_resumes_its_trials_where_they_stopped(
         events = job_events(redis_server.url, spec.job_id)
         return any(e.type == "metrics" and e.data["step"] >= 3 for e in events)
 
-    assert run(until=training) == 0
+    assert run(until=training) == 0, run_log(spec_path, spec.job_id)
     events = job_events(redis_server.url, spec.job_id)
     last = events[-1]
     assert (last.type, last.data["status"]) == ("status", "paused"), last
@@ -320,7 +322,7 @@ def test_a_paused_search_resumes_its_trials_where_they_stopped(
     assert set(paused_at) == started, "every running trial saved a checkpoint at its next step"
 
     flag.unlink()
-    assert run() == 0
+    assert run() == 0, run_log(spec_path, spec.job_id)
     events = job_events(redis_server.url, spec.job_id)
     assert any(e.data.get("resumed_search") for e in events if e.type == "message")
     assert events[-1].data["status"] == "succeeded"
