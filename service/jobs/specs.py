@@ -152,16 +152,8 @@ class SpecBuilder:
             self._check_search(body.search, adapter, config, task, validation, method)
         if body.integrations:
             raise BadRequest("integrations are not supported by Tuneplane.", param="integrations")
-        spec = self._spec(body, entry, task, training, validation, adapter, config, resources)
-        spec = spec.model_copy(
-            update={
-                "method": method.type,
-                "dpo": method.dpo,
-                "init_from": start.init_from if start is not None else None,
-                "labels": start.labels
-                if start is not None and task == "sequence_classification"
-                else spec.labels,
-            }
+        spec = self._spec(
+            body, entry, task, training, validation, adapter, config, resources, method, start
         )
         given_cpus = body.resources.cpus_per_worker if body.resources else None
         return JobDraft(
@@ -189,8 +181,12 @@ class SpecBuilder:
         adapter: Adapter,
         config: TrainingConfig,
         resources: Resources,
+        method: MethodChoice,
+        start: Start | None,
     ) -> JobSpec:
         job_id = new_id("ftjob")
+        # A continued classifier keeps its parent's labels: its head is sized to them.
+        labels = start.labels if start is not None and start.labels else training.labels
         try:
             return JobSpec(
                 job_id=job_id,
@@ -208,7 +204,10 @@ class SpecBuilder:
                 training=config,
                 resources=resources,
                 search=body.search,
-                labels=training.labels if task == "sequence_classification" else None,
+                labels=labels if task == "sequence_classification" else None,
+                method=method.type,
+                dpo=method.dpo,
+                init_from=start.init_from if start is not None else None,
             )
         except ValidationError as exc:
             raise BadRequest(str(exc.errors()[0]["msg"]), param=_param_of(exc, "spec")) from None
