@@ -1,11 +1,13 @@
-// Tuneplane dashboard, 5 of 5: sign-in, routing, and the list pages (jobs, models,
-// deployments) and a model's page; a job's page is job.js's. This script starts the app.
+// Tuneplane dashboard: sign-in, routing, and the list pages (jobs, models, deployments)
+// and a model's page; a job's page is job.js's, the others' their own scripts'. This
+// script loads last and starts the app.
 "use strict";
 
 (() => {
-  const { el, when, badge, table, jobLink, modelLink, fields, $ } = window.Tuneplane.dom;
-  const { KEY, api, signOut, newPage, every, current } = window.Tuneplane.session;
+  const { el, ago, badge, table, shortId, breakable, jobLink, modelLink, fields, $ } = window.Tuneplane.dom;
+  const { KEY, api, send, signOut, newPage, every, current } = window.Tuneplane.session;
   const { jobPage } = window.Tuneplane.job;
+  const pages = window.Tuneplane.pages;
 
   // -- sign-in and routing ------------------------------------------------------------
 
@@ -26,6 +28,17 @@
     else route();
   }
 
+  // "#/page/arg?query": the page's name, its one argument (an id) and its query.
+  function parseHash(hash) {
+    const [path, search] = (hash || "").replace(/^#\/?/, "").split("?");
+    const parts = path.split("/");
+    return {
+      page: parts[0] || "jobs",
+      arg: parts[1] ? decodeURIComponent(parts[1]) : null,
+      query: new URLSearchParams(search || ""),
+    };
+  }
+
   function route() {
     const gen = newPage();
     if (!sessionStorage.getItem(KEY)) {
@@ -35,20 +48,14 @@
     $("signin").hidden = true;
     $("nav").hidden = false;
     $("view").hidden = false;
-    const parts = (location.hash || "#/jobs").replace(/^#\/?/, "").split("/");
-    const page = parts[0] || "jobs";
+    const where = parseHash(location.hash);
     for (const link of document.querySelectorAll("nav a")) {
-      link.classList.toggle("active", link.dataset.page === page);
+      link.classList.toggle("active", link.dataset.page === where.page);
     }
     const view = $("view");
     view.replaceChildren(el("p", { class: "muted" }, "Loading…"));
-    let render;
-    if (page === "jobs" && parts[1]) render = jobPage(view, decodeURIComponent(parts[1]), gen);
-    else if (page === "models" && parts[1]) render = modelPage(view, decodeURIComponent(parts[1]), gen);
-    else if (page === "models") render = modelsPage(view, gen);
-    else if (page === "deployments") render = deploymentsPage(view, gen);
-    else render = jobsPage(view, gen);
-    render.catch((error) => {
+    const show = pages[where.page] || pages.jobs;
+    show(view, gen, where).catch((error) => {
       if (current(gen) && error.status !== 401) {
         view.replaceChildren(el("p", { class: "error" }, `Error: ${error.message}`));
       }
@@ -64,16 +71,23 @@
       const rows = page.data.map((j) => [
         jobLink(j.id),
         badge(j.state || j.status),
-        j.model,
-        j.fine_tuned_model,
-        when(j.created_at),
-        when(j.finished_at),
+        breakable(j.model),
+        j.fine_tuned_model ? modelLink(j.fine_tuned_model) : "-",
+        ago(j.created_at),
+        ago(j.finished_at),
       ]);
+      // A phone shows the job, its status and its age; its page has the rest.
+      const columns = [
+        "Job",
+        "Status",
+        { label: "Model", cls: "opt" },
+        { label: "Fine-tuned model", cls: "opt" },
+        "Created",
+        { label: "Finished", cls: "opt" },
+      ];
       view.replaceChildren(
-        el("h1", {}, "Fine-tuning jobs"),
-        page.data.length
-          ? table(["Job", "Status", "Model", "Fine-tuned model", "Created", "Finished"], rows, { id: "jobs-table" })
-          : el("p", { class: "muted" }, "No jobs yet."),
+        el("div", { class: "toolbar" }, el("h1", {}, "Fine-tuning jobs"), el("span", { class: "grow" }), newJobLink()),
+        page.data.length ? table(columns, rows, { id: "jobs-table" }) : el("p", { class: "muted" }, "No jobs yet."),
         ...(page.has_more ? [el("p", { class: "muted" }, "Showing the newest 100 jobs.")] : []),
       );
     };
@@ -81,22 +95,38 @@
     every(5000, load, gen);
   }
 
+  // A link to the create-job form, starting from `model` when given.
+  function newJobLink(model) {
+    const href = model ? `#/new-job?${new URLSearchParams({ model })}` : "#/new-job";
+    return el("a", { href, class: "button", id: "new-job" }, "New job");
+  }
+
+  const playgroundLink = (model) => el("a", { href: `#/playground?${new URLSearchParams({ model })}` }, "Try");
+
   async function modelsPage(view, gen) {
     const page = await api("/v1/models");
     if (!current(gen)) return;
     const rows = page.data.map((mdl) => [
       modelLink(mdl.id),
-      mdl.owned_by,
-      mdl.task,
-      mdl.base_model,
+      el("span", { class: "nowrap" }, mdl.task),
+      mdl.base_model ? breakable(mdl.base_model) : "-",
       mdl.parent ? modelLink(mdl.parent) : "-",
       mdl.fine_tuning_job ? jobLink(mdl.fine_tuning_job) : "-",
-      when(mdl.created),
+      mdl.owned_by,
+      ago(mdl.created),
+      mdl.task === "sequence_classification" && !mdl.fine_tuning_job ? "-" : playgroundLink(mdl.id),
     ]);
-    view.replaceChildren(
-      el("h1", {}, "Models"),
-      table(["Model", "Owned by", "Task", "Base model", "Parent", "Job", "Created"], rows, { id: "models-table" }),
-    );
+    const columns = [
+      "Model",
+      { label: "Task", cls: "opt" },
+      { label: "Base model", cls: "opt" },
+      { label: "Parent", cls: "opt" },
+      { label: "Job", cls: "opt" },
+      { label: "Owned by", cls: "opt" },
+      { label: "Created", cls: "opt" },
+      "",
+    ];
+    view.replaceChildren(el("h1", {}, "Models"), table(columns, rows, { id: "models-table" }));
   }
 
   // The chain a model descends from (base model first, its parent last), then the model.
@@ -113,19 +143,37 @@
   async function modelPage(view, modelId, gen) {
     const mdl = await api(`/v1/models/${encodeURIComponent(modelId)}`);
     if (!current(gen)) return;
+    const fineTuned = Boolean(mdl.fine_tuning_job);
+    const deployed = el("span", { class: "muted", id: "deploy-result", role: "status" });
+    const deploy = async () => {
+      try {
+        const d = await send("/v1/deployments", { model: mdl.id });
+        deployed.replaceChildren("Deployment ", el("a", { href: "#/deployments" }, d.id), ` ${d.status}`);
+      } catch (error) {
+        deployed.replaceChildren(el("span", { class: "error" }, `Deploy failed: ${error.message}`));
+      }
+    };
     view.replaceChildren(
       el("p", {}, el("a", { href: "#/models" }, "← All models")),
-      el("h1", {}, mdl.id),
+      el("h1", { class: "name" }, breakable(mdl.id)),
+      el(
+        "div",
+        { class: "toolbar" },
+        mdl.task === "sequence_classification" && !fineTuned ? null : el("a", { href: `#/playground?${new URLSearchParams({ model: mdl.id })}`, class: "button" }, "Playground"),
+        newJobLink(mdl.id),
+        fineTuned ? el("button", { type: "button", class: "secondary", id: "deploy-model", onclick: deploy }, "Deploy") : null,
+        deployed,
+      ),
       fields([
         ["Owned by", mdl.owned_by],
         ["Task", mdl.task],
         ["What it is for", mdl.description || undefined],
-        ["Base model", mdl.base_model || undefined],
+        ["Base model", mdl.base_model ? breakable(mdl.base_model) : undefined],
         ["Adapter", mdl.adapter || undefined],
-        ["Parent", mdl.parent ? modelLink(mdl.parent) : mdl.fine_tuning_job ? "-" : undefined],
+        ["Parent", mdl.parent ? modelLink(mdl.parent) : fineTuned ? "-" : undefined],
         ["Lineage", lineageList(mdl)],
-        ["Job", mdl.fine_tuning_job ? jobLink(mdl.fine_tuning_job) : undefined],
-        ["Created", when(mdl.created)],
+        ["Job", fineTuned ? jobLink(mdl.fine_tuning_job) : undefined],
+        ["Created", ago(mdl.created)],
       ]),
     );
   }
@@ -143,17 +191,36 @@
         throw error;
       }
       if (!current(gen)) return;
-      const rows = page.data.map((d) => [d.id, d.model, badge(d.status), d.min_replicas, d.max_replicas, d.target_ongoing_requests, when(d.updated_at)]);
+      const rows = page.data.map((d) => [
+        shortId(d.id),
+        modelLink(d.model),
+        badge(d.status),
+        d.min_replicas,
+        d.max_replicas,
+        d.target_ongoing_requests,
+        ago(d.updated_at),
+      ]);
+      const columns = [
+        { label: "Deployment", cls: "opt" },
+        "Model",
+        "Status",
+        { label: "Min", cls: "opt" },
+        { label: "Max", cls: "opt" },
+        { label: "Target", cls: "opt" },
+        { label: "Updated", cls: "opt" },
+      ];
       view.replaceChildren(
         el("h1", {}, "Deployments"),
-        page.data.length
-          ? table(["Deployment", "Model", "Status", "Min", "Max", "Target", "Updated"], rows, { id: "deployments-table" })
-          : el("p", { class: "muted" }, "No deployments yet."),
+        page.data.length ? table(columns, rows, { id: "deployments-table" }) : el("p", { class: "muted" }, "No deployments yet."),
       );
     };
     await load();
     every(5000, load, gen);
   }
+
+  pages.jobs = (view, gen, where) => (where.arg ? jobPage(view, where.arg, gen) : jobsPage(view, gen));
+  pages.models = (view, gen, where) => (where.arg ? modelPage(view, where.arg, gen) : modelsPage(view, gen));
+  pages.deployments = (view, gen) => deploymentsPage(view, gen);
 
   // -- start --------------------------------------------------------------------------
 

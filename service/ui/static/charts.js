@@ -1,4 +1,4 @@
-// Tuneplane dashboard, 2 of 5: metric series from a job's points, and line charts of
+// Tuneplane dashboard: metric series from a job's points, and line charts of
 // them drawn as SVG (no chart library).
 "use strict";
 
@@ -39,6 +39,16 @@
   // by how much (the reward margin).
   const rewardAccuracySeries = (points) => pairSeries(points, "reward_accuracy");
   const rewardMarginSeries = (points) => pairSeries(points, "reward_margin");
+  // The learning rate each training step used (the schedule's warm-up and decay).
+  const learningRateSeries = (points) => metricSeries(points, (p) => (p.kind === "train" ? p.metrics.learning_rate : undefined));
+  const LEARNING_RATE_NAMES = { train: "learning rate" };
+  // The metrics the charts above draw; the others a job reports are drawn one at a time.
+  const CHARTED = new Set(["train_loss", "eval_loss", "learning_rate", "total_steps"]);
+  for (const name of ["accuracy", "reward_accuracy", "reward_margin"]) CHARTED.add(`train_${name}`).add(`eval_${name}`);
+  // The other metrics the points carry, by name.
+  const otherMetrics = (points) => [...new Set(points.flatMap((p) => Object.keys(p.metrics)))].filter((k) => !CHARTED.has(k)).sort();
+  // One named metric, by step.
+  const namedSeries = (points, name) => metricSeries(points, (p) => p.metrics[name]);
   const LOSS_NAMES = { train: "training loss", eval: "validation loss" };
   const ACCURACY_NAMES = { train: "training accuracy", eval: "validation accuracy" };
   const REWARD_ACCURACY_NAMES = { train: "training reward accuracy", eval: "validation reward accuracy" };
@@ -68,7 +78,8 @@
   }
 
   // A number against the step, drawn as SVG (no chart library). `opts`: id, what (the
-  // aria label), names (kind -> what a series shows), height, digits (of the y ticks),
+  // aria label), names (kind -> what a series shows), height, digits (of the y ticks) or
+  // format (value, precise) -> text for ticks (and, precise, for a point's title),
   // range ([min, max] of y, fixed; else fitted to the points) and steps (points whose
   // steps the x axis spans too, to line charts of one job up).
   function lineChart(seriesList, opts) {
@@ -109,7 +120,8 @@
     for (let i = 0; i <= 4; i += 1) {
       const y = y0 + ((y1 - y0) * i) / 4;
       root.append(svg("line", { x1: m.left, x2: W - m.right, y1: sy(y), y2: sy(y), class: "grid" }));
-      root.append(svg("text", { x: m.left - 6, y: sy(y) + 4, "text-anchor": "end", class: "tick" }, y.toFixed(opts.digits ?? 3)));
+      const label = opts.format ? opts.format(y) : y.toFixed(opts.digits ?? 3);
+      root.append(svg("text", { x: m.left - 6, y: sy(y) + 4, "text-anchor": "end", class: "tick" }, label));
     }
     // Steps are whole numbers: at most about 8 whole ticks, never a repeated label.
     const every = Math.max(1, Math.ceil((x1 - x0) / 8));
@@ -131,7 +143,8 @@
         const dot = svg("circle", { class: s.trial ? `${s.kind} trial` : s.kind, cx: sx(p.step), cy: sy(p.value), r: 3 });
         if (s.color) dot.setAttribute("fill", s.color);
         const label = s.trial ? `${s.trial} ` : "";
-        dot.append(svg("title", {}, `step ${p.step}: ${label}${opts.names[s.kind]} ${p.value.toFixed(4)}`));
+        const value = opts.format ? opts.format(p.value, true) : p.value.toFixed(4);
+        dot.append(svg("title", {}, `step ${p.step}: ${label}${opts.names[s.kind]} ${value}`));
         root.append(dot);
       }
     }
@@ -154,10 +167,14 @@
     accuracySeries,
     rewardAccuracySeries,
     rewardMarginSeries,
+    learningRateSeries,
+    otherMetrics,
+    namedSeries,
     LOSS_NAMES,
     ACCURACY_NAMES,
     REWARD_ACCURACY_NAMES,
     REWARD_MARGIN_NAMES,
+    LEARNING_RATE_NAMES,
     legend,
     lineChart,
     chartSection,

@@ -1,23 +1,27 @@
-// Tuneplane dashboard, 4 of 5: a fine-tuning job's page (details, charts, trials,
+// Tuneplane dashboard: a fine-tuning job's page (details, charts, checkpoints, trials,
 // events, and its pause/resume/cancel buttons), live until the job ends.
 "use strict";
 
 (() => {
-  const { el, when, badge, table, modelLink, fields, json } = window.Tuneplane.dom;
+  const { el, when, ago, badge, table, shortId, copyButton, breakable, kvList, modelLink, fields } = window.Tuneplane.dom;
   const {
     lossSeries,
     accuracySeries,
     rewardAccuracySeries,
     rewardMarginSeries,
+    learningRateSeries,
+    otherMetrics,
+    namedSeries,
     LOSS_NAMES,
     ACCURACY_NAMES,
     REWARD_ACCURACY_NAMES,
     REWARD_MARGIN_NAMES,
+    LEARNING_RATE_NAMES,
     legend,
     lineChart,
     chartSection,
   } = window.Tuneplane.charts;
-  const { api, newMetrics, every, current } = window.Tuneplane.session;
+  const { api, send, newMetrics, every, current } = window.Tuneplane.session;
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
   // Fine-tuned models and their checkpoints: a job given one continues its weights.
@@ -38,7 +42,7 @@
     const m = Math.floor((left % 3600) / 60);
     const s = left % 60;
     const inText = h ? `${h}h ${String(m).padStart(2, "0")}m` : m ? `${m}m ${String(s).padStart(2, "0")}s` : `${s}s`;
-    return el("span", { id: "job-eta" }, `${when(ts)} (in ${inText})`);
+    return el("span", { id: "job-eta", title: when(ts) }, `in ${inText}`);
   }
 
   // A job's method as a person reads it: its type, and DPO's beta.
@@ -101,6 +105,9 @@
     const accuracyBox = el("div", { id: "accuracy" });
     const rewardAccuracyBox = el("div", { id: "reward-accuracy" });
     const rewardMarginBox = el("div", { id: "reward-margin" });
+    const learningRateBox = el("div", { id: "learning-rate" });
+    const moreBox = el("div", { id: "more-metrics" });
+    const checkpointsBox = el("div", { id: "checkpoints" });
     const header = el("div");
     const details = el("div");
     const trialsBox = el("div");
@@ -115,6 +122,9 @@
       accuracyBox,
       rewardAccuracyBox,
       rewardMarginBox,
+      learningRateBox,
+      moreBox,
+      checkpointsBox,
       trialsBox,
       el("h2", {}, "Events"),
       eventsBox,
@@ -138,6 +148,7 @@
       await lookUpParent(job);
       const fresh = await newMetrics(jobId, lastId);
       const events = await api(`${path}/events?limit=100`);
+      const checkpoints = await api(`${path}/checkpoints?limit=100`);
       if (!current(gen)) return false;
       if (fresh.length) {
         points.push(...fresh);
@@ -149,6 +160,7 @@
           "div",
           { class: "toolbar" },
           el("h1", {}, job.id),
+          copyButton(job.id),
           badge(job.state || job.status),
           el("span", { class: "grow" }),
           // `state` names a pause or cancel under way, which `status` shows as running.
@@ -170,18 +182,18 @@
           ["Estimated finish", estimatedFinish(job.estimated_finish)],
           ["Method", el("span", { id: "job-method" }, methodText(job.method))],
           ["Continues", isFineTuned(job.model) ? continuesText(job.model, parent) : undefined],
-          ["Base model", isFineTuned(job.model) ? (parent ? parent.base_model : undefined) : job.model],
-          ["Fine-tuned model", job.fine_tuned_model],
-          ["Training file", job.training_file],
-          ["Validation file", job.validation_file],
-          ["Hyperparameters", json(hp)],
-          ["Adapter", json(job.adapter)],
-          ["Resources", json(shownResources(job.resources))],
+          ["Base model", isFineTuned(job.model) ? (parent ? breakable(parent.base_model) : undefined) : breakable(job.model)],
+          ["Fine-tuned model", job.fine_tuned_model ? modelLink(job.fine_tuned_model) : "-"],
+          ["Training file", shortId(job.training_file)],
+          ["Validation file", shortId(job.validation_file)],
+          ["Hyperparameters", kvList(hp, { id: "job-hyperparameters" })],
+          ["Adapter", kvList(job.adapter, { id: "job-adapter" })],
+          ["Resources", kvList(shownResources(job.resources), { id: "job-resources" })],
           ["Trained tokens", job.trained_tokens],
           ...validationFields(validationSummary(job, events.data, points)),
-          ["Created", when(job.created_at)],
-          ["Finished", when(job.finished_at)],
-          ["Best trial", job.search_result ? json(job.search_result) : undefined],
+          ["Created", ago(job.created_at)],
+          ["Finished", ago(job.finished_at)],
+          ["Best trial", job.search_result ? kvList(job.search_result, { id: "job-best-trial" }) : undefined],
           ["Metadata", metadataList(job.metadata)],
           ["Error", job.error ? job.error.message : undefined],
         ]),
@@ -226,10 +238,28 @@
           steps,
         }),
       );
+      learningRateBox.replaceChildren(
+        ...chartSection("Learning rate", learningRateSeries(points), {
+          id: "learning-rate-chart",
+          what: "learning rate",
+          names: LEARNING_RATE_NAMES,
+          height: 140,
+          format: (v, precise) => v.toExponential(precise ? 3 : 1),
+          steps,
+        }),
+      );
+      drawMore(steps);
+      checkpointsBox.replaceChildren(...checkpointSection(checkpoints.data));
       if (job.search) {
         const trials = await api(`${path}/trials`);
         if (!current(gen)) return false;
-        const rows = trials.data.map((t) => [t.trial_id, badge(t.status), json(t.params), t.best_metric === null ? "-" : Number(t.best_metric).toFixed(4), t.iterations]);
+        const rows = trials.data.map((t) => [
+          el("span", { class: "nowrap" }, t.trial_id),
+          badge(t.status),
+          kvList(t.params),
+          t.best_metric === null ? "-" : Number(t.best_metric).toFixed(4),
+          t.iterations,
+        ]);
         trialsBox.replaceChildren(
           el("h2", {}, "Trials"),
           table(["Trial", "Status", "Params", `Best ${job.search.metric || "metric"}`, "Iterations"], rows, { id: "trials-table" }),
@@ -238,13 +268,37 @@
       eventsBox.replaceChildren(
         table(
           ["Time", "Level", "Message"],
-          events.data.map((e) => [when(e.created_at), el("td", { class: `level-${String(e.level).replace(/[^a-z]/g, "")}` }, e.level), e.message]),
+          events.data.map((e) => [ago(e.created_at), el("td", { class: `level-${String(e.level).replace(/[^a-z]/g, "")}` }, e.level), e.message]),
           { id: "events-table" },
         ),
         ...(events.has_more ? [el("p", { class: "muted" }, "The newest 100 events; `tuneplane jobs events` lists them all.")] : []),
       );
       return done;
     };
+
+    // Every other metric the job reports (tokens per second, DPO's chosen and rejected
+    // rewards, ...), one at a time. The picker is built once, so a refresh neither closes
+    // it nor forgets the pick.
+    const picker = el("select", { id: "more-metric", "aria-label": "Metric" });
+    const moreChart = el("div", { class: "chart" });
+    let shownNames = "";
+    let lastSteps = [];
+    const drawMore = (steps) => {
+      lastSteps = steps;
+      const names = otherMetrics(points);
+      if (!names.length) return;
+      if (names.join() !== shownNames) {
+        const picked = picker.value || (names.includes("tokens_per_second") ? "tokens_per_second" : names[0]);
+        picker.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+        picker.value = names.includes(picked) ? picked : names[0];
+        shownNames = names.join();
+      }
+      if (!moreBox.firstChild) moreBox.replaceChildren(el("div", { class: "toolbar" }, el("h2", {}, "More metrics"), picker), moreChart);
+      const name = picker.value;
+      const labels = { train: name, eval: name };
+      moreChart.replaceChildren(lineChart(namedSeries(points, name), { id: "more-chart", what: name, names: labels, height: 160, digits: 2, steps }));
+    };
+    picker.addEventListener("change", () => drawMore(lastSteps));
 
     const act = async (id, action) => {
       try {
@@ -260,6 +314,48 @@
       // Live until the job ends: a last refresh then shows the outcome.
       every(2000, async () => !(await refresh()), gen);
     }
+  }
+
+  // A checkpoint's metrics as short key/value pairs (numbers to 4 places).
+  function checkpointMetrics(metrics) {
+    const shown = {};
+    for (const [k, v] of Object.entries(metrics || {})) {
+      if (k !== "step" && typeof v === "number") shown[k] = Number.isInteger(v) ? v : v.toFixed(4);
+    }
+    return kvList(shown);
+  }
+
+  // The job's kept checkpoints, newest first: each is a model to try, continue or deploy.
+  function checkpointSection(checkpoints) {
+    if (!checkpoints.length) return [];
+    const rows = checkpoints.map((c) => {
+      const model = c.fine_tuned_model_checkpoint;
+      const status = el("span", { class: "muted", role: "status" });
+      const deploy = async () => {
+        try {
+          const d = await send("/v1/deployments", { model });
+          status.replaceChildren(" ", el("a", { href: "#/deployments" }, d.status));
+        } catch (error) {
+          status.replaceChildren(el("span", { class: "error" }, ` ${error.message}`));
+        }
+      };
+      return [
+        c.step_number,
+        modelLink(model),
+        checkpointMetrics(c.metrics),
+        ago(c.created_at),
+        el(
+          "span",
+          { class: "actions" },
+          el("a", { href: `#/playground?${new URLSearchParams({ model })}` }, "Try"),
+          el("a", { href: `#/new-job?${new URLSearchParams({ model })}` }, "Continue"),
+          el("button", { type: "button", class: "link deploy", onclick: deploy }, "Deploy"),
+          status,
+        ),
+      ];
+    });
+    const columns = ["Step", "Checkpoint", { label: "Metrics", cls: "opt" }, { label: "Created", cls: "opt" }, ""];
+    return [el("h2", {}, "Checkpoints"), table(columns, rows, { id: "checkpoints-table" })];
   }
 
   // "Continues" on a job's page: the model it started from, and whether it is still there.

@@ -9,19 +9,22 @@
   let timer = null; // the current page's refresh timer
   let generation = 0; // bumps on every navigation; stale async work checks it
 
+  // An API error as the OpenAI error shape gives it: the field it names is `param`.
   class ApiError extends Error {
-    constructor(status, message) {
+    constructor(status, message, param, code) {
       super(message);
       this.status = status;
+      this.param = param || null;
+      this.code = code || null;
     }
   }
 
+  function authorized(headers) {
+    return { ...(headers || {}), Authorization: `Bearer ${sessionStorage.getItem(KEY)}` };
+  }
+
   async function api(path, options = {}) {
-    const key = sessionStorage.getItem(KEY);
-    const response = await fetch(path, {
-      ...options,
-      headers: { ...(options.headers || {}), Authorization: `Bearer ${key}` },
-    });
+    const response = await fetch(path, { ...options, headers: authorized(options.headers) });
     let body = null;
     try {
       body = await response.json();
@@ -33,10 +36,15 @@
       throw new ApiError(401, "unauthorized");
     }
     if (!response.ok) {
-      const message = (body && body.error && body.error.message) || response.statusText;
-      throw new ApiError(response.status, message);
+      const error = (body && body.error) || {};
+      throw new ApiError(response.status, error.message || response.statusText, error.param, error.code);
     }
     return body;
+  }
+
+  // A JSON body sent with `method` (POST unless given).
+  function send(path, body, method) {
+    return api(path, { method: method || "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   }
 
   // The job's metric points after `lastId` (oldest first), every page of them.
@@ -94,5 +102,5 @@
   // Whether the page of generation `gen` is still the one shown.
   const current = (gen) => gen === generation;
 
-  window.Tuneplane.session = { KEY, api, newMetrics, signOut, every, newPage, current };
+  window.Tuneplane.session = { KEY, ApiError, authorized, api, send, newMetrics, signOut, every, newPage, current };
 })();
