@@ -19,6 +19,9 @@ ASSETS = {
     "charts.js": JS,
     "session.js": JS,
     "job.js": JS,
+    "files.js": JS,
+    "create.js": JS,
+    "playground.js": JS,
     "app.js": JS,
     "style.css": "text/css; charset=utf-8",
 }
