@@ -488,3 +488,13 @@ def test_a_dpo_job_on_a_fine_tuned_model_shows_its_method_parent_and_reward_char
     assert lineage.all_inner_texts() == ["tiny-gpt2", parent, child]
     parent_field = page.locator("dt:text-is('Parent') + dd")
     assert parent_field.inner_text() == parent
+
+    # Deploy from the model's page: the deployment is listed with its model.
+    page.click("#deploy-model")
+    page.locator("#deploy-result a").wait_for()
+    assert "Deploy failed" not in page.locator("#deploy-result").inner_text()
+    page.click("#deploy-result a")
+    deployments = page.locator("#deployments-table")
+    deployments.wait_for()
+    assert deployments.locator(f"a[data-model='{child}']").count() == 1
+    check_layout(page, "deployments-one", ready="#deployments-table")
