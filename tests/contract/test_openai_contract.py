@@ -39,7 +39,7 @@ from tests.factories import (
     upload_ok,
 )
 from tests.fixtures.live_stack import LiveJob
-from tests.fixtures.ray_cluster import RayCluster
+from tests.fixtures.ray_cluster import RayCluster, shut_down_serve
 from workers.serving.engine import Delta
 from workers.serving.openai_api import Completion, Kind, sse_events
 
@@ -452,8 +452,6 @@ def _check_stream(chunks: list[Any], check: SchemaCheck, usage: bool) -> None:
 def test_chat_completions_and_completions_served(
     live_job: LiveJob, ray_cluster: RayCluster
 ) -> None:
-    from service.ray_backend import RayJobsBackend
-
     model = _finished(live_job)["fine_tuned_model"]
     stack = live_job.stack
     # The first request waits for Serve to start the model's replica.
@@ -486,14 +484,7 @@ def test_chat_completions_and_completions_served(
         assert refused(http.post("/v1/completions", json=long), 400)["param"] == "prompt"
     finally:
         http.close()
-        # Free the session cluster's CPU the replica holds (it would idle for minutes):
-        # the live stack's serving loop puts its applications back, at zero replicas.
-        backend = RayJobsBackend(ray_cluster.dashboard_url)
-        httpx.delete(
-            f"{ray_cluster.dashboard_url}/api/serve/applications/",
-            headers=backend._headers(),
-            timeout=60,
-        )
+        shut_down_serve(ray_cluster)
 
 
 def test_a_dpo_job_continuing_a_model_and_its_lineage(client: TestClient) -> None:

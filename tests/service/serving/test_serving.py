@@ -22,7 +22,7 @@ from service.jobs.retention import RETENTION_MARKER
 from service.ray_backend import RayJobsBackend
 from service.stack import free_port
 from tests.factories import ADMIN, TenantHandle
-from tests.fixtures.ray_cluster import RayCluster
+from tests.fixtures.ray_cluster import RayCluster, shut_down_serve
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.stack import ControlPlaneProcess, settings_on, wait_for
 from tests.workers.factories import ANIMALS, COLORS, FRUITS, classification_rows
@@ -153,11 +153,7 @@ def served(
         http.close()
         plane.stop()
         # Free the shared cluster: Serve and its replicas go with this module.
-        httpx.delete(
-            f"{ray_cluster.dashboard_url}/api/serve/applications/",
-            headers=backend._headers(),
-            timeout=60,
-        )
+        shut_down_serve(ray_cluster)
 
 
 def _chat(client: openai.OpenAI, model: str, **kw: Any) -> Any:

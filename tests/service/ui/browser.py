@@ -5,8 +5,10 @@ pass at a desktop's and at a phone's width. Screenshots land in test-artifacts/
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 
+import httpx
 from playwright.sync_api import Page
 
 from tests.fixtures.live_stack import LiveStack
@@ -86,3 +88,17 @@ def check_layout(page: Page, name: str, ready: str = "#view h1") -> None:
             assert stray == [], f"{name} at {width}px: text nodes {stray}"
     finally:
         page.set_viewport_size({"width": WIDTHS["desktop"], "height": 1000})
+
+
+def new_tenant(stack: LiveStack, prefix: str) -> tuple[str, str]:
+    """A tenant of the test's own on a shared stack, whose files, jobs and models lists
+    start empty: its name and API key."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    r = httpx.post(
+        f"{stack.url}/v1/admin/tenants",
+        json={"name": name},
+        headers={"Authorization": f"Bearer {stack.admin_key}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return name, str(r.json()["api_key"])

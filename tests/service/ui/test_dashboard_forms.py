@@ -7,27 +7,14 @@ from __future__ import annotations
 import json
 import re
 
-import httpx
 import pytest
 from playwright.sync_api import FilePayload, Locator, Page, expect
 
 from tests.factories import jsonl, prompt_completion_records
 from tests.fixtures.live_stack import LiveStack
-from tests.service.ui.browser import check_layout, sign_in
+from tests.service.ui.browser import check_layout, new_tenant, sign_in
 
 JOB_URL = re.compile(r"#/jobs/(ftjob-[0-9a-f]+)$")
-
-
-def new_tenant_key(stack: LiveStack, name: str) -> str:
-    """A tenant of the test's own, whose file list starts empty."""
-    r = httpx.post(
-        f"{stack.url}/v1/admin/tenants",
-        json={"name": name},
-        headers={"Authorization": f"Bearer {stack.admin_key}"},
-        timeout=30,
-    )
-    assert r.status_code == 200, r.text
-    return str(r.json()["api_key"])
 
 
 def open_files(page: Page, stack: LiveStack) -> None:
@@ -71,7 +58,7 @@ def test_upload_files_and_create_a_job_with_the_apis_errors_by_their_fields(
     page: Page, api_only_stack: LiveStack
 ) -> None:
     stack = api_only_stack
-    key = new_tenant_key(stack, "forms-team")
+    _, key = new_tenant(stack, "forms")
     sign_in(page, stack, key)
     page.goto(f"{stack.url}/ui/#/files")
     expect(page.locator("#files-list")).to_have_text("No files yet.")
