@@ -8,7 +8,7 @@ import re
 
 import httpx
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Page, expect
 from sqlalchemy import create_engine
 from sqlmodel import Session
 
@@ -381,6 +381,22 @@ def test_a_running_job_shows_its_metadata_as_text_and_its_estimated_finish(
     assert page.evaluate("window.__xss") is None
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-running.png"), full_page=True)
+
+    # Pause and resume as its state allows: a running job offers Pause; once the run has
+    # paused (written as the event consumer writes it) it offers Resume, which queues it.
+    badge = page.locator(".toolbar .badge")
+    assert page.locator("#resume-job").count() == 0
+    page.click("#pause-job")
+    expect(badge).to_have_text("pausing")
+    assert page.locator("#pause-job").count() == 0 and page.locator("#cancel-job").count() == 1
+    with Session(engine) as s:
+        assert transition(s, job_id, JobStatus.PAUSED)
+        s.commit()
+    engine.dispose()
+    expect(badge).to_have_text("paused")
+    page.click("#resume-job")
+    expect(badge).to_have_text("queued")
+    assert page.locator("#resume-job").count() == 0
 
 
 PREFERENCE_PAIRS = [
