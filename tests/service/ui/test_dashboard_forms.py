@@ -1,6 +1,7 @@
 """The dashboard's forms in a real headless Chromium against real control planes: uploading
 files (chosen or dropped) and deleting them, and creating a job, with the API's errors
-shown next to the field they name; then one job made from the form trained on Ray."""
+shown next to the field they name; then a classifier made from the form, trained on Ray
+and tried in the playground."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import re
 import pytest
 from playwright.sync_api import FilePayload, Locator, Page, expect
 
-from tests.factories import jsonl, prompt_completion_records
+from tests.factories import classification_records, jsonl, prompt_completion_records
 from tests.fixtures.live_stack import LiveStack
+from tests.fixtures.ray_cluster import RayCluster, shut_down_serve
 from tests.service.ui.browser import check_layout, new_tenant, sign_in
 
 JOB_URL = re.compile(r"#/jobs/(ftjob-[0-9a-f]+)$")
@@ -202,18 +204,22 @@ def test_upload_files_and_create_a_job_with_the_apis_errors_by_their_fields(
 
 
 @pytest.mark.ray
-def test_a_job_made_in_the_form_trains_to_the_end(page: Page, work_stack: LiveStack) -> None:
+def test_a_classifier_made_in_the_form_trains_and_answers_in_the_playground(
+    page: Page, work_stack: LiveStack, ray_cluster: RayCluster
+) -> None:
+    """A new user's whole path: upload labelled data, create a job from the form, watch it
+    finish, then try the fine-tuned classifier in the playground."""
     stack = work_stack
     sign_in(page, stack, stack.api_key)
     open_files(page, stack)
-    records = jsonl(prompt_completion_records(16))
-    upload_through_input(page, "form-train.jsonl", records)
-    expect(page.locator("#upload-status")).to_contain_text("Uploaded form-train.jsonl")
-    row = file_row(page, "form-train.jsonl")
+    records = classification_records(8)
+    upload_through_input(page, "labels.jsonl", jsonl(records))
+    expect(page.locator("#upload-status")).to_contain_text("Uploaded labels.jsonl")
+    row = file_row(page, "labels.jsonl")
     row.wait_for()
     row.locator("a.new-job").click()
     page.locator("#job-form").wait_for()
-    page.select_option("#job-model", "tiny-gpt2")
+    page.select_option("#job-model", "tiny-bert")
     page.fill("#job-n-epochs", "1")
     page.fill("#job-batch-size", "4")
     page.fill("#job-suffix", "form")
@@ -224,8 +230,46 @@ def test_a_job_made_in_the_form_trains_to_the_end(page: Page, work_stack: LiveSt
     with stack.client() as c:
         job = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
     assert job["status"] == "succeeded", f"{json.dumps(job)[:2000]} (log: {stack.log})"
-    expect(page.locator(".toolbar .badge")).to_have_text("succeeded")
     assert job["hyperparameters"]["n_epochs"] == 1 and job["hyperparameters"]["batch_size"] == 4
-    fine_tuned = f"ft:tiny-gpt2:{stack.tenant_name}:form:{job_id}"
+    model = f"ft:tiny-bert:{stack.tenant_name}:form:{job_id}"
+    assert job["fine_tuned_model"] == model
     details = page.locator("dl.fields")
-    expect(details.locator("dt:text-is('Fine-tuned model') + dd")).to_have_text(fine_tuned)
+    expect(details.locator("dt:text-is('Fine-tuned model') + dd")).to_have_text(model)
+
+    # From the job to its model's page, and from there to the playground.
+    details.locator("dt:text-is('Fine-tuned model') + dd a").click()
+    page.locator("#deploy-model").wait_for()
+    page.locator("#view a.button:text-is('Playground')").click()
+    page.locator("#pg-answer-a").wait_for()
+    assert page.locator("#pg-model").input_value() == model
+    # Its base encoder has no head to classify with: not offered, nothing to compare.
+    assert page.locator("#pg-compare").input_value() == ""
+    assert page.locator("#pg-model option[value='tiny-bert']").count() == 0
+    assert page.locator("label[for=pg-message]").inner_text() == "Text to classify"
+    assert page.locator("#pg-system").is_hidden()
+    text = "review 9: great"
+    page.fill("#pg-message", text)
+    try:
+        page.click("#pg-send")
+        done = "#pg-answer-a:is([data-state=done], [data-state=error])"
+        page.locator(done).wait_for(timeout=240_000)  # Serve starts the model's replica
+        column = page.locator("#pg-answer-a")
+        assert column.get_attribute("data-state") == "done", column.inner_text()
+        with stack.client() as c:
+            r = c.post("/v1/classifications", json={"model": model, "input": text})
+            assert r.status_code == 200, r.text
+            expected = r.json()["data"][0]
+    finally:
+        shut_down_serve(ray_cluster)  # the replica would hold a CPU for minutes
+    rows = page.locator("#pg-scores-a tbody tr")
+    labels = rows.locator("td:first-child").all_text_contents()
+    cells = rows.locator("td[data-score]").evaluate_all("(c) => c.map((n) => n.dataset.score)")
+    scores = [float(v) for v in cells]
+    assert sorted(labels) == sorted({r["label"] for r in records})
+    assert scores == sorted(scores, reverse=True)
+    assert sum(scores) == pytest.approx(1.0, abs=1e-4)
+    assert dict(zip(labels, scores, strict=True)) == pytest.approx(expected["scores"], abs=1e-5)
+    # The top label, highlighted, is the model's answer.
+    assert "top" in (rows.first.get_attribute("class") or "")
+    assert rows.first.locator("td:first-child strong").inner_text() == expected["label"]
+    check_layout(page, "playground-classifier", ready="#pg-scores-a")

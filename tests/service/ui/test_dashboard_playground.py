@@ -1,12 +1,12 @@
 """The dashboard's playground in a real headless Chromium against real control planes: on
-the session's Ray cluster, a fine-tune and its base answering side by side, streamed, and
-a fine-tuned classifier's label scores; on the API-only stack (no Serve), the choices the
-page offers and refuses, and the API's errors in the columns."""
+the session's Ray cluster, a fine-tune and its base answering side by side, streamed (a
+real classifier's label scores: test_dashboard_forms, whose form makes one); on the
+API-only stack (no Serve), the choices the page offers and refuses, and the API's errors
+in the columns."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -18,9 +18,8 @@ from sqlmodel import Session
 from service.common import now
 from service.models import FineTunedModel, Job
 from tests.factories import classification_records, jsonl
-from tests.fixtures.live_stack import TERMINAL, LiveJob, LiveStack
+from tests.fixtures.live_stack import LiveJob, LiveStack
 from tests.fixtures.ray_cluster import RayCluster, shut_down_serve
-from tests.fixtures.stack import wait_for
 from tests.service.ui.browser import check_layout, new_tenant, sign_in
 
 # The live job's training prompts look like this one.
@@ -97,72 +96,6 @@ def test_a_fine_tune_and_its_base_stream_their_answers_side_by_side(
     assert page.locator("#pg-send").is_enabled()
     assert page.locator("#pg-stop").is_hidden()
     check_layout(page, "playground", ready="#pg-answer-a")
-
-
-def finished_job(stack: LiveStack, job_id: str) -> dict[str, Any] | None:
-    with api(stack) as c:
-        job: dict[str, Any] = c.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-    return job if job["status"] in TERMINAL else None
-
-
-@pytest.mark.ray
-@pytest.mark.usefixtures("free_serve")
-def test_a_fine_tuned_classifier_shows_its_label_scores(page: Page, work_stack: LiveStack) -> None:
-    stack = work_stack
-    records = classification_records(8)
-    with api(stack) as c:
-        files = {"file": ("labels.jsonl", jsonl(records), "application/jsonl")}
-        r = c.post("/v1/files", files=files, data={"purpose": "fine-tune"})
-        assert r.status_code == 200, r.text
-        r = c.post(
-            "/v1/fine_tuning/jobs",
-            json={"model": "tiny-bert", "training_file": r.json()["id"],
-                  "hyperparameters": {"n_epochs": 1},
-                  "resources": {"num_workers": 1, "use_gpu": False}},
-        )  # fmt: skip
-        assert r.status_code == 200, r.text
-        job_id = r.json()["id"]
-    job = wait_for(lambda: finished_job(stack, job_id), 300, f"job {job_id} to end", 1.0)
-    assert job["status"] == "succeeded", job
-    model = job["fine_tuned_model"]
-
-    sign_in(page, stack)
-    page.goto(f"{stack.url}/ui/#/playground")
-    page.locator("#pg-answer-a").wait_for()
-    page.select_option("#pg-model", model)
-    page.select_option("#pg-compare", label="none")
-    assert page.url.endswith("#/playground?" + urlencode({"model": model, "compare": ""}))
-    # The base encoder has no head to classify with until fine-tuned: not offered.
-    assert page.locator("#pg-model option[value='tiny-bert']").count() == 0
-    assert page.locator("label[for=pg-message]").inner_text() == "Text to classify"
-    assert page.locator("#pg-system").is_hidden()
-    assert page.locator("#pg-temperature").is_hidden()
-    text = "review 9: great"
-    page.fill("#pg-message", text)
-    page.click("#pg-send")
-    answered(page, "a")
-    assert page.locator("#pg-answer-b").count() == 0
-
-    rows = page.locator("#pg-scores-a tbody tr")
-    labels = rows.locator("td:first-child").all_text_contents()
-    scores = [
-        float(s)
-        for s in rows.locator("td[data-score]").evaluate_all(
-            "(cells) => cells.map((c) => c.dataset.score)"
-        )
-    ]
-    assert sorted(labels) == sorted({r["label"] for r in records})
-    assert scores == sorted(scores, reverse=True)
-    assert sum(scores) == pytest.approx(1.0, abs=1e-4)
-    with api(stack) as c:
-        r = c.post("/v1/classifications", json={"model": model, "input": text})
-        assert r.status_code == 200, r.text
-        expected = r.json()["data"][0]
-    assert dict(zip(labels, scores, strict=True)) == pytest.approx(expected["scores"], abs=1e-5)
-    # The top label, highlighted, is the model's answer.
-    assert "top" in (rows.first.get_attribute("class") or "")
-    assert rows.first.locator("td:first-child strong").inner_text() == expected["label"]
-    check_layout(page, "playground-classifier", ready="#pg-scores-a")
 
 
 def test_the_playground_refuses_mixed_kinds_and_shows_the_apis_errors(
