@@ -269,12 +269,20 @@ def test_a_run_whose_validation_loss_never_improves_says_so(
     assert warnings[0].data["final_eval_loss"] >= warnings[0].data["first_eval_loss"]
 
 
-def test_every_epoch_is_shuffled_from_the_seed(ray_cluster: RayCluster, tmp_path: Path) -> None:
+def test_every_epoch_is_shuffled_from_the_seed(
+    ray_cluster: RayCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import ray.data
 
     from workers.checkpoints import TrainerState
     from workers.data import StepPlan
     from workers.train import FineTuneRecipe
+
+    # As a job's driver sets it (workers.data.read_tokenized) and its trainers' ingest
+    # inherits it: blocks reach the shuffle buffer in order. Without it the order depends
+    # on which block arrives first, and this test on which tests ran before it.
+    options = ray.data.DataContext.get_current().execution_options
+    monkeypatch.setattr(options, "preserve_order", True)
 
     def orders(seed: int) -> list[list[int]]:
         recipe = FineTuneRecipe.__new__(FineTuneRecipe)
