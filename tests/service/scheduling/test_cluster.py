@@ -118,9 +118,10 @@ def three_node_cluster(ray_cluster: RayCluster, tmp_path: Path) -> Iterator[RayH
             workers.append(start_ray_worker(head, tmp_path, f"node{i}", num_cpus=1, env=env))
         yield head
     finally:
+        # Throwaway nodes: Ray's processes outlive a SIGTERM by the whole default grace.
         for w in workers:
-            w.stop()
-        head.process.stop()
+            w.stop(grace_s=2.0)
+        head.process.stop(grace_s=2.0)
 
 
 def test_two_worker_job_spreads_over_two_nodes(
