@@ -5,8 +5,8 @@
 
 (() => {
   const { el, ago, badge, table, shortId, breakable, jobLink, modelLink, fields, $ } = window.Tuneplane.dom;
-  const { KEY, api, send, signOut, newPage, every, current } = window.Tuneplane.session;
-  const { jobPage } = window.Tuneplane.job;
+  const { KEY, api, signOut, newPage, every, current } = window.Tuneplane.session;
+  const { jobPage, deployControl } = window.Tuneplane.job;
   const pages = window.Tuneplane.pages;
 
   // -- sign-in and routing ------------------------------------------------------------
@@ -144,15 +144,6 @@
     const mdl = await api(`/v1/models/${encodeURIComponent(modelId)}`);
     if (!current(gen)) return;
     const fineTuned = Boolean(mdl.fine_tuning_job);
-    const deployed = el("span", { class: "muted", id: "deploy-result", role: "status" });
-    const deploy = async () => {
-      try {
-        const d = await send("/v1/deployments", { model: mdl.id });
-        deployed.replaceChildren("Deployment ", el("a", { href: "#/deployments" }, d.id), ` ${d.status}`);
-      } catch (error) {
-        deployed.replaceChildren(el("span", { class: "error" }, `Deploy failed: ${error.message}`));
-      }
-    };
     view.replaceChildren(
       el("p", {}, el("a", { href: "#/models" }, "← All models")),
       el("h1", { class: "name" }, breakable(mdl.id)),
@@ -161,8 +152,7 @@
         { class: "toolbar" },
         mdl.task === "sequence_classification" && !fineTuned ? null : el("a", { href: `#/playground?${new URLSearchParams({ model: mdl.id })}`, class: "button" }, "Playground"),
         newJobLink(mdl.id),
-        fineTuned ? el("button", { type: "button", class: "secondary", id: "deploy-model", onclick: deploy }, "Deploy") : null,
-        deployed,
+        ...(fineTuned ? deployControl(mdl.id, { class: "secondary", id: "deploy-model" }, { id: "deploy-result" }) : []),
       ),
       fields([
         ["Owned by", mdl.owned_by],

@@ -168,13 +168,9 @@ window.Tuneplane = { pages: {} };
     );
   }
 
-  function json(value) {
-    return value === null || value === undefined ? "-" : JSON.stringify(value);
-  }
-
   const $ = (id) => document.getElementById(id);
 
   window.Tuneplane.dom = {
-    el, svg, when, ago, badge, table, shortId, copyButton, breakable, kvList, jobLink, modelLink, fields, json, showFieldError, $,
+    el, svg, when, ago, badge, table, shortId, copyButton, breakable, kvList, jobLink, modelLink, fields, showFieldError, $,
   };
 })();

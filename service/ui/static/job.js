@@ -330,15 +330,6 @@
     if (!checkpoints.length) return [];
     const rows = checkpoints.map((c) => {
       const model = c.fine_tuned_model_checkpoint;
-      const status = el("span", { class: "muted", role: "status" });
-      const deploy = async () => {
-        try {
-          const d = await send("/v1/deployments", { model });
-          status.replaceChildren(" ", el("a", { href: "#/deployments" }, d.status));
-        } catch (error) {
-          status.replaceChildren(el("span", { class: "error" }, ` ${error.message}`));
-        }
-      };
       return [
         c.step_number,
         modelLink(model),
@@ -349,8 +340,7 @@
           { class: "actions" },
           el("a", { href: `#/playground?${new URLSearchParams({ model })}` }, "Try"),
           el("a", { href: `#/new-job?${new URLSearchParams({ model })}` }, "Continue"),
-          el("button", { type: "button", class: "link deploy", onclick: deploy }, "Deploy"),
-          status,
+          ...deployControl(model, { class: "link deploy" }),
         ),
       ];
     });
@@ -358,10 +348,25 @@
     return [el("h2", {}, "Checkpoints"), table(columns, rows, { id: "checkpoints-table" })];
   }
 
+  // A Deploy button for `model` (a fine-tuned model or a checkpoint) and where its outcome
+  // shows: the new deployment, linking to the deployments, or the API's refusal.
+  function deployControl(model, buttonAttrs, statusAttrs) {
+    const status = el("span", { class: "muted", role: "status", ...(statusAttrs || {}) });
+    const deploy = async () => {
+      try {
+        const d = await send("/v1/deployments", { model });
+        status.replaceChildren("Deployment ", el("a", { href: "#/deployments" }, d.id), ` ${d.status}`);
+      } catch (error) {
+        status.replaceChildren(el("span", { class: "error" }, `Deploy failed: ${error.message}`));
+      }
+    };
+    return [el("button", { type: "button", ...buttonAttrs, onclick: deploy }, "Deploy"), status];
+  }
+
   // "Continues" on a job's page: the model it started from, and whether it is still there.
   function continuesText(model, parent) {
     return el("span", { id: "job-continues" }, modelLink(model), parent === null ? " (no longer available)" : null);
   }
 
-  window.Tuneplane.job = { jobPage };
+  window.Tuneplane.job = { jobPage, deployControl };
 })();
