@@ -11,7 +11,11 @@ from service.models.tables import (
     RegisteredBaseModel,
     StoredFile,
     Tenant,
+    TenantSecret,
     Trial,
+    UsageRecord,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 
 __all__ = [
@@ -25,5 +29,9 @@ __all__ = [
     "RegisteredBaseModel",
     "StoredFile",
     "Tenant",
+    "TenantSecret",
     "Trial",
+    "UsageRecord",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

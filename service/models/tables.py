@@ -243,3 +243,87 @@ class IdempotencyRecord(SQLModel, table=True):
     status_code: int
     body: dict[str, Any] | None = _json()
     created_at: float
+
+
+class UsageRecord(SQLModel, table=True):
+    """What one job, one trial of a search, or one inference request used.
+
+    A job's and a trial's rows have ids made from the job's (and trial's) id, so recording
+    them again (a retried attempt, a restarted control plane) cannot count them twice.
+    """
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        Index("ix_usage_records_tenant_time", "tenant_id", "created_at"),
+        Index("ix_usage_records_time", "created_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=160)
+    tenant_id: str = Field(foreign_key="tenants.id", max_length=64)
+    # "training" or "inference" (service.usage.UsageKind).
+    kind: str = Field(max_length=16)
+    model: str = Field(max_length=512)
+    job_id: str | None = Field(default=None, max_length=64)
+    trial_id: str | None = Field(default=None, max_length=64)
+    requests: int = 0
+    prompt_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    completion_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    trained_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    worker_seconds: float = 0.0
+    gpu_seconds: float = 0.0
+    created_at: float
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """A URL a tenant asked to be told of events at, with the secret that signs them."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_tenant_order", "tenant_id", "created_at", "id"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = Field(foreign_key="tenants.id", max_length=64)
+    url: str = Field(max_length=2048)
+    # Standard Webhooks' `whsec_<base64>`: signing needs the secret itself, not a hash.
+    secret: str = Field(max_length=256)
+    event_types: list[str] = _json(nullable=False)
+    description: str | None = Field(default=None, max_length=512)
+    created_at: float
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """The outbox: one event to one endpoint, written in the transaction of the change it
+    tells of, and sent (at least once) by the webhook sender loop."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (
+        Index("ix_webhook_outbox_due", "status", "next_attempt_at"),
+        Index("ix_webhook_outbox_endpoint", "endpoint_id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)
+    # The event's id: the `webhook-id` header, the same on every attempt and endpoint.
+    event_id: str = Field(max_length=64)
+    endpoint_id: str = Field(max_length=64)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=64)
+    event_type: str = Field(max_length=64)
+    payload: dict[str, Any] = _json(nullable=False)
+    status: str = Field(max_length=16)
+    attempts: int = 0
+    next_attempt_at: float
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=1024)
+    delivered_at: float | None = None
+    created_at: float
+
+
+class TenantSecret(SQLModel, table=True):
+    """A named secret of a tenant (a tracker's API key or token): written, used by its
+    jobs' workers, never read back through the API."""
+
+    __tablename__ = "tenant_secrets"
+
+    tenant_id: str = Field(foreign_key="tenants.id", primary_key=True, max_length=64)
+    name: str = Field(primary_key=True, max_length=128)
+    value: str
+    created_at: float
+    updated_at: float
