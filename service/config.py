@@ -44,6 +44,9 @@ class Quotas(BaseModel):
     max_gpus: int | None = Field(None, ge=0, le=100_000)
     # Inference requests per minute (None: the inference_requests_per_minute setting).
     inference_requests_per_minute: int | None = Field(None, ge=1, le=100_000_000)
+    # Tokens a month (trained, and prompt and completion tokens served), UTC calendar
+    # months: a job submitted once they are used up is refused (429).
+    monthly_token_budget: int | None = Field(None, ge=0, le=10**15)
 
 
 class Settings(BaseSettings):

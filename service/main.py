@@ -37,6 +37,8 @@ from service.scheduling.loops import ControlLoops
 from service.storage import ArtifactStore
 from service.tenants.router import router as tenants_router
 from service.ui.router import router as ui_router
+from service.usage.recording import UsageMeter
+from service.usage.router import router as usage_router
 
 THREADS = 256
 # Longer than clients keep idle connections (httpx and the openai client: 5 s). With
@@ -52,6 +54,7 @@ ROUTERS = (
     deployments_router,
     inference_router,
     ops_router,
+    usage_router,
     ui_router,
 )
 
@@ -119,6 +122,7 @@ def _build_state(
     state.queue = FairQueue(state.redis) if state.redis is not None else None
     state.rate_limiter = RateLimiter(state.redis) if state.redis is not None else None
     state.serving = ServingManager(state.engine, serve_backend, settings, state.catalog)
+    state.usage_meter = UsageMeter(state.engine)
 
 
 def _install_middleware(app: FastAPI, settings: Settings) -> None:
@@ -152,6 +156,7 @@ def _lifespan(
             if run_loops and serve_backend is not None:
                 _start_serving_loop(app, stops, settings)
             _open_serve_client(app, stops, settings)
+            _start_usage_meter(app, stops)
             yield
 
     return lifespan
@@ -188,6 +193,13 @@ def _start_serving_loop(app: FastAPI, stops: AsyncExitStack, settings: Settings)
     serving_loop = ServingLoop(app.state.serving, settings.reconcile_interval_s)
     serving_loop.start()
     stops.callback(serving_loop.stop)
+
+
+def _start_usage_meter(app: FastAPI, stops: AsyncExitStack) -> None:
+    # Stopped before the database engine closes: its last batch is written at the stop.
+    meter: UsageMeter = app.state.usage_meter
+    meter.start()
+    stops.callback(meter.stop)
 
 
 def _open_serve_client(app: FastAPI, stops: AsyncExitStack, settings: Settings) -> None:

@@ -29,6 +29,7 @@ async def _service(ctx: TenantContextDep) -> InferenceService:
         state.rate_limiter,
         ctx.catalog,
         state.serve_client,
+        state.usage_meter,
     )
 
 

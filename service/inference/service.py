@@ -29,6 +29,7 @@ from service.registry.catalog import Catalog
 from service.registry.repository import ModelRepository
 from service.registry.service import model_not_found
 from service.tenants.service import effective_quotas
+from service.usage.recording import UsageMeter
 from workers.spec import ADAPTER_LOAD_HEADER, BATCH_SIZE_HEADER
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class InferenceService:
     catalog: Catalog
     # The app's one pooled client to Serve's HTTP proxy.
     client: httpx.AsyncClient
+    # Where answered requests' token counts go (None: not counted, as in unit tests).
+    meter: UsageMeter | None = None
     models: ModelRepository = field(init=False)
 
     def __post_init__(self) -> None:
@@ -234,15 +237,19 @@ class InferenceService:
         usage: dict[str, Any] | None,
     ) -> None:
         usage = usage or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
         metrics.record_inference(
             tenant=self.tenant_id,
             endpoint=endpoint,
             model=target.model,
             status=status,
             latency_s=time.perf_counter() - started,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
         )
+        if status == 200 and self.meter is not None:
+            self.meter.add(self.tenant_id, target.model, prompt, completion)
 
 
 def _is_ours(response: httpx.Response) -> bool:

@@ -43,6 +43,7 @@ from service.registry.catalog import Catalog
 from service.registry.repository import ModelRepository
 from service.storage import ArtifactStore
 from service.tenants.service import effective_quotas
+from service.usage.service import check_token_budget
 
 # Where a page of a job's records says its cursor was not found.
 OF_THIS_JOB = " of this job"
@@ -138,6 +139,10 @@ class JobService:
     def create(self, body: JobCreate) -> JobOut:
         quotas = effective_quotas(self.tenant, self.settings)
         self._check_waiting_quota(quotas.max_queued_jobs)
+        if quotas.monthly_token_budget is not None:
+            check_token_budget(
+                self.session, self.tenant.id, self.tenant.name, quotas.monthly_token_budget
+            )
         draft = self.specs.build(body, max_gpus=quotas.max_gpus)
         ts = now()
         # Files are validated line by line when they are uploaded, so a job that passed the

@@ -23,6 +23,7 @@ from service.common import new_id, now
 from service.jobs.repository import JobStore
 from service.models import FineTunedModel, Job, JobEvent
 from service.models.status import TERMINAL, JobStatus
+from service.usage.recording import record_job_usage
 
 log = logging.getLogger(__name__)
 # OpenAI's event types: a status change is a message whose data names the status.
@@ -136,6 +137,9 @@ def transition(
         data={"status": to, **(data or {})},
         created_at=ts,
     )
+    if to in TERMINAL:
+        # In the transaction that ends the job: its usage is written once, with its end.
+        record_job_usage(session, job_id, ts)
     session.flush()
     extra = {"job_id": job_id, "tenant_id": tenant_id, "status": to}
     metrics.on_commit(session, lambda: log.info("job %s is %s", job_id, to, extra=extra))

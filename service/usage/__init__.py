@@ -1,0 +1,1 @@
+"""Usage accounting: what each tenant's jobs, trials and inference requests used."""
