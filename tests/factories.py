@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -124,3 +125,25 @@ def add_model(
             )
         )
         s.commit()
+
+
+def tiny_tokenizer(models_dir: Path, name: str = "tiny-gpt2") -> Any:
+    from transformers import AutoTokenizer
+
+    from workers.sources import resolve_model_source
+
+    return AutoTokenizer.from_pretrained(resolve_model_source(f"tiny:{name}", models_dir))
+
+
+def tokens_in(tokenizer: Any, rows: list[dict[str, Any]]) -> int:
+    """Tokens one epoch over `rows` trains on, counted from the data with the tokenizer:
+    a prompt with its special tokens, the completion, the end-of-sequence token; a text
+    to classify with its special tokens."""
+    if "text" in rows[0]:
+        return sum(len(tokenizer(r["text"])["input_ids"]) for r in rows)
+    return sum(
+        len(tokenizer(r["prompt"])["input_ids"])
+        + len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"])
+        + 1
+        for r in rows
+    )

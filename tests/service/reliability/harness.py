@@ -18,7 +18,14 @@ import redis
 
 from service.ray_backend import RayJobsBackend, submission_id
 from service.stack import ChildProcess, free_port
-from tests.factories import ADMIN, TenantHandle, jsonl, prompt_completion_records
+from tests.factories import (
+    ADMIN,
+    TenantHandle,
+    jsonl,
+    prompt_completion_records,
+    tiny_tokenizer,
+    tokens_in,
+)
 from tests.fixtures.redis_server import _die_with_parent, redis_server_binary
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -104,6 +111,18 @@ def submit(http: httpx.Client, t: TenantHandle, examples: int = 16, **hyperparam
     r = http.post("/v1/fine_tuning/jobs", json=body, headers=t.headers)
     assert r.status_code == 200, r.text
     return str(r.json()["id"])
+
+
+def assert_trained_once(
+    http: httpx.Client, t: TenantHandle, job_id: str, models_dir: Path, examples: int, epochs: int
+) -> None:
+    """However many runs the job took, its usage is one record of the tokens one run over
+    its data trains on (`submit`'s data)."""
+    expected = tokens_in(tiny_tokenizer(models_dir), prompt_completion_records(examples)) * epochs
+    assert job(http, t, job_id)["trained_tokens"] == expected
+    r = http.get("/v1/usage", params={"group_by": "job_id", "limit": 1}, headers=t.headers)
+    rows = [row for row in r.json()["data"][-1]["results"] if row["job_id"] == job_id]
+    assert [(row["trained_tokens"], row["jobs"]) for row in rows] == [(expected, 1)]
 
 
 def job(http: httpx.Client, t: TenantHandle, job_id: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from tests.fixtures.ray_cluster import RayCluster
 from tests.fixtures.stack import ControlPlaneProcess, wait_for
 from tests.service.reliability.harness import (
     RedisProcess,
+    assert_trained_once,
     events,
     kill9,
     make_tenant,
@@ -238,6 +239,11 @@ def test_worker_node_killed_during_training(
         # Ray Train restarted the workers inside the one Ray job: no second submission.
         assert starts(evs) == [1]
         assert ray_states(head.dashboard_url, job_id, 2) == ["SUCCEEDED", "MISSING"]
+        # The steps after the checkpoint ran twice; the tokens are counted once.
+        assert settings.models_dir is not None
+        assert_trained_once(
+            http, t, job_id, settings.models_dir, LONGER["examples"], LONGER["n_epochs"]
+        )
     finally:
         if plane is not None:
             plane.stop()
@@ -281,6 +287,11 @@ def test_ray_head_restarted_during_training(
         assert any("was lost" in m and "queued again" in m for m in messages(evs))
         # The restarted head knows only attempt 2; attempt 1 died with the old head.
         assert ray_states(head.dashboard_url, job_id, 3) == ["MISSING", "SUCCEEDED", "MISSING"]
+        # Run twice, counted once.
+        assert settings.models_dir is not None
+        assert_trained_once(
+            http, t, job_id, settings.models_dir, LONG["examples"], LONG["n_epochs"]
+        )
     finally:
         if plane is not None:
             plane.stop()

@@ -3,6 +3,7 @@ started by the control plane (a real process), called with the official `openai`
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
@@ -21,7 +22,7 @@ import redis
 from service.jobs.retention import RETENTION_MARKER
 from service.ray_backend import RayJobsBackend
 from service.stack import free_port
-from tests.factories import ADMIN, TenantHandle
+from tests.factories import ADMIN, TenantHandle, tiny_tokenizer, tokens_in
 from tests.fixtures.ray_cluster import RayCluster, shut_down_serve
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.stack import ControlPlaneProcess, settings_on, wait_for
@@ -236,6 +237,79 @@ def test_classifier_answers_classifications(served: Served) -> None:
     labels = {"color", "animal", "fruit", "number"}
     for item in body["data"]:
         assert item["label"] in labels and set(item["scores"]) == labels
+
+
+def _usage_by(served: Served, group: str) -> dict[str, dict[str, Any]]:
+    """Tenant a's usage today, per `group`."""
+    r = served.http.get(
+        "/v1/usage", params={"group_by": group, "limit": 1}, headers=served.a.headers
+    )
+    assert r.status_code == 200, r.text
+    return {row[group]: row for row in r.json()["data"][-1]["results"]}
+
+
+def test_usage_is_exactly_what_the_jobs_trained_and_the_requests_used(
+    served: Served, tiny_models_dir: Path
+) -> None:
+    gpt2 = tiny_tokenizer(tiny_models_dir)
+    bert = tiny_tokenizer(tiny_models_dir, "tiny-bert")
+    expected = {
+        served.animals: tokens_in(gpt2, _rows(ANIMALS)) * 8,
+        served.fruits: tokens_in(gpt2, _rows(FRUITS)) * 8,
+        served.classifier: tokens_in(bert, classification_rows(64, seed=1)) * 1,
+    }
+    jobs = served.http.get("/v1/fine_tuning/jobs", headers=served.a.headers).json()["data"]
+    job_of = {j["fine_tuned_model"]: j for j in jobs if j["fine_tuned_model"] in expected}
+    by_job = _usage_by(served, "job_id")
+    for model, tokens in expected.items():
+        job = job_of[model]
+        assert job["trained_tokens"] == tokens, model
+        row = by_job[job["id"]]
+        assert (row["trained_tokens"], row["jobs"]) == (tokens, 1), model
+        assert row["worker_seconds"] > 0 and row["gpu_seconds"] == 0
+
+    # Inference: what the answers' `usage` fields say, summed, is what the meter adds.
+    before = _usage_by(served, "model")
+    client = served.openai(served.a)
+    sent: dict[str, list[int]] = {}
+
+    def count(model: str, usage: Any) -> None:
+        got = sent.setdefault(model, [0, 0, 0])
+        got[0] += usage.prompt_tokens
+        got[1] += usage.completion_tokens
+        got[2] += 1
+
+    for model in (served.animals, served.fruits):
+        count(model, _chat(client, model).usage)
+        count(model, client.completions.create(model=model, prompt=PROMPT, max_tokens=3).usage)
+        chunks = list(_chat(client, model, stream=True, stream_options={"include_usage": True}))
+        count(model, chunks[-1].usage)
+    # A stream whose client did not ask for usage is counted all the same.
+    list(_chat(client, served.animals, stream=True))
+    plain = _chat(client, served.animals)
+    count(served.animals, plain.usage)
+    count(served.animals, plain.usage)  # the stream's: the same greedy answer
+    classified = served.http.post(
+        "/v1/classifications",
+        json={"model": served.classifier, "input": ["red", "cat"]},
+        headers=served.a.headers,
+    ).json()
+    sent[served.classifier] = [classified["usage"]["prompt_tokens"], 0, 1]
+
+    def delta() -> dict[str, list[int]]:
+        after = _usage_by(served, "model")
+        return {
+            model: [
+                after.get(model, {}).get(k, 0) - before.get(model, {}).get(k, 0)
+                for k in ("input_tokens", "output_tokens", "num_model_requests")
+            ]
+            for model in sent
+        }
+
+    # The meter writes every half second.
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: delta() == sent, 10, "the requests' usage to be written")
+    assert delta() == sent
 
 
 def _reported_checkpoints(served: Served, job_id: str) -> list[tuple[int, float]]:
