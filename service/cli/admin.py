@@ -17,15 +17,27 @@ admin_app.add_typer(tenants_app, name="tenants")
 admin_app.add_typer(keys_app, name="keys")
 
 QuotaOpt = Annotated[int | None, typer.Option(min=0)]
+BudgetOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0, help="Tokens a calendar month (UTC), trained and served; then submits get 429."
+    ),
+]
 TENANT_COLUMNS = ["id", "name", "weight", "quotas", "created"]
 
 
 def _quotas(
-    max_running_jobs: int | None, max_queued_jobs: int | None, max_gpus: int | None
+    max_running_jobs: int | None,
+    max_queued_jobs: int | None,
+    max_gpus: int | None,
+    monthly_token_budget: int | None,
 ) -> dict[str, int] | None:
     """The quotas given, None if none: the server keeps (or defaults) the others."""
     quotas = given(
-        max_running_jobs=max_running_jobs, max_queued_jobs=max_queued_jobs, max_gpus=max_gpus
+        max_running_jobs=max_running_jobs,
+        max_queued_jobs=max_queued_jobs,
+        max_gpus=max_gpus,
+        monthly_token_budget=monthly_token_budget,
     )
     return quotas or None
 
@@ -56,10 +68,11 @@ def tenants_create(
     max_running_jobs: QuotaOpt = None,
     max_queued_jobs: QuotaOpt = None,
     max_gpus: QuotaOpt = None,
+    monthly_token_budget: BudgetOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Create a tenant; prints its API key (shown once)."""
-    quotas = _quotas(max_running_jobs, max_queued_jobs, max_gpus)
+    quotas = _quotas(max_running_jobs, max_queued_jobs, max_gpus, monthly_token_budget)
     body = {"name": name, "weight": weight, **given(quotas=quotas)}
     created = request(ctx, "POST", "/v1/admin/tenants", admin=True, json=body)
     show(created, as_json, _print_created)
@@ -86,10 +99,12 @@ def tenants_update(
     max_running_jobs: QuotaOpt = None,
     max_queued_jobs: QuotaOpt = None,
     max_gpus: QuotaOpt = None,
+    monthly_token_budget: BudgetOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Change a tenant's weight or quotas."""
-    body = given(weight=weight, quotas=_quotas(max_running_jobs, max_queued_jobs, max_gpus))
+    quotas = _quotas(max_running_jobs, max_queued_jobs, max_gpus, monthly_token_budget)
+    body = given(weight=weight, quotas=quotas)
     path = f"/v1/admin/tenants/{tenant_id}"
     _show_tenant(request(ctx, "PATCH", path, admin=True, json=body), as_json)
 

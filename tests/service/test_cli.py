@@ -27,7 +27,7 @@ from service.cli.follow import FollowState, validation_rows
 from service.common import now
 from service.config import Settings
 from service.jobs.state import add_event
-from service.models import FineTunedModel, Job
+from service.models import FineTunedModel, Job, UsageRecord
 from service.stack import free_port
 from tests.factories import (
     ADMIN,
@@ -242,6 +242,52 @@ def test_admin_commands_create_tenants_and_keys(api_only_stack: LiveStack, no_co
     as_tenant = {**env, "TUNEPLANE_ADMIN_KEY": created["api_key"]}
     denied = run(["admin", "tenants", "list"], env=as_tenant, ok=False)
     assert denied.exit_code == 1
+
+
+def test_usage_commands_and_the_token_budget(api_only_stack: LiveStack, no_config: Path) -> None:
+    env = env_for(api_only_stack, no_config)
+    created = as_json(run(["admin", "tenants", "create", "cli-usage", "--json"], env=env))
+    tenant = created["tenant"]
+    tenant_env = env_for(api_only_stack, no_config, key=created["api_key"])
+    engine = create_engine(api_only_stack.database_url)
+    with Session(engine) as s:
+        for i, (model, tokens) in enumerate([("m1", 40), ("m1", 2), ("m2", 7)]):
+            s.add(
+                UsageRecord(
+                    id=f"usage-cli-{i}",
+                    tenant_id=tenant["id"],
+                    kind="inference",
+                    model=model,
+                    requests=1,
+                    prompt_tokens=tokens,
+                    created_at=now(),
+                )
+            )
+        s.commit()
+    engine.dispose()
+    days = as_json(run(["usage", "--group-by", "model", "--json"], env=tenant_env))
+    assert len(days) == 7
+    today = {r["model"]: r["input_tokens"] for r in days[-1]["results"]}
+    assert today == {"m1": 42, "m2": 7}
+    shown = run(["usage", "--days", "1", "--group-by", "model"], env=tenant_env).output
+    assert re.search(r"m1 .*42 ", shown) and re.search(r"m2 .*7 ", shown), shown
+    everyone = as_json(run(["usage", "--admin", "--group-by", "tenant_id", "--json"], env=env))
+    mine = [r for r in everyone[-1]["results"] if r["tenant_id"] == tenant["id"]]
+    assert [r["input_tokens"] for r in mine] == [49]
+
+    updated = run(
+        ["admin", "tenants", "update", tenant["id"], "--monthly-token-budget", "49", "--json"],
+        env=env,
+    )
+    assert as_json(updated)["quotas"]["monthly_token_budget"] == 49
+    # No file is needed to see it: the budget is checked before the job's files.
+    refused = run(
+        ["jobs", "create", "--model", "tiny-gpt2", "--training-file", "file-x"],
+        env=tenant_env,
+        ok=False,
+    )
+    assert refused.exit_code == 1
+    assert "Error 429" in refused.output and "monthly_token_budget=49" in refused.output
 
 
 def test_login_saves_a_config_file_that_env_and_flags_override(
