@@ -22,6 +22,7 @@ ASSETS = {
     "files.js": JS,
     "create.js": JS,
     "playground.js": JS,
+    "usage.js": JS,
     "app.js": JS,
     "style.css": "text/css; charset=utf-8",
 }

@@ -97,7 +97,6 @@ class UsageRepository:
         start: float,
         end: float,
         group_by: Sequence[str],
-        kinds: Sequence[str] = (),
     ) -> list[Totals]:
         """The sums of the records made in [start, end), per group of `group_by`."""
         keys = [GROUPS[name] for name in group_by]
@@ -108,8 +107,6 @@ class UsageRepository:
         )
         if tenant_id is not None:
             stmt = stmt.where(col(UsageRecord.tenant_id) == tenant_id)
-        if kinds:
-            stmt = stmt.where(col(UsageRecord.kind).in_(list(kinds)))
         if keys:
             stmt = stmt.group_by(*keys).order_by(*keys)
         found = []

@@ -20,6 +20,7 @@ from service.models import FineTunedModel, Job
 from tests.factories import classification_records, jsonl
 from tests.fixtures.live_stack import LiveJob, LiveStack
 from tests.fixtures.ray_cluster import RayCluster, shut_down_serve
+from tests.fixtures.stack import wait_for
 from tests.service.ui.browser import check_layout, new_tenant, sign_in
 
 # The live job's training prompts look like this one.
@@ -96,6 +97,31 @@ def test_a_fine_tune_and_its_base_stream_their_answers_side_by_side(
     assert page.locator("#pg-send").is_enabled()
     assert page.locator("#pg-stop").is_hidden()
     check_layout(page, "playground", ready="#pg-answer-a")
+
+    # The usage page: today's bar is the day's tokens, trained and served, as the API
+    # sums them; the table has the job's training and the fine-tune's requests.
+    with api(stack) as c:
+
+        def today() -> dict[str, dict[str, int]] | None:
+            body = c.get("/v1/usage", params={"group_by": ["model", "kind"], "limit": 1}).json()
+            rows = {f"{r['model']} {r['kind']}": r for r in body["data"][-1]["results"]}
+            served = rows.get(f"{fine_tuned} inference")
+            # The meter writes its batch every half second.
+            return rows if served and served["num_model_requests"] >= 2 else None
+
+        rows = wait_for(today, 10, "the playground's requests in the usage")
+    page.goto(f"{stack.url}/ui/#/usage")
+    bars = page.locator("#usage-chart g.day")
+    bars.last.wait_for()
+    assert bars.count() == 7
+    total = sum(
+        r[k] for r in rows.values() for k in ("trained_tokens", "input_tokens", "output_tokens")
+    )
+    assert int(bars.last.get_attribute("data-total") or 0) == total
+    table = page.locator("#usage-table").inner_text()
+    assert "tiny-gpt2" in table and "training" in table and "inference" in table
+    assert rows["tiny-gpt2 training"]["trained_tokens"] > 0
+    check_layout(page, "usage", ready="#usage-chart")
 
 
 def test_the_playground_refuses_mixed_kinds_and_shows_the_apis_errors(
