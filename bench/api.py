@@ -9,6 +9,13 @@ process, on the same cores) then drives each for the same time at the same concu
 POST /v1/fine_tuning/jobs against the first, the bare POST against the second. Prints
 requests/s, p50 and p99 of each and the ratios (targets: throughput >= 0.3x the bare
 endpoint's, p99 <= 3x its p99).
+
+Then the webhooks' outbox: the same submit load for a tenant with --endpoints webhook
+endpoints subscribed to every event and for one with none (interleaved, so neither gets
+the emptier database), and the p50 ratio (target <= 1.05). Submits write no outbox rows
+(only a job's end or pause does), so the cancels of the jobs just submitted are timed as
+well: each writes one outbox row per endpoint in its transaction, delivered to a local
+receiver in this process while the load runs.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from statistics import quantiles
 
@@ -67,7 +76,12 @@ def serve(args: list[str], env: dict[str, str], port: int, log: Path) -> subproc
 
 
 async def load(
-    url: str, body: dict[str, str], headers: dict[str, str], conc: int, secs: float
+    url: str,
+    body: dict[str, str],
+    headers: dict[str, str],
+    conc: int,
+    secs: float,
+    ids: list[str] | None = None,
 ) -> tuple[int, int, list[float]]:
     latencies: list[float] = []
     errors = 0
@@ -83,9 +97,121 @@ async def load(
                 latencies.append(time.perf_counter() - t0)
                 if r.status_code != 200:
                     errors += 1
+                elif ids is not None:
+                    ids.append(r.json()["id"])
 
         await asyncio.gather(*(worker() for _ in range(conc)))
     return len(latencies), errors, latencies
+
+
+async def cancel_all(
+    base: str, ids: list[str], headers: dict[str, str], conc: int
+) -> tuple[int, int, list[float]]:
+    """Cancel each of `ids` (queued jobs), `conc` at a time."""
+    latencies: list[float] = []
+    errors = 0
+    todo = list(ids)
+    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    async with httpx.AsyncClient(limits=limits, timeout=30, headers=headers) as client:
+
+        async def worker() -> None:
+            nonlocal errors
+            while todo:
+                job_id = todo.pop()
+                t0 = time.perf_counter()
+                r = await client.post(f"{base}/v1/fine_tuning/jobs/{job_id}/cancel")
+                latencies.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(conc)))
+    return len(latencies), errors, latencies
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """The webhooks' endpoint: reads each delivery and answers 204."""
+
+    received = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        Receiver.received += 1
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def tenant(base: str, admin: str, name: str) -> dict[str, str]:
+    created = httpx.post(
+        f"{base}/v1/admin/tenants",
+        json={"name": name, "quotas": {"max_queued_jobs": None}},
+        headers={"Authorization": f"Bearer {admin}"},
+    ).json()
+    return {"Authorization": f"Bearer {created['api_key']}"}
+
+
+def training_file(base: str, key: dict[str, str]) -> str:
+    line = b'{"prompt": "2+2=", "completion": " 4"}\n'
+    return str(
+        httpx.post(
+            f"{base}/v1/files",
+            files={"file": ("t.jsonl", line * 8)},
+            data={"purpose": "fine-tune"},
+            headers=key,
+        ).json()["id"]
+    )
+
+
+def outbox_comparison(base: str, admin: str, endpoints: int, conc: int, secs: float) -> None:
+    """Submit (and cancel) p50 for a tenant with `endpoints` webhook endpoints and for one
+    with none, in the same run on the same server."""
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    hook_url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    keys = {
+        "none": tenant(base, admin, "bench-no-hooks"),
+        "hooks": tenant(base, admin, "bench-hooks"),
+    }
+    for _ in range(endpoints):
+        r = httpx.post(
+            f"{base}/v1/webhooks",
+            json={"url": hook_url, "event_types": ["fine_tuning.job.succeeded",
+                  "fine_tuning.job.failed", "fine_tuning.job.cancelled",
+                  "fine_tuning.job.paused", "deployment.ready"]},
+            headers=keys["hooks"],
+        )  # fmt: skip
+        r.raise_for_status()
+    bodies = {k: {"model": "tiny-gpt2", "training_file": training_file(base, v)}
+              for k, v in keys.items()}  # fmt: skip
+    submits: dict[str, list[float]] = {"none": [], "hooks": []}
+    ids: dict[str, list[str]] = {"none": [], "hooks": []}
+    errors = {"none": 0, "hooks": 0}
+    url = f"{base}/v1/fine_tuning/jobs"
+    # Interleaved halves: the database grows with every submit, and neither side should
+    # get the emptier one.
+    for which in ("none", "hooks", "hooks", "none"):
+        _, e, lat = asyncio.run(load(url, bodies[which], keys[which], conc, secs / 2, ids[which]))
+        submits[which] += lat
+        errors[which] += e
+    cancels: dict[str, list[float]] = {}
+    for which in ("none", "hooks"):
+        _, e, lat = asyncio.run(cancel_all(base, ids[which], keys[which], conc))
+        cancels[which] = lat
+        errors[which] += e
+    receiver.shutdown()
+    p50 = {k: quantiles(v, n=100)[49] * 1000 for k, v in submits.items()}
+    c50 = {k: quantiles(v, n=100)[49] * 1000 for k, v in cancels.items()}
+    print(f"\nwebhook outbox: {endpoints} endpoints subscribed to every event vs none, "
+          f"concurrency {conc}, {secs:.0f} s of submits each")  # fmt: skip
+    print(f"{'':<34}{'none ms':>10}{'hooks ms':>10}{'ratio':>8}{'errors':>8}")
+    print(f"{'submit p50':<34}{p50['none']:>10.1f}{p50['hooks']:>10.1f}"
+          f"{p50['hooks'] / p50['none']:>8.3f}{errors['none'] + errors['hooks']:>8}")  # fmt: skip
+    print(f"{'cancel p50 (writes the outbox)':<34}{c50['none']:>10.1f}{c50['hooks']:>10.1f}"
+          f"{c50['hooks'] / c50['none']:>8.3f}")  # fmt: skip
+    print(f"outbox submit p50 ratio (hooks / none): {p50['hooks'] / p50['none']:.3f}  "
+          f"(target <= 1.05); webhooks received while measuring: {Receiver.received}")  # fmt: skip
 
 
 def summarize(n: int, secs: float, lat: list[float]) -> tuple[float, float, float]:
@@ -97,6 +223,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--endpoints", type=int, default=3, help="webhook endpoints (outbox)")
     opts = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tuneplane-bench-api-"))
@@ -107,6 +234,8 @@ def main() -> None:
         "TUNEPLANE_DATA_DIR": str(work / "data"),
         "TUNEPLANE_ADMIN_KEY": admin,
         "TUNEPLANE_REDIS_URL": redis_url,
+        # The outbox comparison's receiver, in this process.
+        "TUNEPLANE_WEBHOOK_ALLOWED_HOSTS": '["127.0.0.1"]',
     }
     (work / "bare_app.py").write_text(BARE_APP)
     api_port, bare_port = free_port(), free_port()
@@ -138,11 +267,22 @@ def main() -> None:
         n_api, e_api, l_api = asyncio.run(
             load(f"{base}/v1/fine_tuning/jobs", body, key, opts.concurrency, opts.seconds)
         )
+        report(opts, (n_bare, e_bare, l_bare), (n_api, e_api, l_api))
+        outbox_comparison(base, admin, opts.endpoints, opts.concurrency, opts.seconds)
     finally:
         for proc in (api, bare):
             proc.terminate()
             proc.wait(timeout=20)
         redis_proc.stop()
+
+
+def report(
+    opts: argparse.Namespace,
+    bare: tuple[int, int, list[float]],
+    api: tuple[int, int, list[float]],
+) -> None:
+    n_bare, e_bare, l_bare = bare
+    n_api, e_api, l_api = api
     rps_b, p50_b, p99_b = summarize(n_bare, opts.seconds, l_bare)
     rps_a, p50_a, p99_a = summarize(n_api, opts.seconds, l_api)
     print(

@@ -29,6 +29,8 @@ CRASH_POINTS = frozenset(
         "events.after_commit",
         # A pause is committed (`pausing`); the run has not been asked yet.
         "pause.after_commit",
+        # A webhook was sent (tag: delivered | failed); its outcome is not recorded.
+        "webhooks.after_send",
     }
 )
 
@@ -139,6 +141,23 @@ class Settings(BaseSettings):
     # inference_burst requests; a tenant's quota may set its own rate.
     inference_requests_per_minute: int = Field(6000, ge=1)
     inference_burst: int = Field(50, ge=1)
+
+    # Webhooks. A target that resolves to a loopback, private, link-local, metadata or
+    # otherwise non-public address is refused unless this lists its host, its address or
+    # a network holding it (["hooks.internal", "10.1.0.0/16"]; as JSON in the env var).
+    webhook_allowed_hosts: list[str] = []
+    webhook_connect_timeout_s: float = Field(5.0, gt=0, le=60)
+    # Each of sending the request and reading the answer.
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120)
+    # Attempts per event and endpoint before it is given up (`failed`).
+    webhook_max_attempts: int = Field(10, ge=1, le=100)
+    # Retry n waits about base * 2^(n-1) (jittered), at most the max.
+    webhook_backoff_base_s: float = Field(10.0, gt=0)
+    webhook_backoff_max_s: float = Field(3600.0, gt=0)
+    # How often the sender looks for due deliveries (it wakes at once for this replica's).
+    webhook_poll_interval_s: float = Field(1.0, gt=0)
+    # Deliveries in flight at once per replica.
+    webhook_concurrency: int = Field(8, ge=1, le=256)
 
     @field_validator("fault_crash_at")
     @classmethod

@@ -32,6 +32,7 @@ from service.models import Deployment, FineTunedModel, Job
 from service.ray_backend import ServeAppStatus, ServeBackend
 from service.registry.catalog import Catalog, CatalogEntry
 from service.registry.repository import BaseModelRepository
+from service.webhooks.ready import announce_ready
 from workers.spec import BASE_MODEL_ID, SERVE_IMPORT_PATH, ServeArgs
 
 log = logging.getLogger(__name__)
@@ -284,6 +285,8 @@ class ServingManager:
             if missing:
                 log.warning("Serve lacks applications %s; re-applying", sorted(missing))
                 self.apply(force=True)
+        # Deployments whose application now runs: `deployment.ready` (once each).
+        announce_ready(self.engine, lambda m, j: route_of(m, j)[0].app, self.status)
 
     # ------------------------------------------------------------ status
 

@@ -66,6 +66,14 @@ class DeploymentStatus(StrEnum):
     NOT_DEPLOYED = "not_deployed"
 
 
+class DeliveryStatus(StrEnum):
+    """A webhook outbox row: waiting to be sent (or retried), sent, or given up."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
 class TrialStatus(StrEnum):
     """A search trial's state, as the workers report it (`workers.spec.TrialState`)."""
 
