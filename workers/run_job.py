@@ -35,6 +35,7 @@ from workers.spec import (
 )
 from workers.storage import checkpoint_uri, run_storage_uri
 from workers.tiny import default_models_dir
+from workers.trackers import Tracking, take_secrets
 
 logger = logging.getLogger("workers.run_job")
 
@@ -46,11 +47,13 @@ def load_spec(spec_uri: str) -> JobSpec:
         return JobSpec.model_validate_json(f.read())
 
 
-def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> ResultData | None:
+def run(
+    spec: JobSpec, reporter: Reporter, models_dir: str, tracking: Tracking | None = None
+) -> ResultData | None:
     """The job's result; None when it stopped for a pause (a later run goes on)."""
     import ray
 
-    from workers.train import build_trainer
+    from workers.trainer import build_trainer
 
     reporter.status(RUN_PREPARING, "preparing the base model and the data")
     if not ray.is_initialized():
@@ -93,9 +96,11 @@ def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> ResultData | None
             validation_truncated=data.validation_truncated,
         )
     if spec.search is not None:
-        return _search(spec, data, plan, reporter, models_dir)
+        return _search(spec, data, plan, reporter, models_dir, tracking)
     reporter.status(RUN_TRAINING, "training started")
-    trainer = build_trainer(spec, data, plan, models_dir=models_dir, reporter=reporter)
+    trainer = build_trainer(
+        spec, data, plan, models_dir=models_dir, reporter=reporter, tracking=tracking
+    )
     result = trainer.fit()
     if result.checkpoint is None:
         raise JobError("training ended without a checkpoint")
@@ -122,7 +127,12 @@ def run(spec: JobSpec, reporter: Reporter, models_dir: str) -> ResultData | None
 
 
 def _search(
-    spec: JobSpec, data: JobData, plan: StepPlan, reporter: Reporter, models_dir: str
+    spec: JobSpec,
+    data: JobData,
+    plan: StepPlan,
+    reporter: Reporter,
+    models_dir: str,
+    tracking: Tracking | None,
 ) -> ResultData | None:
     from workers.tune import SearchFailed, run_search
 
@@ -133,7 +143,7 @@ def _search(
         f"{spec.search.algorithm} search, {spec.search.scheduler} scheduler",
     )
     try:
-        outcome = run_search(spec, data, plan, reporter, models_dir)
+        outcome = run_search(spec, data, plan, reporter, models_dir, tracking)
         if outcome is None:
             reporter.paused(None)
             return None
@@ -174,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     models_dir = str(Path(args.models_dir) if args.models_dir else default_models_dir())
     try:
-        run(spec, reporter, models_dir)
+        run(spec, reporter, models_dir, _tracking(spec, reporter))
     except (KeyboardInterrupt, SystemExit):
         # Ray's stop_job sends SIGINT (the control plane's cancel); during fit() Ray
         # Train's own handler aborts the run and leaves through sys.exit.
@@ -194,6 +204,23 @@ def main(argv: list[str] | None = None) -> int:
         _report_failure(reporter, message, code, error_type=type(exc).__name__, retryable=retryable)
         return 1
     return 0
+
+
+def _tracking(spec: JobSpec, reporter: Reporter) -> Tracking | None:
+    """The job's trackers with the tenant's credentials for them; a job without them runs
+    untracked rather than failing (`workers.trackers`)."""
+    if not spec.integrations:
+        return None
+    try:
+        secrets = take_secrets(spec.output_uri)
+    except Exception as exc:
+        reporter.message(
+            f"the tracker credentials could not be read ({type(exc).__name__}); trackers "
+            "run without them",
+            level="warn",
+        )
+        secrets = {}
+    return Tracking(tuple(spec.integrations), secrets)
 
 
 def _report_failure(

@@ -212,6 +212,44 @@ class BaseModelRef(_Strict):
     architecture: str | None = None
 
 
+# Experiment trackers a job logs to (its hyperparameters, per-step metrics and the model it
+# made). OpenAI's shape: {"type": "wandb", "wandb": {...}}; "mlflow" is Tuneplane's.
+TrackerName = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class WandbSettings(_Strict):
+    project: TrackerName
+    # The run's display name; None: the job's id (the run's id is the job's id either way).
+    name: TrackerName | None = None
+    entity: TrackerName | None = None
+    # W&B's own limit: 64 characters a tag.
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=50
+    )
+
+
+class MlflowSettings(_Strict):
+    # An http(s) URL of an MLflow tracking server (the control plane refuses other schemes:
+    # a file or database URI would have workers write on their own machine).
+    tracking_uri: Annotated[str, Field(min_length=1, max_length=2048)]
+    experiment: TrackerName = "tuneplane"
+    # The run's name; None: the job's id.
+    name: TrackerName | None = None
+
+
+class WandbIntegration(_Strict):
+    type: Literal["wandb"]
+    wandb: WandbSettings
+
+
+class MlflowIntegration(_Strict):
+    type: Literal["mlflow"]
+    mlflow: MlflowSettings
+
+
+Integration = Annotated[WandbIntegration | MlflowIntegration, Field(discriminator="type")]
+
+
 class JobSpec(_Strict):
     job_id: str
     tenant_id: str
@@ -237,6 +275,11 @@ class JobSpec(_Strict):
     # parent's adapter goes on training as the same adapter on `base_model`; a full
     # parent's folder is `base_model.source` itself.
     init_from: InitFrom | None = None
+    # Trackers the run logs to (`workers.trackers`); their credentials are never in the spec
+    # but in the tenant's secrets, handed to the worker beside it (`TRACKER_SECRETS_FILE`).
+    integrations: list[Integration] = Field(default_factory=list, max_length=16)
+    # The id the job's model gets when it succeeds (ft:base:tenant:suffix:job), for trackers.
+    fine_tuned_model: str | None = None
 
     @model_validator(mode="after")
     def _method_config(self) -> JobSpec:

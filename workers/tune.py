@@ -52,6 +52,7 @@ from workers.search_space import (
 )
 from workers.spec import RUN_SAVING, JobSpec, LoraAdapter
 from workers.storage import storage_path, trial_checkpoint_uri
+from workers.trackers import Tracking
 from workers.trial_events import TrialEvents, TrialEventsCallback, early_stopped, recipe_metrics
 
 logger = logging.getLogger(__name__)
@@ -83,12 +84,13 @@ def run_trial(
     data: JobData,
     models_dir: str,
     reporter: Reporter,
+    tracking: Tracking | None = None,
 ) -> None:
     """Tune function trainable: one TorchTrainer run with the trial's hyperparameters."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from workers.train import build_trainer
+    from workers.trainer import build_trainer
 
     trial_id = tune.get_context().get_trial_id()
     trial_spec = apply_params(spec, config, trial_id)
@@ -107,6 +109,8 @@ def run_trial(
         # Every trial pauses when the job does.
         pause=PauseFlag(spec.output_uri),
         required_metric=spec.search.metric if spec.search is not None else None,
+        # One tracker run per trial, named by it.
+        tracking=tracking.for_trial(trial_id) if tracking is not None else None,
     )
     result = trainer.fit()
     if (result.metrics or {}).get(PAUSED_METRIC):
@@ -236,7 +240,13 @@ class SearchFailed(Exception):
         self.__cause__ = errors[0] if errors else None
 
 
-def build_tuner(spec: JobSpec, data: JobData, reporter: Reporter, models_dir: str) -> Any:
+def build_tuner(
+    spec: JobSpec,
+    data: JobData,
+    reporter: Reporter,
+    models_dir: str,
+    tracking: Tracking | None = None,
+) -> Any:
     """The search's Tuner; a search that ran before (paused, or lost with its cluster)
     is restored, its unfinished trials going on from their checkpoints."""
     from ray import tune
@@ -245,7 +255,12 @@ def build_tuner(spec: JobSpec, data: JobData, reporter: Reporter, models_dir: st
     assert search is not None
     first_report, longest = step_bounds(spec, data.train_examples)
     trainable = tune.with_parameters(
-        run_trial, spec=spec, data=data, models_dir=models_dir, reporter=reporter
+        run_trial,
+        spec=spec,
+        data=data,
+        models_dir=models_dir,
+        reporter=reporter,
+        tracking=tracking,
     )
     # The trial itself only waits on its TorchTrainer, whose workers ask for the job's
     # resources; giving the trial a CPU as well would hold CPUs the workers need. A token
@@ -305,7 +320,12 @@ def best_result(results: list[Any], metric: str, mode: str) -> Any:
 
 
 def run_search(
-    spec: JobSpec, data: JobData, plan: StepPlan, reporter: Reporter, models_dir: str
+    spec: JobSpec,
+    data: JobData,
+    plan: StepPlan,
+    reporter: Reporter,
+    models_dir: str,
+    tracking: Tracking | None = None,
 ) -> ResultData | None:
     """Runs the experiment and publishes the best trial; returns the result event's data,
     or None when a pause ended it (a later run of the job restores it).
@@ -317,7 +337,7 @@ def run_search(
 
     search = spec.search
     assert search is not None
-    tuner = build_tuner(spec, data, reporter, models_dir)
+    tuner = build_tuner(spec, data, reporter, models_dir, tracking)
     _paused.clear()
     with _graceful_sigint():
         grid = tuner.fit()

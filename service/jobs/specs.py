@@ -20,6 +20,7 @@ from service.config import Settings
 from service.errors import BadRequest
 from service.files.repository import FileRepository
 from service.jobs.auto import auto_batch_size, auto_epochs, auto_learning_rate
+from service.jobs.integrations import check_integration
 from service.jobs.methods import MethodChoice, check_file_format, check_method_task, method_of
 from service.jobs.parents import Start, continued_adapter, resolve_start
 from service.jobs.queueing import AUTO_CPUS
@@ -28,6 +29,7 @@ from service.models import Job, StoredFile, Tenant
 from service.models.status import JobStatus
 from service.registry.catalog import Catalog, CatalogEntry
 from service.registry.repository import ModelRepository
+from service.registry.service import fine_tuned_model_id
 from service.storage import ArtifactStore
 from workers.spec import (
     SEARCHABLE_PARAMS,
@@ -150,11 +152,22 @@ class SpecBuilder:
         self._check_resources(resources, max_gpus)
         if body.search is not None:
             self._check_search(body.search, adapter, config, task, validation, method)
-        if body.integrations:
-            raise BadRequest("integrations are not supported by Tuneplane.", param="integrations")
+        integrations = [
+            check_integration(raw, f"integrations[{i}]")
+            for i, raw in enumerate(body.integrations or [])
+        ]
         spec = self._spec(
             body, entry, task, training, validation, adapter, config, resources, method, start
         )
+        if integrations:
+            spec = spec.model_copy(
+                update={
+                    "integrations": integrations,
+                    "fine_tuned_model": fine_tuned_model_id(
+                        spec.base_model.name, self.tenant.name, body.suffix, spec.job_id
+                    ),
+                }
+            )
         given_cpus = body.resources.cpus_per_worker if body.resources else None
         return JobDraft(
             spec=spec,

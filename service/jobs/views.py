@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.jobs.integrations import integrations_out
 from service.jobs.schemas import (
     CheckpointOut,
     EventOut,
@@ -57,6 +58,7 @@ def job_out(job: Job, estimated_finish: int | None = None) -> JobOut:
         priority=job.priority,
         search_result=job.search_result,
         result=job.result,
+        integrations=integrations_out(job.spec),
     )
 
 

@@ -25,6 +25,7 @@ from service.jobs.queueing import cost_of, enqueue
 from service.models.status import JobStatus
 from service.queue import FairQueue, QueuedJob
 from service.ray_backend import Capacity, CapacitySource, ComputeBackend, submission_id
+from service.secrets.service import write_job_secrets
 from service.storage import ArtifactStore
 from service.tenants.repository import TenantRepository
 from service.tenants.service import effective_quotas
@@ -196,6 +197,8 @@ class Dispatcher:
                 extra["spec"] = spec.model_dump(mode="json")
             spec_key = f"{job.tenant_id}/jobs/{job_id}/spec.json"
             self.store.write_bytes(spec_key, spec.model_dump_json().encode())
+            # Tracker credentials go beside the spec, never in it (`workers.trackers`).
+            write_job_secrets(s, self.store, spec)
             # A resumed job's old pause request would stop the new run at its first step.
             withdraw_pause(job)
             if not jobs.start(

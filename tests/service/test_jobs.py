@@ -196,7 +196,7 @@ BAD_SPECS: list[tuple[str, Any, str]] = [
         {"search": {"space": {"learning_rate": {"type": "uniform", "low": 1, "high": 0.1}}}},
         "search.space.learning_rate",
     ),
-    ("integrations", {"integrations": [{"type": "wandb"}]}, "integrations"),
+    ("integrations", {"integrations": [{"type": "wandb"}]}, "integrations[0].wandb"),
     ("string_for_int", {"hyperparameters": {"n_epochs": "many"}}, "hyperparameters.n_epochs"),
 ]
 
