@@ -341,7 +341,7 @@ def run_service(spec: JobSpec, models_dir: str) -> tuple[Measured, JobData, Path
     trained on and the final checkpoint's directory (on local storage)."""
     from workers.data import load_job_data, plan_steps
     from workers.report import JsonLinesSink, Reporter, read_json_lines
-    from workers.train import build_trainer
+    from workers.trainer import build_trainer
 
     events_path = Path(spec.output_uri) / "events.jsonl"
     events_path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@
 Runs the same LoRA fine-tune of tiny-gpt2 on the same synthetic data, with the same
 micro-batches, (a) as a plain PyTorch loop in this process, using the recipe's own
 pieces (model load, LoRA, collate, loss, AdamW, schedule, clipping), and (b) through
-`workers.train.build_trainer` on a local Ray cluster with one worker, then (c) the same
+`workers.trainer.build_trainer` on a local Ray cluster with one worker, then (c) the same
 fit with two workers for its memory. (a) and (b) alternate `--repeats` times and each
 keeps its best figures, so a neighbour's burst of CPU on a shared machine hurts neither
 side more than the other. Prints one table:
@@ -223,7 +223,7 @@ def run_plain(spec: Any, models_dir: str, cpus: int) -> Measured:
 def run_ray(spec: Any, models_dir: str, tmp: Path, precise_memory: bool) -> Measured:
     from workers.data import load_job_data, plan_steps
     from workers.report import JsonLinesSink, Reporter, read_json_lines
-    from workers.train import build_trainer
+    from workers.trainer import build_trainer
 
     events_path = Path(spec.output_uri) / "events.jsonl"
     events_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,11 @@
-"""Fine-tuning on Ray Train: the per-worker recipe and the TorchTrainer that runs it.
+"""Fine-tuning on Ray Train: the per-worker recipe.
 
 One explicit recipe, torchtune style: `FineTuneRecipe.setup()` (seed, model, adapter,
 optimizer, schedule, restore), `.train()` (epochs of accumulated micro-batches, periodic
 evaluation and checkpoints), `.save()` (a checkpoint reported to Ray Train) and
 `.cleanup()`. The same code runs on one CPU worker or many GPU workers: Ray Train picks
 the device and the process group (gloo on CPU, NCCL on GPU) and wraps the model in DDP.
-`build_trainer` is the driver's side: the TorchTrainer that runs the recipe.
+`workers.trainer.build_trainer` is the driver's side: the TorchTrainer that runs it.
 
 The recipe reads top to bottom here; what it is built from lives beside it:
 `workers.modeling` (base model, LoRA, loss), `workers.checkpoints` (what a checkpoint
@@ -20,17 +20,16 @@ import contextlib
 import math
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray.train
+import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
-from ray.train.v2.api.callback import UserCallback
+from ray.train import Checkpoint
 from torch import nn
 
 from workers.checkpoints import (
@@ -42,7 +41,7 @@ from workers.checkpoints import (
     write_serving_files,
 )
 from workers.control import PauseFlag
-from workers.data import JobData, StepPlan, load_tokenizer, pad_token_id
+from workers.data import StepPlan, load_tokenizer, pad_token_id
 from workers.faults import FaultInjection, crash_if_due
 from workers.loop_parts import all_reduce, lr_lambda, seed_all, with_last
 from workers.modeling import unwrap
@@ -50,8 +49,7 @@ from workers.objectives import averaged, build_model
 from workers.report import Reporter
 from workers.sources import resolve_model_source
 from workers.spec import JobSpec
-from workers.storage import RUN_NAME, run_storage_uri, storage_path
-from workers.train_events import TrainEventsCallback
+from workers.trackers import Trackers, Tracking, model_reference, open_tracker
 
 # The most rows a worker holds to shuffle an epoch: above it the shuffle is windowed.
 SHUFFLE_BUFFER_ROWS = 100_000
@@ -74,6 +72,8 @@ class LoopConfig:
     # A metric every report must carry (a search trial's: Tune refuses a result without
     # its metric, and Optuna reads it from each one).
     required_metric: str | None = None
+    # The job's experiment trackers (MLflow, W&B), which rank 0 logs to.
+    tracking: Tracking | None = None
 
 
 class FineTuneRecipe:
@@ -97,6 +97,9 @@ class FineTuneRecipe:
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.reporter = self.config.reporter if self.rank == 0 else None
+        self.tracker: Trackers = open_tracker(
+            self.config.tracking, self.spec, self.reporter, self.rank
+        )
         seed_all(self.spec.seed)
         self.device = ray.train.torch.get_device()
         # bf16 autocast on GPU only: CPU autocast is slow and tests want exact fp32 numbers.
@@ -249,21 +252,21 @@ class FineTuneRecipe:
         self.state.trained_tokens += int(token_count)
         self._recent_losses.append(loss_sum / max(1.0, target_count))
         if self.reporter:
-            self.reporter.metrics(
-                {
-                    "step": self.state.step,
-                    "epoch": self.state.epoch + 1,
-                    "train_loss": loss_sum / max(1.0, target_count),
-                    "learning_rate": learning_rate,
-                    "tokens_per_second": token_count / max(elapsed, 1e-9),
-                    "trained_tokens": self.state.trained_tokens,
-                    "total_steps": self.plan.total_steps,
-                    **{
-                        f"train_{name}": value
-                        for name, value in averaged(objective, summed, target_count).items()
-                    },
-                }
-            )
+            step_metrics = {
+                "step": self.state.step,
+                "epoch": self.state.epoch + 1,
+                "train_loss": loss_sum / max(1.0, target_count),
+                "learning_rate": learning_rate,
+                "tokens_per_second": token_count / max(elapsed, 1e-9),
+                "trained_tokens": self.state.trained_tokens,
+                "total_steps": self.plan.total_steps,
+                **{
+                    f"train_{name}": value
+                    for name, value in averaged(objective, summed, target_count).items()
+                },
+            }
+            self.reporter.metrics(step_metrics)
+            self.tracker.log(step_metrics, self.state.step)
 
     def _finished(self) -> bool:
         return self.state.epoch >= self.spec.training.n_epochs
@@ -277,6 +280,7 @@ class FineTuneRecipe:
                 paused_at_step=self.state.step,
             )
         self.save(paused=True, already_saved=saved)
+        self.tracker.end("paused")
 
     def _after_step(self, end_of_epoch: bool) -> bool:
         """Evaluates and checkpoints when due; True if it saved a checkpoint."""
@@ -336,6 +340,7 @@ class FineTuneRecipe:
         self.state.metrics.update(metrics)
         if self.reporter:
             self.reporter.eval({"step": self.state.step, **metrics})
+            self.tracker.log(metrics, self.state.step)
         return metrics
 
     def _warn_if_never_improved(self, final_loss: float) -> None:
@@ -401,6 +406,8 @@ class FineTuneRecipe:
                     )
                 checkpoint = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        if final:
+            self.tracker.end("finished", model_reference(self.spec, self.config.tracking))
 
     # ---------------------------------------------------------------- cleanup
 
@@ -416,79 +423,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     recipe.setup()
     try:
         recipe.train()
+    except BaseException:
+        recipe.tracker.end("failed")
+        raise
     finally:
         recipe.cleanup()
-
-
-def build_trainer(
-    spec: JobSpec,
-    data: JobData,
-    plan: StepPlan,
-    *,
-    models_dir: str,
-    reporter: Reporter | None = None,
-    probe_text: str | None = None,
-    fault: FaultInjection | None = None,
-    checkpoint_events: bool = True,
-    callbacks: Sequence[UserCallback] = (),
-    pause: PauseFlag | None = None,
-    required_metric: str | None = None,
-) -> TorchTrainer:
-    """`pause`: where the run reads a pause request; by default its own output URI's
-    (a search's trials read the job's)."""
-    from ray.train import DataConfig
-
-    resources = spec.resources
-    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
-    if resources.use_gpu:
-        per_worker["GPU"] = resources.gpus_per_worker
-    datasets: dict[str, Any] = {"train": data.train}
-    if data.validation is not None:
-        datasets["validation"] = data.validation
-    path, filesystem = storage_path(spec.output_uri)
-    loop = LoopConfig(
-        spec=spec,
-        models_dir=models_dir,
-        plan=plan,
-        has_validation=data.validation is not None,
-        reporter=reporter,
-        probe_text=probe_text,
-        fault=fault,
-        pause=pause or PauseFlag(spec.output_uri),
-        required_metric=required_metric,
-    )
-    # Checkpoints reported to the control plane are retained by it (the last K and the
-    # best; Ray Train can keep one or the other), so Ray keeps them all: a checkpoint
-    # Ray deleted would still be listed. Other runs keep Ray's newest K.
-    retained_by_control_plane = reporter is not None and checkpoint_events
-    keep = None if retained_by_control_plane else spec.training.num_checkpoints_to_keep
-    run_callbacks: list[Any] = list(callbacks)
-    if reporter is not None:
-        run_callbacks.append(
-            TrainEventsCallback(
-                reporter, run_storage_uri(spec.output_uri), checkpoints=checkpoint_events
-            )
-        )
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"loop": loop},
-        # NCCL between GPUs; gloo on CPU, where NCCL does not exist.
-        torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=resources.num_workers,
-            use_gpu=resources.use_gpu,
-            resources_per_worker=per_worker,
-        ),
-        run_config=RunConfig(
-            name=RUN_NAME,
-            storage_path=path,
-            storage_filesystem=filesystem,
-            checkpoint_config=CheckpointConfig(num_to_keep=keep),
-            failure_config=FailureConfig(max_failures=spec.training.max_failures),
-            callbacks=run_callbacks,
-        ),
-        datasets=datasets,
-        # Validation is not split: each worker evaluates every world_size-th batch of it,
-        # so no example is dropped to even out the parts.
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-    )

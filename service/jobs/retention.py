@@ -16,7 +16,7 @@ would resume from.
 The control plane decides, when it records a checkpoint (it holds every row of the job):
 Ray Train's own `CheckpointConfig` keeps either the newest K or the best K by one score,
 never both, so a run that reports its checkpoints to the control plane lets Ray keep all
-of them (`workers.train.build_trainer`) and this module removes the rest.
+of them (`workers.trainer.build_trainer`) and this module removes the rest.
 
 A removed checkpoint's directory is emptied, not deleted: Ray Train's run snapshot lists
 every checkpoint the run registered, and a run that resumes (after a pause, or a lost

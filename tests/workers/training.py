@@ -13,7 +13,7 @@ from workers.data import StepPlan, load_job_data, plan_steps
 from workers.faults import FaultInjection
 from workers.report import EventRecord, JsonLinesSink, Reporter, read_json_lines
 from workers.spec import JobSpec
-from workers.train import build_trainer
+from workers.trainer import build_trainer
 
 
 @dataclass
