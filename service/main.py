@@ -34,11 +34,14 @@ from service.registry.admin_router import router as base_models_router
 from service.registry.catalog import Catalog
 from service.registry.router import router as models_router
 from service.scheduling.loops import ControlLoops
+from service.secrets.router import router as secrets_router
 from service.storage import ArtifactStore
 from service.tenants.router import router as tenants_router
 from service.ui.router import router as ui_router
 from service.usage.recording import UsageMeter
 from service.usage.router import router as usage_router
+from service.webhooks.router import router as webhooks_router
+from service.webhooks.sender import WebhookSender
 
 THREADS = 256
 # Longer than clients keep idle connections (httpx and the openai client: 5 s). With
@@ -55,6 +58,8 @@ ROUTERS = (
     inference_router,
     ops_router,
     usage_router,
+    webhooks_router,
+    secrets_router,
     ui_router,
 )
 
@@ -157,6 +162,8 @@ def _lifespan(
                 _start_serving_loop(app, stops, settings)
             _open_serve_client(app, stops, settings)
             _start_usage_meter(app, stops)
+            if run_loops:
+                _start_webhook_sender(app, stops, settings)
             yield
 
     return lifespan
@@ -200,6 +207,14 @@ def _start_usage_meter(app: FastAPI, stops: AsyncExitStack) -> None:
     meter: UsageMeter = app.state.usage_meter
     meter.start()
     stops.callback(meter.stop)
+
+
+def _start_webhook_sender(app: FastAPI, stops: AsyncExitStack, settings: Settings) -> None:
+    # Every replica sends: each claims its rows from the outbox, which needs the database
+    # alone (no Redis, no cluster).
+    sender = WebhookSender(app.state.engine, settings)
+    sender.start()
+    stops.callback(sender.stop)
 
 
 def _open_serve_client(app: FastAPI, stops: AsyncExitStack, settings: Settings) -> None:

@@ -19,6 +19,9 @@ from service.cli.files import files_app
 from service.cli.jobs import jobs_app
 from service.cli.login import login
 from service.cli.models import models_app
+from service.cli.secrets import secrets_app
+from service.cli.usage import usage
+from service.cli.webhooks import webhooks_app
 from service.config import Settings, get_settings
 
 app = typer.Typer(
@@ -32,6 +35,9 @@ app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.add_typer(deployments_app, name="deployments")
+app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(secrets_app, name="secrets")
+app.command("usage")(usage)
 app.add_typer(admin_app, name="admin")
 console = Console()
 

@@ -1,6 +1,6 @@
 """The job state machine. Every status change goes through `transition()`, and every
-side effect of a change hangs off it: the status event, the log line, the metrics, and on
-success the registration of the fine-tuned model.
+side effect of a change hangs off it: the status event, the log line, the metrics, the
+webhooks' outbox rows, and on success the registration of the fine-tuned model.
 
 It is a compare-and-set: the UPDATE only matches while the job is in a state the
 transition may start from, so two replicas (or a scheduler and a cancel) racing on the
@@ -24,6 +24,7 @@ from service.jobs.repository import JobStore
 from service.models import FineTunedModel, Job, JobEvent
 from service.models.status import TERMINAL, JobStatus
 from service.usage.recording import record_job_usage
+from service.webhooks.events import job_changed as tell_webhooks
 
 log = logging.getLogger(__name__)
 # OpenAI's event types: a status change is a message whose data names the status.
@@ -140,6 +141,9 @@ def transition(
     if to in TERMINAL:
         # In the transaction that ends the job: its usage is written once, with its end.
         record_job_usage(session, job_id, ts)
+    if to in TERMINAL or to == S.PAUSED:
+        # The outbox row commits with the change it tells of, or not at all.
+        tell_webhooks(session, tenant_id, job_id, to, ts)
     session.flush()
     extra = {"job_id": job_id, "tenant_id": tenant_id, "status": to}
     metrics.on_commit(session, lambda: log.info("job %s is %s", job_id, to, extra=extra))

@@ -121,7 +121,7 @@ class UsageMeter:
         self._pending: list[UsageRecord] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tuneplane-usage", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def add(self, tenant_id: str, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         record = UsageRecord(
@@ -152,14 +152,20 @@ class UsageMeter:
                 self._pending = batch + self._pending
 
     def start(self) -> None:
+        # A thread per start: an app's lifespan may run more than once (tests do).
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name="tuneplane-usage", daemon=True
+        )
         self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval_s):
             self.flush()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread is not None:
             self._thread.join(timeout=10)
+            self._thread = None
         self.flush()

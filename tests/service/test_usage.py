@@ -4,6 +4,7 @@ once, however often it is told; what the usage API sums; the monthly token budge
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -35,8 +36,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
     yield clock
 
 
-def _usage(client: TestClient, headers: dict[str, str], path: str = "/v1/usage", **q: object):  # type: ignore[no-untyped-def]
-    r = client.get(path, params={"start_time": 0, "end_time": DAY, **q}, headers=headers)
+def _usage(client: TestClient, headers: dict[str, str], **q: Any) -> Any:
+    r = client.get("/v1/usage", params={"start_time": 0, "end_time": DAY, **q}, headers=headers)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -181,7 +182,7 @@ def test_hourly_buckets_page_through_the_range(client: TestClient, app: FastAPI)
     page = None
     pages = 0
     while True:
-        q: dict[str, object] = {"bucket_width": "1h", "end_time": 2 * DAY}
+        q: dict[str, Any] = {"bucket_width": "1h", "end_time": 2 * DAY}
         if page:
             q["page"] = page
         body = _usage(client, t.headers, **q)

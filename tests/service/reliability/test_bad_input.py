@@ -112,6 +112,8 @@ def _fill(path: str, world: dict[str, Any]) -> str:
         "model_id": "tiny-gpt2",
         "key_id": "key-0",
         "deployment_id": "dep-0",
+        "webhook_id": "wh-0",
+        "secret_name": "SOME_SECRET",
     }
     for name, value in ids.items():
         path = path.replace("{" + name + "}", value).replace("{" + name + ":path}", value)

@@ -40,6 +40,16 @@ def _owned(client: TestClient, t: TenantHandle) -> dict[str, str]:
     r = client.post("/v1/deployments", json={"model": model_id}, headers=t.headers)
     if r.status_code == 200:
         ids["deployment_id"] = r.json()["id"]
+    # A public address passes the SSRF check; deployment.ready alone is never sent here
+    # (no Serve), so nothing is ever sent to it.
+    hook = {"url": "https://8.8.8.8/hook", "event_types": ["deployment.ready"]}
+    r = client.post("/v1/webhooks", json=hook, headers=t.headers)
+    assert r.status_code == 200, r.text
+    ids["webhook_id"] = r.json()["id"]
+    name = "SECRET_" + t.name.upper().replace("-", "_")
+    r = client.put(f"/v1/secrets/{name}", json={"value": "v"}, headers=t.headers)
+    assert r.status_code == 200, r.text
+    ids["secret_name"] = name
     return ids
 
 
@@ -58,6 +68,8 @@ def test_another_tenants_id_is_404_on_every_endpoint_that_takes_one(client: Test
     for method, path, op in _operations(client):
         if path.startswith("/v1/admin/") or "{" not in path:
             continue
+        if method == "PUT" and path == "/v1/secrets/{secret_name}":
+            continue  # secret names are each tenant's own: B's PUT sets B's own secret
         url = _fill(path, a_ids)
         assert "{" not in url, f"the matrix has no object for {method} {path}: add it"
         body: dict[str, Any] | None = {} if "requestBody" in op else None
@@ -124,8 +136,9 @@ def test_another_tenants_ids_in_a_body_answer_as_if_they_did_not_exist(
         for method, path, _ in _operations(client)
         if method == "POST" and "{" not in path and not path.startswith("/v1/admin/")
     }
-    # Every body that can name an object is in the matrix (uploads name none).
-    assert present - {"/v1/files"} == set(bodies), present ^ set(bodies)
+    # Every body that can name an object is in the matrix (uploads and webhook endpoints
+    # name none).
+    assert present - {"/v1/files", "/v1/webhooks"} == set(bodies), present ^ set(bodies)
     for path, (theirs, nobodys) in [*bodies.items(), *crossed.items()]:
         r = client.post(path, json=theirs, headers=b.headers)
         same = client.post(path, json=nobodys, headers=b.headers)
