@@ -21,6 +21,8 @@ from tests.fixtures.stack import ControlPlaneProcess, wait_for
 from tests.service.reliability.harness import make_tenant, submit
 from tests.service.webhook_receiver import Receiver
 
+# A fault scenario, as test_faults' are: outside `make test`'s budget (make test-long).
+pytestmark = pytest.mark.long
 JOBS = 3
 
 
