@@ -15,4 +15,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.redis_server",
     "tests.fixtures.stack",
     "tests.fixtures.live_stack",
+    "tests.service.webhook_receiver",
 ]

@@ -8,7 +8,6 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -37,15 +36,6 @@ ALL = [
     "deployment.ready",
 ]
 UNWRAP = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9")
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture

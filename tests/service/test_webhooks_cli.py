@@ -4,13 +4,11 @@ receiver."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
-import pytest
 from typer.testing import CliRunner, Result
 
 from service.cli import app as cli
@@ -20,15 +18,6 @@ from tests.fixtures.app import ADMIN_KEY
 from tests.fixtures.stack import ControlPlaneProcess, wait_for
 from tests.service.reliability.harness import make_tenant, submit
 from tests.service.webhook_receiver import Receiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 def run(args: list[str], env: dict[str, str | None], ok: bool = True) -> Result:

@@ -3,8 +3,6 @@ running; Serve's status is given as the serving loop reads it (`ServingManager.s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import openai
 import pytest
 from fastapi import FastAPI
@@ -18,15 +16,6 @@ from service.ray_backend import ServeAppStatus
 from service.webhooks.ready import announce_ready
 from tests.factories import TenantHandle, add_model, create_job_ok, make_tenant
 from tests.service.webhook_receiver import Receiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,6 @@ from tests.service.webhook_receiver import Receiver
 # A fault scenario, as test_faults' are: outside `make test`'s budget (make test-long).
 pytestmark = pytest.mark.long
 JOBS = 3
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 def _deliveries(http: httpx.Client, t: TenantHandle, endpoint_id: str) -> list[dict[str, Any]]:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
 
 
 @dataclass(frozen=True)
@@ -86,3 +89,13 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A receiver on 127.0.0.1, closed after the test."""
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.close()
