@@ -58,6 +58,8 @@ def _starts(http: httpx.Client, t: TenantHandle, job_id: str) -> int:
     return sum(1 for e in events if e["message"].startswith("Job started"))
 
 
+# A leader killed and replaced, over a minute: with the fault scenarios in `make test-long`.
+@pytest.mark.long
 def test_two_replicas_on_postgres_run_each_job_once_and_hand_over_leadership(
     stack_settings: Settings, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
@@ -119,6 +120,8 @@ def test_cancel_a_running_job_stops_its_ray_job(stack_settings: Settings) -> Non
         assert _job(http, t, job_id)["fine_tuned_model"] is None
 
 
+# A fault scenario of over a minute: with the others in `make test-long`.
+@pytest.mark.long
 def test_kill9_and_redis_flush_lose_no_job_and_run_none_twice(
     stack_settings: Settings, tmp_path: Path
 ) -> None:

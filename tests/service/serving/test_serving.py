@@ -269,7 +269,13 @@ def test_usage_is_exactly_what_the_jobs_trained_and_the_requests_used(
         assert row["worker_seconds"] > 0 and row["gpu_seconds"] == 0
 
     # Inference: what the answers' `usage` fields say, summed, is what the meter adds.
-    before = _usage_by(served, "model")
+    # The meter writes every half second: the earlier tests' requests must be in `before`.
+    def settled() -> dict[str, dict[str, Any]] | None:
+        first = _usage_by(served, "model")
+        time.sleep(0.75)
+        return first if _usage_by(served, "model") == first else None
+
+    before = wait_for(settled, 10, "the earlier requests' usage to be written", 0)
     client = served.openai(served.a)
     sent: dict[str, list[int]] = {}
 
