@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from service.common import new_id, now
+from service.jobs.repository import JobRepository, JobStore
 from service.models import Job, Trial, UsageRecord
 from service.models.status import ACTIVE
 from service.usage.repository import UsageRepository
@@ -37,11 +38,11 @@ def job_record_id(job_id: str) -> str:
 def record_job_usage(session: Session, job_id: str, at: float) -> None:
     """The ended job's usage (and each of its trials'), unless already written."""
     repo = UsageRepository(session)
-    job = repo.job(job_id)
+    job = JobStore(session).get(job_id)
     if job is None or repo.exists(job_record_id(job_id)):
         return
     resources = _resources(job)
-    trials = repo.trials(job_id) if job.search else []
+    trials = JobRepository(session, job.tenant_id).trials(job_id) if job.search else []
     records = [_trial_record(job, trial, resources) for trial in trials]
     if trials:
         # A search's trials carry its usage; the job's own row only marks it written.

@@ -11,7 +11,7 @@ from sqlalchemy import func
 from sqlalchemy import select as select_columns
 from sqlmodel import Session, col, select
 
-from service.models import Job, JobEvent, Trial, UsageRecord
+from service.models import JobEvent, UsageRecord
 
 # The columns a usage query may group by, by their API names.
 GROUPS: dict[str, Any] = {
@@ -57,9 +57,6 @@ class UsageRepository:
 
     # -- what a job's usage is made of -------------------------------------------------------
 
-    def job(self, job_id: str) -> Job | None:
-        return self.session.get(Job, job_id)
-
     def status_changes(self, job_id: str) -> list[tuple[float, str]]:
         """(when, status) of each of the job's status events, in order."""
         stmt = (
@@ -84,10 +81,6 @@ class UsageRepository:
         )
         data = self.session.exec(stmt).first() or {}
         return int(data.get("trained_tokens") or 0)
-
-    def trials(self, job_id: str) -> list[Trial]:
-        stmt = select(Trial).where(col(Trial.job_id) == job_id).order_by(col(Trial.trial_id))
-        return list(self.session.exec(stmt))
 
     # -- sums ------------------------------------------------------------------------------
 
