@@ -197,7 +197,7 @@ class Cell:
     seconds: float
     latencies: list[float]
     errors: int
-    batch_sizes: list[int]
+    batch_sizes: list[float]
 
     @property
     def rps(self) -> float:
@@ -216,7 +216,7 @@ async def closed_loop(
     seconds: float,
 ) -> Cell:
     latencies: list[float] = []
-    batch_sizes: list[int] = []
+    batch_sizes: list[float] = []
     tokens = errors = 0
     counter = 0
     limits = httpx.Limits(max_connections=concurrency + 4)
@@ -235,7 +235,7 @@ async def closed_loop(
                     continue
                 latencies.append(time.perf_counter() - started)
                 tokens += int(r.json()["usage"]["completion_tokens"])
-                batch_sizes.append(int(r.headers.get(BATCH_SIZE_HEADER, "0")))
+                batch_sizes.append(float(r.headers.get(BATCH_SIZE_HEADER, "0")))
 
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -8,8 +8,9 @@ This module is the deployment; the engines, batching, adapters and OpenAI shapes
 composes live in `workers.serving`.
 
 - `ModelServer` is the deployment: adapters come and go through `@serve.multiplexed`
-  (LRU, size from the app's arguments); generation requests are batched with
-  `@serve.batch` and run as one decode loop in which every row may use another adapter;
+  (LRU, size from the app's arguments); generation requests join one continuously
+  batched decode loop (`workers.serving.continuous`) in which every row may use another
+  adapter; classification requests are batched with `@serve.batch`;
   answers are OpenAI's objects, streamed as Server-Sent Events when asked.
 - `build_app(args)` is the application builder named in the Serve config.
 
@@ -23,22 +24,16 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from ray import serve
 
 from workers.serving.adapters import LoadedAdapter, adapter_loader
-from workers.serving.batching import (
-    ClassifyRequest,
-    ClassifyResult,
-    classify_grouped,
-    decode_batch,
-    unsplit,
-)
+from workers.serving.batching import ClassifyRequest, ClassifyResult, classify_grouped
 from workers.serving.classifier import ClassifierEngine
-from workers.serving.engine import CausalLMEngine, Delta, GenerationRequest, SamplingParams
+from workers.serving.continuous import ContinuousBatcher
+from workers.serving.engine import CausalLMEngine, GenerationRequest, SamplingParams
 from workers.serving.openai_api import (
     ChatBody,
     ClassificationBody,
@@ -68,8 +63,7 @@ def build_engine(args: ServeArgs, cache: Path) -> Engine:
     return CausalLMEngine(source, args.models_dir, args.max_context_tokens)
 
 
-# Serve's typing of `batch` knows no async generators; sizes are reset per replica.
-_BATCHED: Any = serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+# Serve's typing of `batch` is loose; sizes are reset per replica.
 _BATCHED_CLASSIFY: Any = serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
 
 
@@ -85,8 +79,11 @@ class ModelServer:
         self.get_adapter = serve.multiplexed(max_num_models_per_replica=self.args.max_adapters)(
             adapter_loader(self.engine, self.cache, self.fresh_loads)
         )
-        self.generate_batch.set_max_batch_size(self.args.max_batch_size)
-        self.generate_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        self.batcher = (
+            ContinuousBatcher(self.engine, self.args.max_batch_size)
+            if isinstance(self.engine, CausalLMEngine)
+            else None
+        )
         self.classify_batch.set_max_batch_size(self.args.max_batch_size)
         self.classify_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
 
@@ -94,14 +91,6 @@ class ModelServer:
     async def classify_batch(self, requests: list[ClassifyRequest]) -> list[ClassifyResult]:
         assert isinstance(self.engine, ClassifierEngine)
         return await classify_grouped(self.engine, requests)
-
-    @_BATCHED
-    async def generate_batch(
-        self, requests: list[GenerationRequest]
-    ) -> AsyncIterator[list[Delta | type[StopIteration]]]:
-        assert isinstance(self.engine, CausalLMEngine)
-        async for step in decode_batch(self.engine, requests):
-            yield step
 
     async def __call__(self, request: Any) -> Any:
         path = request.url.path.rstrip("/")
@@ -158,7 +147,7 @@ class ModelServer:
     ) -> Any:
         from starlette.responses import JSONResponse, StreamingResponse
 
-        if not isinstance(self.engine, CausalLMEngine):
+        if not isinstance(self.engine, CausalLMEngine) or self.batcher is None:
             return error_response(400, f"'{body.model}' is a classifier.", "wrong_task", "model")
         ids = prompt_token_ids(body, self.engine)
         room = self.args.max_context_tokens - len(ids)
@@ -175,15 +164,13 @@ class ModelServer:
             params = SamplingParams(
                 room, params.temperature, params.top_p, params.stop, params.seed
             )
-        stream = unsplit(
-            self.generate_batch, GenerationRequest(ids, params, adapter.name, body.stream)
-        )
+        stream = self.batcher.generate(GenerationRequest(ids, params, adapter.name, body.stream))
         completion = Completion(kind, body.model, body.include_usage)
         completion.prompt_tokens = len(ids)
         if not body.stream:
             async for delta in stream:
                 completion.add(delta)
-            headers[BATCH_SIZE_HEADER] = str(delta.batch_size)
+            headers[BATCH_SIZE_HEADER] = f"{delta.batch_size:.2f}"
             return JSONResponse(completion.final(), headers=headers)
         return StreamingResponse(
             sse_events(completion, stream), media_type="text/event-stream", headers=headers

@@ -7,45 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.workers.lora_adapters import make_adapter
 from workers.data import encode_classification, load_tokenizer
-from workers.serving.batching import run_to_end
 from workers.serving.classifier import ClassifierEngine
 from workers.serving.engine import CausalLMEngine, Delta, GenerationRequest, SamplingParams
 from workers.sources import resolve_model_source
-
-
-def make_adapter(models_dir: Path, out: Path, seed: int, task: str = "causal_lm") -> Path:
-    """A LoRA adapter with random (non-zero) weights, saved as training saves one."""
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    torch.manual_seed(seed)
-    if task == "causal_lm":
-        base = AutoModelForCausalLM.from_pretrained(
-            resolve_model_source("tiny:tiny-gpt2", models_dir)
-        )
-        config = LoraConfig(
-            r=4,
-            target_modules=["c_attn"],
-            fan_in_fan_out=True,
-            init_lora_weights=False,
-            task_type=TaskType.CAUSAL_LM,
-        )
-    else:
-        base = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_source("tiny:tiny-bert", models_dir),
-            num_labels=3,
-            ignore_mismatched_sizes=True,
-        )
-        config = LoraConfig(
-            r=4,
-            target_modules=["query", "value"],
-            init_lora_weights=False,
-            task_type=TaskType.SEQ_CLS,
-        )
-    model = get_peft_model(base, config)
-    model.save_pretrained(str(out))
-    return out
 
 
 def run(engine: CausalLMEngine, requests: list[GenerationRequest]) -> list[tuple[str, str, int]]:
@@ -98,15 +64,6 @@ def test_batched_generation_equals_one_at_a_time(
         assert len(outputs) >= 3, outputs
 
 
-def test_a_batch_run_to_its_end_folds_each_requests_steps(engine: CausalLMEngine) -> None:
-    requests = [
-        GenerationRequest(engine.encode_prompt(p), SamplingParams(max_tokens=n, temperature=0))
-        for p, n in (("red ->", 3), ("a green cat ->", 9))
-    ]
-    folded = run_to_end(engine, requests)
-    assert [(d.text, d.finish_reason, d.completion_tokens) for d in folded] == run(engine, requests)
-
-
 def test_sampling_is_seeded_per_request(engine: CausalLMEngine) -> None:
     ids = engine.encode_prompt("red ->")
     seeded = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, seed=7)
@@ -139,7 +96,7 @@ def test_adapter_unload_keeps_others(engine: CausalLMEngine, adapters: list[Path
     ids = engine.encode_prompt("green ->")
     before = run(engine, [GenerationRequest(ids, GREEDY, "x1")])
     engine.unload_adapter("x0")
-    assert "x0" not in engine.host.loaded
+    assert "x0" not in engine.adapters
     assert run(engine, [GenerationRequest(ids, GREEDY, "x1")]) == before
 
 

@@ -2,7 +2,7 @@
 
 Serve's multiplexing keeps an LRU of loaded adapters per replica; the handle it holds
 (`LoadedAdapter`) unloads the weights when evicted. `AdapterHost` is the peft model the
-engines forward through, with the lock that keeps loads and forward passes apart.
+classifier forwards through, with the lock that keeps loads and forward passes apart.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,21 +63,6 @@ class AdapterHost:
                 self.model.set_adapter(next(a for a in self.loaded if a != name))
             self.model.delete_adapter(name)
             self.loaded.discard(name)
-
-    def adapter_kwargs(self, adapters: Sequence[str | None]) -> dict[str, Any]:
-        """Forward arguments that apply each row's adapter; call with the lock held.
-
-        A batch of one adapter only activates it: peft's per-row routing registers hooks
-        on every LoRA layer at every forward, which costs more than a tiny model's step."""
-        if self.model is self.base:
-            return {}
-        unique = set(adapters)
-        if len(unique) == 1 and None not in unique:
-            name = next(iter(unique))
-            if self.model.active_adapter != name:
-                self.model.set_adapter(name)
-            return {}
-        return {"adapter_names": [a if a is not None else "__base__" for a in adapters]}
 
 
 class AdapterEngine(Protocol):

@@ -1,8 +1,14 @@
-"""The causal LM engine: a base model, its adapters, and one decode loop for a batch.
+"""The causal LM engine: a base model, its adapters, and the steps of a running batch.
 
-Knows nothing of Ray: tests drive it directly with a tiny real model, and the deployment
-takes one injected through its constructor. Every row of a batch may use another adapter
-(peft's mixed-adapter batches) and samples with its own parameters.
+A `Batch` is the rows decoding together and their KV cache. The engine prefills new
+requests into a batch of their own (`prefill`), decodes one token for every row of a batch
+(`decode`), joins two batches into one (`join`) and drops rows (`retain`): what the
+continuous batcher needs to let requests join and leave between decode steps. Every row may
+use another adapter (`workers.serving.lora`, one pass for all of them) and samples with its
+own parameters and generator.
+
+Knows nothing of Ray or threads: tests drive it directly with a tiny real model, and the
+deployment takes one injected through its constructor.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 import torch
 
 from workers.data import chat_prompt_ids, load_tokenizer, prompt_ids
-from workers.serving.adapters import AdapterHost
+from workers.serving.lora import BatchedLoRA
 from workers.sources import resolve_model_source
 
 
@@ -44,17 +50,44 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    batch_size: int = 1  # requests decoded together with this one
+    batch_size: float = 1.0  # the mean number of requests decoded together with this one
 
 
 @dataclass
-class _Row:
+class Row:
+    """One request in a running batch."""
+
     request: GenerationRequest
+    slot: int  # its adapter's slot (0: the base model)
     generator: torch.Generator | None
     tokens: list[int] = field(default_factory=list)
     generated: int = 0  # tokens sampled, the final EOS included (what usage counts)
-    text: str = ""
-    done: bool = False
+    text: str = ""  # the completion so far (cut at a stop sequence)
+    sent: int = 0  # characters of `text` handed out in deltas
+    prefix_offset: int = 0  # the incremental detokenizer's window over `tokens`
+    read_offset: int = 0
+    finish_reason: str | None = None
+    next_token: int = 0  # sampled, not yet fed to the model
+    position: int = 0  # the position `next_token` takes
+    forwards: int = 0  # forward passes this row took part in, and their rows summed
+    rows_seen: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def mean_batch(self) -> float:
+        return self.rows_seen / self.forwards if self.forwards else 1.0
+
+
+@dataclass
+class Batch:
+    """Rows decoding together: their KV cache and attention mask are left-padded to one width."""
+
+    rows: list[Row]
+    cache: Any  # transformers' DynamicCache, batch first
+    mask: torch.Tensor  # [rows, width]: 1 where a row has a real token
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
@@ -71,7 +104,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | 
 
 
 class CausalLMEngine:
-    """A causal LM and its adapters; generates for a batch of requests at once."""
+    """A causal LM and its adapters; prefills, decodes, joins and splits batches of rows."""
 
     def __init__(self, source: str, models_dir: str, max_context_tokens: int = 1024) -> None:
         from transformers import AutoModelForCausalLM
@@ -80,22 +113,27 @@ class CausalLMEngine:
         self.tokenizer = load_tokenizer(source, models_dir)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        base: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        base = base.to(self.device).eval()
-        self.host = AdapterHost(base)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        self.model: Any = model.to(self.device).eval()
+        self.lora = BatchedLoRA(self.model)
         self.max_context_tokens = max_context_tokens
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         # The first forward pass pays one-off costs (kernels, allocator, lazy modules):
         # paid here, before the replica says it is ready, not by the first request.
-        with torch.inference_mode():
-            base(input_ids=torch.tensor([[self.pad_id] * 4], device=self.device))
+        warm = self.prefill([GenerationRequest([self.pad_id] * 4, SamplingParams(2, 0.0))])[0]
+        self.decode(warm)
+        self.joinable = all(type(layer).__name__ == "DynamicLayer" for layer in warm.cache.layers)
+
+    @property
+    def adapters(self) -> set[str]:
+        return self.lora.loaded
 
     def load_adapter(self, name: str, directory: Path) -> None:
-        self.host.load(name, directory)
+        self.lora.load(name, directory)
 
     def unload_adapter(self, name: str) -> None:
-        self.host.unload(name)
+        self.lora.unload(name)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return prompt_ids(self.tokenizer, prompt)
@@ -103,66 +141,108 @@ class CausalLMEngine:
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         return chat_prompt_ids(self.tokenizer, messages)
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[list[Delta | None]]:
-        """One list per decode step: each request's new text, None once it has finished.
-
-        Rows are left-padded into one batch; each row samples with its own parameters and
-        generator (so a seed gives the same text whatever else is in the batch)."""
+    def prefill(self, requests: Sequence[GenerationRequest]) -> tuple[Batch, list[Delta]]:
+        """A batch of `requests`, their prompts run and each row's first token sampled."""
         rows = [
-            _Row(
+            Row(
                 r,
+                self.lora.slot_of(r.adapter),
                 torch.Generator().manual_seed(r.params.seed) if r.params.seed is not None else None,
             )
             for r in requests
         ]
-        ids, mask = self._left_padded(requests)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        adapters = [r.adapter for r in requests]
-        steps = max(r.params.max_tokens for r in requests)
-        past: Any = None
-        for step in range(steps):
-            with self.host.lock, torch.inference_mode():
-                # Per step: an adapter load between steps may have changed the active one.
-                out = self.host.model(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    past_key_values=past,
-                    use_cache=True,
-                    **self.host.adapter_kwargs(adapters),
-                )
-            past = out.past_key_values
-            logits = out.logits[:, -1, :].float().cpu()
-            deltas: list[Delta | None] = []
-            next_ids: list[int] = []
-            for i, row in enumerate(rows):
-                if row.done:
-                    deltas.append(None)
-                    next_ids.append(self.pad_id)
-                    continue
-                token = sample(logits[i], row.request.params, row.generator)
-                next_ids.append(token)
-                deltas.append(self._advance(row, token))
-            yield deltas
-            if all(row.done for row in rows) or step == steps - 1:
-                return
-            ids = torch.tensor(next_ids, dtype=torch.long, device=self.device).unsqueeze(1)
-            mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
-            positions = positions[:, -1:] + 1
-
-    def _left_padded(
-        self, requests: Sequence[GenerationRequest]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The prompts as one left-padded batch of ids and its attention mask, on device."""
         width = max(len(r.prompt_ids) for r in requests)
         ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(requests), width), dtype=torch.long)
         for i, r in enumerate(requests):
             ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
             mask[i, width - len(r.prompt_ids) :] = 1
-        return ids.to(self.device), mask.to(self.device)
+            rows[i].position = len(r.prompt_ids)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        batch = Batch(rows, None, mask.to(self.device))
+        return batch, self._forward(batch, ids.to(self.device), positions.to(self.device))
 
-    def _advance(self, row: _Row, token: int) -> Delta:
+    def decode(self, batch: Batch) -> list[Delta]:
+        """One token for every row of `batch` (each row's last sampled token fed back)."""
+        ids = torch.tensor([[r.next_token] for r in batch.rows], device=self.device)
+        positions = torch.tensor([[r.position] for r in batch.rows], device=self.device)
+        batch.mask = torch.cat([batch.mask, torch.ones_like(ids)], dim=1)
+        for row in batch.rows:
+            row.position += 1
+        return self._forward(batch, ids, positions)
+
+    def join(self, batch: Batch, other: Batch) -> Batch:
+        """One batch of both batches' rows: caches and masks left-padded to one width."""
+        width = max(batch.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(batch.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
+            mine.values = torch.cat(
+                [_pad_left(mine.values, width), _pad_left(theirs.values, width)]
+            )
+        batch.mask = torch.cat([_pad_left(batch.mask, width, 1), _pad_left(other.mask, width, 1)])
+        batch.rows = batch.rows + other.rows
+        return batch
+
+    def retain(self, batch: Batch, keep: list[int]) -> Batch:
+        """`batch` with only the rows at `keep`; columns no remaining row uses are cut."""
+        if len(keep) == len(batch.rows):
+            return batch
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        mask = batch.mask.index_select(0, index)
+        used = mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else mask.shape[1]
+        for layer in batch.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+            layer.values = layer.values.index_select(0, index)[:, :, start:]
+        batch.mask = mask[:, start:]
+        batch.rows = [batch.rows[i] for i in keep]
+        return batch
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[list[Delta | None]]:
+        """The whole of `requests` as one batch: one list per step, each request's new text,
+        None once it has finished (what tests and offline callers use)."""
+        batch, deltas = self.prefill(requests)
+        index = list(range(len(requests)))  # batch row -> request
+        while True:
+            out: list[Delta | None] = [None] * len(requests)
+            for i, d in zip(index, deltas, strict=True):
+                out[i] = d
+            yield out
+            keep = [k for k, row in enumerate(batch.rows) if not row.done]
+            if not keep:
+                return
+            batch = self.retain(batch, keep)
+            index = [index[k] for k in keep]
+            deltas = self.decode(batch)
+
+    def _forward(self, batch: Batch, ids: torch.Tensor, positions: torch.Tensor) -> list[Delta]:
+        with self.lora.lock, torch.inference_mode():
+            self.lora.routing.route([r.slot for r in batch.rows], self.device)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=batch.mask,
+                position_ids=positions,
+                past_key_values=batch.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        batch.cache = out.past_key_values
+        logits = out.logits[:, -1, :].float().cpu()
+        greedy = logits.argmax(dim=-1).tolist()
+        deltas = []
+        for i, row in enumerate(batch.rows):
+            row.forwards += 1
+            row.rows_seen += len(batch.rows)
+            params = row.request.params
+            if params.temperature > 0:
+                token = sample(logits[i], params, row.generator)
+            else:
+                token = greedy[i]
+            row.next_token = token
+            deltas.append(self._advance(row, token))
+        return deltas
+
+    def _advance(self, row: Row, token: int) -> Delta:
         params = row.request.params
         finish: str | None = None
         row.generated += 1
@@ -170,14 +250,6 @@ class CausalLMEngine:
             finish = "stop"
         else:
             row.tokens.append(token)
-        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-        # Hold back a partial UTF-8 sequence until its last byte arrives.
-        if finish is None and text.endswith("\ufffd"):
-            text = row.text
-        for stop in params.stop:
-            at = text.find(stop)
-            if at >= 0:
-                text, finish = text[:at], "stop"
         if finish is None and len(row.tokens) >= params.max_tokens:
             finish = "length"
         if (
@@ -185,8 +257,54 @@ class CausalLMEngine:
             and len(row.request.prompt_ids) + len(row.tokens) >= self.max_context_tokens
         ):
             finish = "length"
-        new = text[len(row.text) :] if text.startswith(row.text) else ""
-        row.text = text if text.startswith(row.text) else row.text
-        if finish is not None:
-            row.done = True
-        return Delta(new, finish, len(row.request.prompt_ids), row.generated)
+        before = len(row.text)
+        text = row.text + self._detokenize(row, final=finish is not None)
+        for stop in params.stop:
+            # Only where the new text can complete it: earlier text was searched already.
+            at = text.find(stop, max(0, before - len(stop) + 1))
+            if at >= 0:
+                text, finish = text[:at], "stop"
+        row.text = text
+        # Text that may yet turn out to start a stop sequence waits for the next token.
+        held = 0 if finish is not None else _stop_prefix(text, params.stop)
+        new = text[row.sent : len(text) - held]
+        row.sent += len(new)
+        row.finish_reason = finish
+        return Delta(new, finish, len(row.request.prompt_ids), row.generated, row.mean_batch)
+
+    def _detokenize(self, row: Row, final: bool) -> str:
+        """The text the row's newest tokens add, decoding only a few tokens per step.
+
+        Decoding a short window that starts a few tokens back (the prefix) and taking
+        what comes after the prefix's own text keeps the spaces and merges a full decode
+        would give (TGI's and vLLM's incremental detokenization). A partial UTF-8 sequence
+        is held until its last byte arrives, or the row ends."""
+        prefix = self.tokenizer.decode(
+            row.tokens[row.prefix_offset : row.read_offset], skip_special_tokens=True
+        )
+        window = self.tokenizer.decode(row.tokens[row.prefix_offset :], skip_special_tokens=True)
+        if len(window) <= len(prefix) or (window.endswith("\ufffd") and not final):
+            return ""
+        row.prefix_offset, row.read_offset = row.read_offset, len(row.tokens)
+        return window[len(prefix) :]
+
+
+def _stop_prefix(text: str, stops: Sequence[str]) -> int:
+    """The length of the longest end of `text` that begins some stop sequence."""
+    longest = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:k]):
+                longest = k
+                break
+    return longest
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    """`t` with zeros before its own columns along `dim` up to `width` (keys: [b, h, s, d])."""
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
