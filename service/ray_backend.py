@@ -26,6 +26,9 @@ class Capacity:
     cpus: float
     gpus: float
 
+    def __add__(self, other: Capacity) -> Capacity:
+        return Capacity(self.cpus + other.cpus, self.gpus + other.gpus)
+
     def __sub__(self, other: Capacity) -> Capacity:
         return Capacity(self.cpus - other.cpus, self.gpus - other.gpus)
 
@@ -68,6 +71,8 @@ class ServeAppStatus:
     message: str
     running_replicas: int
     target_replicas: int
+    # What its replicas hold, or will once Serve has placed them (`replica_holdings`).
+    held: Capacity = Capacity(0.0, 0.0)
 
 
 class ServeBackend(Protocol):
@@ -190,15 +195,30 @@ class RayJobsBackend:
         out: dict[str, ServeAppStatus] = {}
         for name, app in (r.json().get("applications") or {}).items():
             running = target = 0
+            held = Capacity(0.0, 0.0)
             for deployment in (app.get("deployments") or {}).values():
                 target += int(deployment.get("target_num_replicas") or 0)
                 running += sum(
                     1 for rep in deployment.get("replicas") or [] if rep.get("state") == "RUNNING"
                 )
+                held += replica_holdings(deployment)
             out[name] = ServeAppStatus(
-                str(app.get("status", "")), str(app.get("message") or ""), running, target
+                str(app.get("status", "")), str(app.get("message") or ""), running, target, held
             )
         return out
+
+
+def replica_holdings(deployment: dict[str, Any]) -> Capacity:
+    """The CPUs and GPUs a Serve deployment's replicas hold (one deployment of Serve's
+    `/api/serve/applications/` answer). Every live replica counts, a starting or stopping
+    one too, and so does each replica Serve is about to add to reach its target: Ray
+    places it as soon as cores are free, so a job must not be started onto them. Serve's
+    controller and proxies reserve no CPU and are not counted."""
+    need = deployment.get("required_resources") or {}
+    replicas = max(
+        int(deployment.get("target_num_replicas") or 0), len(deployment.get("replicas") or [])
+    )
+    return Capacity(replicas * float(need.get("CPU", 0)), replicas * float(need.get("GPU", 0)))
 
 
 def submission_id(job_id: str, attempt: int) -> str:

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from service.config import Settings
 from service.queue import FairQueue, new_token
-from service.ray_backend import ComputeBackend
+from service.ray_backend import ComputeBackend, RayJobsBackend, ServeBackend
 from service.scheduling.events import EventConsumer
 from service.scheduling.reconciler import Reconciler
 from service.scheduling.scheduler import Dispatcher, Scheduler
@@ -32,10 +32,15 @@ class ControlLoops:
         backend: ComputeBackend,
         store: ArtifactStore,
         settings: Settings,
+        serving: ServeBackend | None = None,
     ) -> None:
         self.settings = settings
         self.dispatcher = Dispatcher(engine, backend, queue, store, settings)
-        self.scheduler = Scheduler(engine, queue, backend, self.dispatcher, settings, new_token())
+        if serving is None and isinstance(backend, RayJobsBackend):
+            serving = backend  # Ray's Serve beside its jobs, as `service.main` pairs them
+        self.scheduler = Scheduler(
+            engine, queue, backend, self.dispatcher, settings, new_token(), serving
+        )
         self.reconciler = Reconciler(engine, queue, backend, self.dispatcher, settings)
         self.events = EventConsumer(
             engine,

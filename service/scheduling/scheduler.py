@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,7 +24,14 @@ from service.jobs.lifecycle import JobLifecycle
 from service.jobs.queueing import cost_of, enqueue
 from service.models.status import JobStatus
 from service.queue import FairQueue, QueuedJob
-from service.ray_backend import Capacity, CapacitySource, ComputeBackend, submission_id
+from service.ray_backend import (
+    Capacity,
+    CapacitySource,
+    ComputeBackend,
+    ServeAppStatus,
+    ServeBackend,
+    submission_id,
+)
 from service.secrets.service import write_job_secrets
 from service.storage import ArtifactStore
 from service.tenants.repository import TenantRepository
@@ -35,6 +42,11 @@ log = logging.getLogger(__name__)
 # Consecutive refused submissions (Ray up but refusing) before a job fails.
 MAX_SUBMIT_FAILURES = 8
 TENANT_CACHE_S = 1.0
+
+
+def serve_held(apps: Iterable[ServeAppStatus]) -> Capacity:
+    """What Serve's applications hold in all; none of it is free for a job."""
+    return sum((app.held for app in apps), Capacity(0.0, 0.0))
 
 
 class DeficitRoundRobin:
@@ -306,10 +318,14 @@ class Scheduler:
     dispatcher: Dispatcher
     settings: Settings
     token: str
+    # Serve on the same cluster: the cores its replicas hold are no job's to take. None
+    # where nothing serves (the scheduler tests' clusters).
+    serving: ServeBackend | None = None
     drr: DeficitRoundRobin = field(default_factory=DeficitRoundRobin, init=False)
     is_leader: bool = field(default=False, init=False)
     _tenants_at: float = field(default=-1e9, init=False)
     _tenant_cache: tuple[dict[str, float], dict[str, Quotas]] = field(default=({}, {}), init=False)
+    _serve_held: Capacity = field(default=Capacity(0.0, 0.0), init=False)
 
     def _tenants(self) -> tuple[dict[str, float], dict[str, Quotas]]:
         # Weights and quotas change by admin action, rarely: re-read them once a second,
@@ -326,7 +342,11 @@ class Scheduler:
         return self._tenant_cache
 
     def view(self) -> ClusterView:
-        total = self.capacity.total_capacity() - Capacity(self.settings.reserved_cpus, 0)
+        total = (
+            self.capacity.total_capacity()
+            - Capacity(self.settings.reserved_cpus, 0)
+            - self.serve_held()
+        )
         weights, quotas = self._tenants()
         view = ClusterView(
             free=total, weights=weights, quotas=quotas, reserved_cpus=self.settings.reserved_cpus
@@ -336,6 +356,20 @@ class Scheduler:
                 cpus, gpus = cost_of(resources, search)
                 view.hold(QueuedJob(job_id, tenant_id, cpus, gpus))
         return view
+
+    def serve_held(self) -> Capacity:
+        """What Serve's replicas hold now. Ray's own free figure would count them, but
+        also the passing tasks of jobs' data preparation (what `reserved_cpus` is for) and
+        not the jobs just started and not yet placed: the scheduler counts its jobs from
+        the database and asks Serve only for Serve. Where Serve's status cannot be read,
+        the last figure stands: training does not wait on Serve's API."""
+        if self.serving is None:
+            return Capacity(0.0, 0.0)
+        try:
+            self._serve_held = serve_held(self.serving.serve_status().values())
+        except Exception as exc:
+            log.warning("could not read what Serve holds (%s); using the last figure", exc)
+        return self._serve_held
 
     def tick(self) -> list[str]:
         """Start every job that fits now, fairly; returns the ids started."""
