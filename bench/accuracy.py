@@ -677,7 +677,7 @@ def part_gen(args: argparse.Namespace, models_dir: str) -> tuple[Generated, Gene
     engine = CausalLMEngine(SMOLLM[1], models_dir, max_context_tokens=4096)
     if args.gpu and engine.device.type != "cuda":
         raise SystemExit("--gpu: the serving engine did not pick CUDA")
-    model: Any = engine.host.base
+    model: Any = engine.model
     params = sum(p.numel() for p in model.parameters())
     topics = [STORY_TOPICS[i % len(STORY_TOPICS)] for i in range(args.gen_batch)]
     prompts = [

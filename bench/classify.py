@@ -310,7 +310,7 @@ def main() -> None:
                     json={"model": model_id, "min_replicas": 1, "max_replicas": 1},
                     headers=auth,
                 ).json()
-                wait_replicas(url, key, dep["id"], 1)
+                wait_replicas(url, {"Authorization": f"Bearer {key}"}, dep["id"], 1)
                 # The first request loads the adapter on the replica: not timed.
                 served_labels(url, auth, model_id, batch_of(pool, 0))
 

@@ -116,6 +116,7 @@ class CausalLMEngine:
         model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         self.model: Any = model.to(self.device).eval()
         self.lora = BatchedLoRA(self.model)
+        import peft.utils  # noqa: F401  (imported now, not by the first adapter's load)
         self.max_context_tokens = max_context_tokens
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -227,7 +228,9 @@ class CausalLMEngine:
                 logits_to_keep=1,
             )
         batch.cache = out.past_key_values
-        logits = out.logits[:, -1, :].float().cpu()
+        logits = out.logits[:, -1, :]
+        # Greedy rows need only their argmax: one small copy off the device per step; the
+        # full logits come over only for the rows that sample.
         greedy = logits.argmax(dim=-1).tolist()
         deltas = []
         for i, row in enumerate(batch.rows):
@@ -235,7 +238,7 @@ class CausalLMEngine:
             row.rows_seen += len(batch.rows)
             params = row.request.params
             if params.temperature > 0:
-                token = sample(logits[i], params, row.generator)
+                token = sample(logits[i].float().cpu(), params, row.generator)
             else:
                 token = greedy[i]
             row.next_token = token
