@@ -117,6 +117,7 @@ class CausalLMEngine:
         self.model: Any = model.to(self.device).eval()
         self.lora = BatchedLoRA(self.model)
         import peft.utils  # noqa: F401  (imported now, not by the first adapter's load)
+
         self.max_context_tokens = max_context_tokens
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
