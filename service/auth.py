@@ -13,6 +13,7 @@ from sqlmodel import Session
 
 from service.db import SessionDep
 from service.errors import PermissionDenied, Unauthorized
+from service.models import ApiKey
 from service.tenants.repository import TenantRepository
 
 KEY_PREFIX = "tp-"
@@ -37,7 +38,7 @@ def hash_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _bearer(request: Request) -> str:
+def bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -49,9 +50,17 @@ def _bearer(request: Request) -> str:
 
 
 def authenticate(session: Session, token: str, admin_key: str | None) -> Principal:
-    if admin_key and hmac.compare_digest(token.encode(), admin_key.encode()):
+    if is_admin_key(token, admin_key):
         return Principal(role="admin")
-    key = TenantRepository(session).live_key(hash_key(token))
+    return tenant_principal(TenantRepository(session).live_key(hash_key(token)))
+
+
+def is_admin_key(token: str, admin_key: str | None) -> bool:
+    return bool(admin_key) and hmac.compare_digest(token.encode(), (admin_key or "").encode())
+
+
+def tenant_principal(key: ApiKey | None) -> Principal:
+    """The principal of a key looked up by its hash (None: unknown or revoked)."""
     if key is None:
         # Same answer for unknown and revoked keys: a revoked key is refused at once.
         raise Unauthorized("Incorrect API key provided.")
@@ -59,17 +68,21 @@ def authenticate(session: Session, token: str, admin_key: str | None) -> Princip
 
 
 def get_principal(request: Request, session: SessionDep) -> Principal:
-    return authenticate(session, _bearer(request), request.app.state.settings.admin_key)
+    return authenticate(session, bearer(request), request.app.state.settings.admin_key)
 
 
-# The role checks are `async`: FastAPI runs a plain `def` dependency in the threadpool,
-# a hop per request for a comparison. The same holds for the routers' `_service` builders.
-async def require_tenant(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+def as_tenant(principal: Principal) -> Principal:
     if principal.role != "tenant":
         raise PermissionDenied(
             "This endpoint acts for a tenant: use a tenant API key, not the admin key."
         )
     return principal
+
+
+# The role checks are `async`: FastAPI runs a plain `def` dependency in the threadpool,
+# a hop per request for a comparison. The same holds for the routers' `_service` builders.
+async def require_tenant(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    return as_tenant(principal)
 
 
 async def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:

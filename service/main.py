@@ -218,10 +218,15 @@ def _start_webhook_sender(app: FastAPI, stops: AsyncExitStack, settings: Setting
 
 
 def _open_serve_client(app: FastAPI, stops: AsyncExitStack, settings: Settings) -> None:
-    # One pooled client for every forwarded inference request (in the app's loop).
+    # One pooled client for every forwarded inference request (in the app's loop). The
+    # requests it builds are sent on its transport directly: its cookie jar, redirects and
+    # auth, unused for Serve, cost every request about 0.1 ms.
+    transport = httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+    )
     client = httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.serve_request_timeout_s, connect=10),
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        timeout=httpx.Timeout(settings.serve_request_timeout_s, connect=10), transport=transport
     )
     app.state.serve_client = client
+    app.state.serve_transport = transport
     stops.push_async_callback(client.aclose)

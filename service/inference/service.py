@@ -17,16 +17,20 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel
 from sqlmodel import Session
+from starlette.datastructures import State
 from starlette.responses import Response, StreamingResponse
 
 from service import metrics
+from service.auth import Principal, as_tenant, hash_key, is_admin_key, tenant_principal
 from service.config import Settings
+from service.db import new_session
 from service.deployments.serving import Route, ServingManager, base_route, route_of
 from service.errors import BadRequest, ServiceUnavailable, TooManyRequests
-from service.models import Tenant
+from service.inference.repository import InferenceRepository, KeyAndModel
+from service.models import FineTunedModel, Job, Tenant
 from service.ratelimit import RateLimiter
 from service.registry.catalog import Catalog
-from service.registry.repository import ModelRepository
+from service.registry.repository import LazyCatalog, ModelRepository
 from service.registry.service import model_not_found
 from service.tenants.service import effective_quotas
 from service.usage.recording import UsageMeter
@@ -53,8 +57,10 @@ class InferenceService:
     # None: no Redis, no rate limit.
     limiter: RateLimiter | None
     catalog: Catalog
-    # The app's one pooled client to Serve's HTTP proxy.
+    # The app's one pooled client to Serve's HTTP proxy (it builds the requests), and its
+    # transport (it sends them).
     client: httpx.AsyncClient
+    transport: httpx.AsyncBaseTransport
     # Where answered requests' token counts go (None: not counted, as in unit tests).
     meter: UsageMeter | None = None
     models: ModelRepository = field(init=False)
@@ -65,9 +71,12 @@ class InferenceService:
     # ------------------------------------------------------------ before forwarding
 
     def admit(self) -> None:
+        if self.limiter is not None:
+            self._admit(self.session.get(Tenant, self.tenant_id))
+
+    def _admit(self, tenant: Tenant | None) -> None:
         if self.limiter is None:
             return
-        tenant = self.session.get(Tenant, self.tenant_id)
         per_minute = self.settings.inference_requests_per_minute
         if tenant is not None:
             per_minute = (
@@ -88,10 +97,14 @@ class InferenceService:
                 headers={"Retry-After": str(decision.retry_after_s)},
             )
 
-    def resolve(self, model_id: str, task: Task) -> Target:
+    def resolve(
+        self, model_id: str, task: Task, found: tuple[FineTunedModel, Job] | None = None
+    ) -> Target:
         # A fine-tuned model, or a kept checkpoint of one of the tenant's jobs: either is
         # served from its job's base model application with its own weights multiplexed.
-        found = self.models.servable_with_job(model_id)
+        # `found`: the live model and its job, already read with the key.
+        if found is None:
+            found = self.models.servable_with_job(model_id)
         if found is None:
             entry = self.catalog.get(model_id)
             if entry is not None and task == "causal_lm" and "causal_lm" in entry.tasks:
@@ -124,15 +137,22 @@ class InferenceService:
             )
         return Target(route_of(model, job)[0], model.id)
 
-    def prepare(self, model_id: str, task: Task) -> Target:
-        self.admit()
-        target = self.resolve(model_id, task)
-        # Nothing more is read: give the connection back before waiting on the model
-        # (a generation can take seconds; holding a pooled connection that long starves
-        # every other request).
-        self.session.commit()
-        self.session.close()
-        return target
+    def prepare(self, model_id: str, task: Task, read: KeyAndModel | None = None) -> Target:
+        """Admit the request and resolve its model; `read`: the tenant and model already
+        read with the key (`open_call`)."""
+        try:
+            if read is None:
+                self.admit()
+            else:
+                self._admit(read.tenant)
+            target = self.resolve(model_id, task, read.model if read is not None else None)
+            self.session.commit()
+            return target
+        finally:
+            # Nothing more is read: give the connection back before waiting on the model
+            # (a generation can take seconds; holding a pooled connection that long starves
+            # every other request). On an error too: no request dependency closes it.
+            self.session.close()
 
     # ------------------------------------------------------------ forwarding
 
@@ -173,7 +193,8 @@ class InferenceService:
             },
         )
         try:
-            return await self.client.send(request, stream=True)
+            # Streamed: the body is read (or relayed) by the caller.
+            return await self.transport.handle_async_request(request)
         except httpx.TimeoutException:
             raise ServiceUnavailable(
                 "The model took too long to answer.", code="model_timeout"
@@ -250,6 +271,48 @@ class InferenceService:
         )
         if status == 200 and self.meter is not None:
             self.meter.add(self.tenant_id, target.model, prompt, completion)
+
+
+@dataclass(frozen=True)
+class Call:
+    """An authenticated inference request: its tenant's service and, when its body was
+    valid before the handler ran, the model it resolved to (admitted already)."""
+
+    service: InferenceService
+    target: Target | None
+
+
+def open_call(state: State, token: str, model_id: str | None, task: Task) -> Call:
+    """The key's tenant and, given the model, its admission and route: all the request's
+    database and Redis work in one go, run in one trip to the thread pool (each trip costs
+    a thread's wake-up, a large part of the proxy's own latency)."""
+    if is_admin_key(token, state.settings.admin_key):
+        as_tenant(Principal(role="admin"))  # refused: inference acts for a tenant
+    session = new_session(state.engine)
+    try:
+        # Authentication's query, with the tenant (for its quota) and the model besides.
+        found = InferenceRepository(session).key_and_model(hash_key(token), model_id)
+        tenant_id = tenant_principal(found.key if found is not None else None).tenant_id
+    except BaseException:
+        session.close()
+        raise
+    assert found is not None and tenant_id is not None
+    service = InferenceService(
+        session,
+        tenant_id,
+        state.settings,
+        state.serving,
+        state.rate_limiter,
+        LazyCatalog(session, state.catalog),
+        state.serve_client,
+        state.serve_transport,
+        state.usage_meter,
+    )
+    if model_id is None:
+        # Only read: nothing to commit. The handler, if it runs, opens it again.
+        session.close()
+        return Call(service, None)
+    return Call(service, service.prepare(model_id, task, found))
 
 
 def _is_ours(response: httpx.Response) -> bool:

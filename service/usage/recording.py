@@ -119,28 +119,41 @@ class UsageMeter:
     def __init__(self, engine: Engine, interval_s: float = 0.5) -> None:
         self.engine = engine
         self.interval_s = interval_s
+        # Requests answered since the last flush (id, tenant, model, prompt and completion
+        # tokens, time), and the rows of a batch that could not be written.
+        self._added: list[tuple[str, str, str, int, int, float]] = []
         self._pending: list[UsageRecord] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def add(self, tenant_id: str, model: str, prompt_tokens: int, completion_tokens: int) -> None:
-        record = UsageRecord(
-            id=new_id("usage"),
-            tenant_id=tenant_id,
-            kind=UsageKind.INFERENCE,
-            model=model,
-            requests=1,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            created_at=now(),
-        )
+        # A tuple here, the row in `flush`: building a table model costs the request
+        # (in the event loop) more than the rest of its bookkeeping.
+        row = (new_id("usage"), tenant_id, model, prompt_tokens, completion_tokens, now())
         with self._lock:
-            self._pending.append(record)
+            self._added.append(row)
+
+    def _take(self) -> list[UsageRecord]:
+        with self._lock:
+            added, self._added = self._added, []
+            batch, self._pending = self._pending, []
+        return batch + [
+            UsageRecord(
+                id=record_id,
+                tenant_id=tenant_id,
+                kind=UsageKind.INFERENCE,
+                model=model,
+                requests=1,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                created_at=at,
+            )
+            for record_id, tenant_id, model, prompt, completion, at in added
+        ]
 
     def flush(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending, []
+        batch = self._take()
         if not batch:
             return
         try:
