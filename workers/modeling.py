@@ -8,7 +8,9 @@ the adapter (and that head), a full job every weight.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,13 +30,49 @@ DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
     "roberta": ["query", "value"],
     "distilbert": ["q_lin", "v_lin"],
 }
+# Classification heads (and BERT-likes' pre-head layer) by their names in transformers,
+# the names peft's SEQ_CLS task trains in full.
+CLASSIFIER_HEADS = ("classifier", "pre_classifier", "score")
 # Modules stored in GPT-2's Conv1D layout (weight transposed), which LoRA must know about.
 _CONV1D_ARCHITECTURES = frozenset({"gpt2"})
+
+
+def qlora_config(task: str) -> Any:
+    """QLoRA's 4-bit base (Dettmers et al., 2023): NF4 weights, their scales quantized
+    again (double quantization, ~0.4 bits a weight less), matmuls computed in bf16."""
+    from transformers import BitsAndBytesConfig
+
+    # A classifier's fresh head is trained in full (peft's modules_to_save copies it), so it
+    # stays unquantized; a causal LM's output head transformers leaves unquantized itself.
+    skip = list(CLASSIFIER_HEADS) if task == "sequence_classification" else None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=skip,
+    )
+
+
+def _quantized_load(spec: JobSpec) -> dict[str, Any]:
+    """from_pretrained's arguments for the job's base: a QLoRA job's in 4-bit, placed at
+    load on the worker's device (bitsandbytes quantizes as the weights arrive there)."""
+    if spec.adapter.type != "qlora":
+        return {}
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError(
+            "adapter type 'qlora' loads the base model in 4-bit with bitsandbytes, which is "
+            "not installed on this worker (pip install 'tuneplane[qlora]')"
+        )
+    # Ray Train has made the worker's GPU the current CUDA device.
+    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    return {"quantization_config": qlora_config(spec.task), "device_map": {"": device}}
 
 
 def load_base_model(spec: JobSpec, source: str) -> nn.Module:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    quantized = _quantized_load(spec)
     if spec.task == "sequence_classification":
         labels = spec.labels or []
         # A base model's head (if any) has another size; it is replaced by a fresh one.
@@ -44,8 +82,9 @@ def load_base_model(spec: JobSpec, source: str) -> nn.Module:
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
             ignore_mismatched_sizes=True,
+            **quantized,
         )
-    return AutoModelForCausalLM.from_pretrained(source)
+    return AutoModelForCausalLM.from_pretrained(source, **quantized)
 
 
 def load_start_model(spec: JobSpec, source: str, init_dir: Path | None) -> nn.Module:
@@ -92,6 +131,17 @@ def lora_targets(adapter: LoraAdapter, model_type: str) -> list[str] | str | Non
 def apply_lora(model: nn.Module, spec: JobSpec, adapter: LoraAdapter) -> nn.Module:
     from peft import LoraConfig, TaskType, get_peft_model
 
+    if adapter.type == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and other unquantized weights in fp32, inputs that carry gradients, and
+        # activation checkpointing: QLoRA's memory saving is moot if activations fill it.
+        # Non-reentrant checkpointing, which DDP's single backward pass works with.
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=True,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
     config = LoraConfig(
         r=adapter.r,

@@ -53,7 +53,10 @@ class _Strict(BaseModel):
 
 
 class LoraAdapter(_Strict):
-    type: Literal["lora"] = "lora"
+    # "qlora" is LoRA over a frozen base held in 4-bit (NF4, double quantization): the same
+    # adapter, trained in less memory, saved and served as a LoRA adapter on the full base.
+    # One class for both, so every "is it an adapter job" check covers QLoRA too.
+    type: Literal["lora", "qlora"] = "lora"
     r: int = Field(8, ge=1, le=512)
     alpha: int = Field(16, ge=1, le=4096)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)

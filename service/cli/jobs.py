@@ -156,7 +156,10 @@ def jobs_create(
     adapter: Annotated[
         str | None,
         typer.Option(
-            help="lora or full (default: lora; continuing a fine-tuned model, its own adapter).",
+            help=(
+                "lora, qlora (LoRA over a 4-bit base: less memory, served like lora) or full "
+                "(default: lora; continuing a fine-tuned model, its own adapter)."
+            ),
             show_default=False,
         ),
     ] = None,

@@ -68,7 +68,7 @@ def resolve_start(name: str, catalog: Catalog, models: ModelRepository) -> Start
     adapter_spec = spec.get("adapter") or {"type": model.adapter_type}
     adapter: Adapter = (
         LoraAdapter.model_validate(adapter_spec)
-        if adapter_spec.get("type") == "lora"
+        if adapter_spec.get("type") in ("lora", "qlora")
         else FullAdapter()
     )
     return Start(

@@ -52,13 +52,15 @@ DEFAULT_BASE_LR = 2e-4
 
 
 def _base_lr(entry: CatalogEntry, adapter_type: str) -> float:
-    return entry.learning_rate.get(adapter_type, DEFAULT_BASE_LR)
+    # QLoRA trains the same adapter as LoRA (only the frozen base is 4-bit), at LoRA's rate.
+    rate_of = "lora" if adapter_type == "qlora" else adapter_type
+    return entry.learning_rate.get(rate_of, DEFAULT_BASE_LR)
 
 
 def _param_of(exc: ValidationError, prefix: str) -> str:
     """The request field a validation error is about (the adapter's union tag left out)."""
     loc = exc.errors()[0].get("loc", ())
-    parts = [str(p) for p in loc if p not in ("lora", "full")]
+    parts = [str(p) for p in loc if p not in ("lora", "qlora", "full")]
     return ".".join([prefix, *parts]) if parts else prefix
 
 
@@ -398,7 +400,7 @@ class SpecBuilder:
                     + ", ".join(sorted(SEARCHABLE_PARAMS)),
                     param=param,
                 )
-            if name in LORA_PARAMS and adapter.type != "lora":
+            if name in LORA_PARAMS and not isinstance(adapter, LoraAdapter):
                 raise BadRequest(f"'{name}' needs a LoRA adapter.", param=param)
             if name == "beta" and method.dpo is None:
                 raise BadRequest("'beta' is DPO's; it needs method.type 'dpo'.", param=param)

@@ -159,7 +159,7 @@ class ModelExportService:
         model, job = found
         base_source = str(((job.spec or {}).get("base_model") or {}).get("source") or "")
         name = f"{safe_name(model_id)}-{fmt}"
-        if fmt == "merged" and model.adapter_type == "lora":
+        if fmt == "merged" and model.adapter_type != "full":
             folder = self._merge(model_id, model.artifact_uri, base_source, model.task)
             return ModelExport(folder, name, None)
         scratch = self._scratch()
