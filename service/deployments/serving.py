@@ -147,6 +147,8 @@ class ServingManager:
                 "max_batch_size": s.serve_max_batch_size,
                 "batch_wait_timeout_s": s.serve_batch_wait_timeout_s,
                 "max_context_tokens": s.serve_max_context_tokens,
+                "engine": s.serve_engine,
+                "max_lora_rank": s.serve_max_lora_rank,
             }
         )
         actor: dict[str, Any] = {"num_cpus": s.serve_replica_cpus}

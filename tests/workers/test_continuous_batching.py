@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.workers.lora_adapters import make_adapter
+from workers.serving.adapters import LoadedAdapter
 from workers.serving.continuous import ContinuousBatcher
 from workers.serving.engine import (
     CausalLMEngine,
@@ -267,3 +268,41 @@ def test_smollm2_greedy_alone_equals_a_busy_mixed_batch(models_dir: Path, tmp_pa
     got = [d[-1].text for d in asyncio.run(main())]
     assert got == want
     assert len({want[0], want[1], want[2]}) == 3  # base and both adapters differ
+
+
+def test_an_adapter_unloaded_mid_request_stays_until_its_rows_finish(
+    engine: CausalLMEngine, models_dir: Path, tmp_path: Path
+) -> None:
+    path = make_adapter(models_dir, tmp_path / "x", seed=5)
+    engine.load_adapter("x", path)
+    request = GenerationRequest(engine.encode_prompt("red ->"), SamplingParams(12, 0.0), "x")
+    want = alone(engine, request)[0]
+    batch, _ = engine.prefill([request])
+    engine.decode(batch)
+    engine.unload_adapter("x")  # Serve's LRU evicts it while the row decodes
+    with pytest.raises(KeyError, match="not loaded"):
+        engine.prefill([request])  # no new row starts with it
+    while batch.rows:
+        engine.decode(batch)
+        batch = engine.retain(batch, [i for i, r in enumerate(batch.rows) if not r.done])
+        if batch.rows:
+            text = batch.rows[0].text
+    assert "x" not in engine.adapters  # gone once its last row left
+    assert text and want.startswith(text)
+    # A slot freed is a slot reused: the next adapter's rows get its own weights.
+    engine.load_adapter("y", path)
+    assert alone(engine, GenerationRequest(request.prompt_ids, request.params, "y"))[0] == want
+
+
+def test_serves_eviction_of_an_adapter_handle_unloads_it_once(
+    engine: CausalLMEngine, models_dir: Path, tmp_path: Path
+) -> None:
+    engine.load_adapter("z", make_adapter(models_dir, tmp_path / "z", seed=6))
+    handle = LoadedAdapter("z", engine)
+    # What Serve's multiplexing LRU does to the handle it evicts (ray.serve.multiplex).
+    handle.__del__()
+    handle.__del__ = lambda _: None  # type: ignore[method-assign,assignment,misc]
+    assert "z" not in engine.adapters
+    engine.load_adapter("z", make_adapter(models_dir, tmp_path / "z2", seed=6))
+    del handle  # the collector's call of the class's __del__ must not unload it again
+    assert "z" in engine.adapters

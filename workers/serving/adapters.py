@@ -73,16 +73,22 @@ class AdapterEngine(Protocol):
     def unload_adapter(self, name: str) -> None: ...
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class LoadedAdapter:
-    """One adapter as Serve's multiplexing LRU holds it; `name` None is the base model."""
+    """One adapter as Serve's multiplexing LRU holds it; `name` None is the base model.
+
+    Serve calls `__del__` itself when its LRU evicts the adapter, then sets the instance's
+    `__del__` to a no-op (so the handle must not be frozen); the garbage collector still
+    calls the class's `__del__` later: the weights are freed once, whichever comes first.
+    A request still decoding with the adapter keeps it (the engine defers the unload)."""
 
     name: str | None
     engine: AdapterEngine
+    unloaded: bool = False
 
     def __del__(self) -> None:
-        # Serve calls this when the LRU evicts the adapter: free its weights.
-        if self.name is not None:
+        if self.name is not None and not self.unloaded:
+            self.unloaded = True
             # Never let an eviction take the replica down.
             with contextlib.suppress(Exception):
                 self.engine.unload_adapter(self.name)

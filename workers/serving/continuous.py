@@ -18,6 +18,8 @@ import threading
 from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 from workers.serving.engine import Batch, CausalLMEngine, Delta, GenerationRequest, Row
 
@@ -35,12 +37,33 @@ class _Ticket:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+class TextGenerator(Protocol):
+    """What a deployment needs of a generation engine: the transformers engine behind its
+    continuous batcher (`ContinuousBatcher`), or vLLM (`workers.serving.vllm_engine`)."""
+
+    name: str  # "hf" or "vllm", as a deployment names it
+    max_context_tokens: int
+
+    def encode_prompt(self, prompt: str) -> list[int]: ...
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
+
+    def load_adapter(self, name: str, directory: Path) -> None: ...
+
+    def unload_adapter(self, name: str) -> None: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta]: ...
+
+
 class ContinuousBatcher:
     """The decode loop of one engine; `generate` is what a replica's handler awaits."""
+
+    name = "hf"
 
     def __init__(self, engine: CausalLMEngine, max_batch_size: int) -> None:
         self.engine = engine
         self.max_batch_size = max_batch_size
+        self.max_context_tokens = engine.max_context_tokens
         self._waiting: deque[_Ticket] = deque()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -65,6 +88,18 @@ class ContinuousBatcher:
                     return
         finally:
             ticket.gone = True
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return self.engine.encode_prompt(prompt)
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        return self.engine.encode_chat(messages)
+
+    def load_adapter(self, name: str, directory: Path) -> None:
+        self.engine.load_adapter(name, directory)
+
+    def unload_adapter(self, name: str) -> None:
+        self.engine.unload_adapter(name)
 
     def stop(self) -> None:
         with self._wake:
@@ -97,11 +132,13 @@ class ContinuousBatcher:
         tickets: list[_Ticket] = []  # one per row of `batch`
         while not self._stopped:
             new = self._admit(batch)
+            fresh: Batch | None = None
             try:
                 if new:
                     fresh, deltas = self.engine.prefill([t.request for t in new])
                     self._deliver(new, fresh.rows, deltas)
                     batch = fresh if batch is None else self.engine.join(batch, fresh)
+                    fresh = None
                     tickets = tickets + new
                     batch, tickets = self._sweep(batch, tickets)
                 if batch is not None:
@@ -111,6 +148,9 @@ class ContinuousBatcher:
             except Exception as exc:  # the batch is lost: every caller in it gets the error
                 for ticket in {id(t): t for t in tickets + new}.values():
                     ticket.put(exc)
+                for lost in (batch, fresh):
+                    if lost is not None:
+                        self.engine.retain(lost, [])  # their adapters are given back
                 batch, tickets = None, []
             self.running = len(tickets)
 
@@ -136,6 +176,7 @@ class ContinuousBatcher:
         """The batch without its finished rows and the rows nobody waits for."""
         pairs = zip(tickets, batch.rows, strict=True)
         keep = [i for i, (t, r) in enumerate(pairs) if not (r.done or t.gone)]
+        batch = self.engine.retain(batch, keep)
         if not keep:
             return None, []
-        return self.engine.retain(batch, keep), [tickets[i] for i in keep]
+        return batch, [tickets[i] for i in keep]

@@ -145,13 +145,26 @@ class CausalLMEngine:
 
     def prefill(self, requests: Sequence[GenerationRequest]) -> tuple[Batch, list[Delta]]:
         """A batch of `requests`, their prompts run and each row's first token sampled."""
+        slots: list[int] = []
+        try:
+            for r in requests:
+                slots.append(self.lora.acquire(r.adapter))
+            return self._prefill(requests, slots)
+        except BaseException:
+            for slot in slots:
+                self.lora.release(slot)
+            raise
+
+    def _prefill(
+        self, requests: Sequence[GenerationRequest], slots: list[int]
+    ) -> tuple[Batch, list[Delta]]:
         rows = [
             Row(
                 r,
-                self.lora.slot_of(r.adapter),
+                slot,
                 torch.Generator().manual_seed(r.params.seed) if r.params.seed is not None else None,
             )
-            for r in requests
+            for r, slot in zip(requests, slots, strict=True)
         ]
         width = max(len(r.prompt_ids) for r in requests)
         ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
@@ -186,8 +199,16 @@ class CausalLMEngine:
         return batch
 
     def retain(self, batch: Batch, keep: list[int]) -> Batch:
-        """`batch` with only the rows at `keep`; columns no remaining row uses are cut."""
+        """`batch` with only the rows at `keep`; columns no remaining row uses are cut.
+        The rows dropped give their adapters back (an unload waits for them)."""
         if len(keep) == len(batch.rows):
+            return batch
+        kept = set(keep)
+        for i, row in enumerate(batch.rows):
+            if i not in kept:
+                self.lora.release(row.slot)
+        if not keep:
+            batch.rows, batch.cache = [], None
             return batch
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         mask = batch.mask.index_select(0, index)
@@ -211,9 +232,9 @@ class CausalLMEngine:
                 out[i] = d
             yield out
             keep = [k for k, row in enumerate(batch.rows) if not row.done]
+            batch = self.retain(batch, keep)
             if not keep:
                 return
-            batch = self.retain(batch, keep)
             index = [index[k] for k in keep]
             deltas = self.decode(batch)
 

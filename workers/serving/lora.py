@@ -163,6 +163,10 @@ class BatchedLoRA:
     routing: Routing = field(default_factory=Routing)
     slots: dict[str, int] = field(default_factory=dict)  # adapter name -> slot
     wrapped: dict[str, BatchedLoRALinear] = field(default_factory=dict)
+    # Rows decoding with each slot: an unload waits for them (`unloading`), or a row still
+    # running would go on with zeros, or with the weights of the next adapter in its slot.
+    users: dict[int, int] = field(default_factory=dict)
+    unloading: set[str] = field(default_factory=set)
     # Loads change the wrapped layers: they and forward passes must not interleave.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -174,6 +178,7 @@ class BatchedLoRA:
         weights = read_adapter(directory)
         with self.lock:
             if name in self.slots:
+                self.unloading.discard(name)  # asked for again before its rows finished
                 return
             slot = min(set(range(1, len(self.slots) + 2)) - set(self.slots.values()))
             for path in weights.layers:
@@ -186,20 +191,48 @@ class BatchedLoRA:
 
     def unload(self, name: str) -> None:
         with self.lock:
-            slot = self.slots.pop(name, None)
+            slot = self.slots.get(name)
             if slot is None:
                 return
-            for layer in self.wrapped.values():
-                layer.set_slot(slot, None, None)
+            if self.users.get(slot):
+                self.unloading.add(name)  # done when its last row leaves (`release`)
+                return
+            self._clear(name)
 
-    def slot_of(self, name: str | None) -> int:
-        """The slot of an adapter (0 for the base model); a name not loaded is an error."""
+    def acquire(self, name: str | None) -> int:
+        """The slot of an adapter (0 for the base model) for a row that starts decoding
+        with it; a name not loaded is an error. `release` when the row leaves."""
         if name is None:
             return 0
-        try:
-            return self.slots[name]
-        except KeyError:
-            raise KeyError(f"adapter {name} is not loaded") from None
+        with self.lock:
+            slot = self.slots.get(name)
+            if slot is None or name in self.unloading:
+                raise KeyError(f"adapter {name} is not loaded")
+            self.users[slot] = self.users.get(slot, 0) + 1
+            return slot
+
+    def release(self, slot: int) -> None:
+        if slot == 0:
+            return
+        with self.lock:
+            self.users[slot] -= 1
+            if self.users[slot]:
+                return
+            del self.users[slot]
+            name = next((n for n, s in self.slots.items() if s == slot), None)
+            if name in self.unloading:
+                self._clear(name)
+
+    def slot_of(self, name: str | None) -> int:
+        """The slot of a loaded adapter (0 for the base model)."""
+        return 0 if name is None else self.slots[name]
+
+    def _clear(self, name: str) -> None:
+        """Free the adapter's slot (with the lock held)."""
+        self.unloading.discard(name)
+        slot = self.slots.pop(name)
+        for layer in self.wrapped.values():
+            layer.set_slot(slot, None, None)
 
     def _wrap(self, path: str) -> None:
         parent_path, _, attr = path.rpartition(".")

@@ -15,13 +15,19 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from workers.serving.engine import CausalLMEngine, Delta, SamplingParams
+from workers.serving.engine import Delta, SamplingParams
 
 Kind = Literal["chat", "text"]
+
+
+class PromptEncoder(Protocol):
+    def encode_prompt(self, prompt: str) -> list[int]: ...
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
 
 
 class GenerationBody(BaseModel):
@@ -81,7 +87,7 @@ def message_text(content: Any) -> str:
     return ""
 
 
-def prompt_token_ids(body: GenerationBody, engine: CausalLMEngine) -> list[int]:
+def prompt_token_ids(body: GenerationBody, engine: PromptEncoder) -> list[int]:
     """The prompt's token ids: chat messages through the chat template, a completion's
     prompt as given (ids) or encoded (text, a list of texts joined)."""
     if isinstance(body, ChatBody):
