@@ -18,21 +18,31 @@ MaxReplicas = Annotated[int | None, typer.Option(min=1, help="Most replicas.")]
 Target = Annotated[
     float | None, typer.Option(help="Autoscaling target: ongoing requests per replica.")
 ]
-COLUMNS = ["id", "model", "status", "min", "max", "target"]
+EngineOption = Annotated[
+    str | None,
+    typer.Option("--engine", help="Generation engine: auto (the cluster's choice), vllm or hf."),
+]
+COLUMNS = ["id", "model", "status", "min", "max", "target", "engine"]
 
 
 def _scaling(
-    min_replicas: int | None, max_replicas: int | None, target: float | None
+    min_replicas: int | None,
+    max_replicas: int | None,
+    target: float | None,
+    engine: str | None = None,
 ) -> dict[str, Any]:
-    """The scaling fields given: the server keeps (or defaults) the others."""
+    """The fields given: the server keeps (or defaults) the others."""
     return given(
-        min_replicas=min_replicas, max_replicas=max_replicas, target_ongoing_requests=target
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        target_ongoing_requests=target,
+        engine=engine,
     )
 
 
 def _row(d: dict[str, Any]) -> list[Any]:
     return [d["id"], d["model"], d["status"], d["min_replicas"], d["max_replicas"],
-            d["target_ongoing_requests"]]  # fmt: skip
+            d["target_ongoing_requests"], d.get("engine", "auto")]  # fmt: skip
 
 
 @deployments_app.command("create")
@@ -42,10 +52,12 @@ def deployments_create(
     min_replicas: MinReplicas = None,
     max_replicas: MaxReplicas = None,
     target_ongoing_requests: Target = None,
+    engine: EngineOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Deploy a fine-tuned model (autoscaled between min and max replicas)."""
-    body = {"model": model, **_scaling(min_replicas, max_replicas, target_ongoing_requests)}
+    scaling = _scaling(min_replicas, max_replicas, target_ongoing_requests, engine)
+    body = {"model": model, **scaling}
     d = request(ctx, "POST", "/v1/deployments", json=body)
     show_table(d, as_json, "deployment", COLUMNS, _row)
 
@@ -70,12 +82,15 @@ def deployments_update(
     min_replicas: MinReplicas = None,
     max_replicas: MaxReplicas = None,
     target_ongoing_requests: Target = None,
+    engine: EngineOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Change a deployment's replicas or autoscaling target."""
-    body = _scaling(min_replicas, max_replicas, target_ongoing_requests)
+    """Change a deployment's replicas, autoscaling target or engine."""
+    body = _scaling(min_replicas, max_replicas, target_ongoing_requests, engine)
     if not body:
-        err.print("[red]Nothing to change: give --min-replicas, --max-replicas or --target-...")
+        err.print(
+            "[red]Nothing to change: give --min-replicas, --max-replicas, --target-... or --engine"
+        )
         raise typer.Exit(2)
     d = request(ctx, "PATCH", f"/v1/deployments/{deployment_id}", json=body)
     show_table(d, as_json, "deployment", COLUMNS, _row)

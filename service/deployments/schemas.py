@@ -7,6 +7,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from service.models.status import DeploymentStatus
 from service.schemas import ApiObject, CursorPage, Deleted
 
+# The engine a deployment's model generates with: "auto" is the cluster's choice
+# (TUNEPLANE_SERVE_ENGINE), "vllm" and "hf" (transformers) name one.
+Engine = Literal["auto", "vllm", "hf"]
+
 
 class DeploymentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -15,6 +19,7 @@ class DeploymentCreate(BaseModel):
     min_replicas: int = Field(0, ge=0, le=1000)
     max_replicas: int = Field(1, ge=1, le=1000)
     target_ongoing_requests: float = Field(16.0, gt=0, le=100_000)
+    engine: Engine = "auto"
 
     @model_validator(mode="after")
     def _range(self) -> DeploymentCreate:
@@ -29,6 +34,7 @@ class DeploymentUpdate(BaseModel):
     min_replicas: int | None = Field(None, ge=0, le=1000)
     max_replicas: int | None = Field(None, ge=1, le=1000)
     target_ongoing_requests: float | None = Field(None, gt=0, le=100_000)
+    engine: Engine | None = None
 
 
 class DeploymentOut(ApiObject):
@@ -37,6 +43,7 @@ class DeploymentOut(ApiObject):
     min_replicas: int
     max_replicas: int
     target_ongoing_requests: float
+    engine: Engine
     # Live, from Serve: the model's application as a whole (adapters of one base model
     # share their application and replicas).
     status: DeploymentStatus

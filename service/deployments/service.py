@@ -17,7 +17,7 @@ from service.deployments.schemas import (
 )
 from service.deployments.serving import ServingManager, route_of
 from service.errors import BadRequest, Conflict, or_not_found
-from service.models import Deployment
+from service.models import Deployment, FineTunedModel, Job
 from service.models.status import DeploymentStatus
 from service.ray_backend import ServeAppStatus
 from service.registry.repository import ModelRepository
@@ -84,13 +84,15 @@ class DeploymentService:
 
     def create(self, body: DeploymentCreate) -> Deployment:
         # A fine-tuned model or a kept checkpoint of one of the tenant's jobs.
-        if self.models.servable_with_job(body.model) is None:
+        found = self.models.servable_with_job(body.model)
+        if found is None:
             raise model_not_found(
                 self.models,
                 body.model,
                 f"The model '{body.model}' does not exist; deployments serve fine-tuned "
                 "models and their jobs' checkpoints.",
             )
+        self._check_engine(*found, body.engine)
         if self.repo.for_model(body.model) is not None:
             raise _exists(body.model)
         t = now()
@@ -130,6 +132,10 @@ class DeploymentService:
                 f"max_replicas ({high}) must be at least min_replicas ({low}).",
                 param="max_replicas",
             )
+        if "engine" in changes:
+            found = self.models.servable_with_job(d.model)
+            if found is not None:
+                self._check_engine(*found, changes["engine"])
         for key, value in changes.items():
             setattr(d, key, value)
         d.updated_at = now()
@@ -143,6 +149,31 @@ class DeploymentService:
         self.repo.delete(d)
         self._changed()
         return DeploymentDeleted(id=d.id)
+
+    def _check_engine(self, model: FineTunedModel, job: Job, engine: str) -> None:
+        """A model the engine it asks for cannot serve is refused now, not when a replica
+        fails: classifiers run on transformers only, and vLLM makes room for adapters up to
+        the cluster's `serve_max_lora_rank`."""
+        settings = self.serving.settings
+        if (settings.serve_engine if engine == "auto" else engine) != "vllm":
+            return
+        if model.task != "causal_lm":
+            raise BadRequest(
+                f"The model '{model.id}' is a classifier; classifiers are served by the "
+                "transformers engine only (engine 'hf' or 'auto').",
+                param="engine",
+                code="engine_not_supported",
+            )
+        adapter = (job.spec or {}).get("adapter") or {}
+        rank = int(adapter.get("r") or 0) if adapter.get("type") in ("lora", "qlora") else 0
+        if rank > settings.serve_max_lora_rank:
+            raise BadRequest(
+                f"The model '{model.id}' is a LoRA adapter of rank {rank}; vLLM here makes "
+                f"room for rank {settings.serve_max_lora_rank} at most "
+                "(TUNEPLANE_SERVE_MAX_LORA_RANK). Use engine 'hf', or raise the limit.",
+                param="engine",
+                code="adapter_rank_too_large",
+            )
 
     def _changed(self) -> None:
         # Serve follows the database once the change is committed.

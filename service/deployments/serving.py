@@ -45,11 +45,15 @@ class Policy:
     min_replicas: int
     max_replicas: int
     target_ongoing_requests: float
+    engine: str = "auto"  # "auto": the cluster's (TUNEPLANE_SERVE_ENGINE)
 
     @staticmethod
     def of(deployment: Deployment) -> Policy:
         return Policy(
-            deployment.min_replicas, deployment.max_replicas, deployment.target_ongoing_requests
+            deployment.min_replicas,
+            deployment.max_replicas,
+            deployment.target_ongoing_requests,
+            deployment.engine,
         )
 
     def union(self, other: Policy) -> Policy:
@@ -57,7 +61,18 @@ class Policy:
             max(self.min_replicas, other.min_replicas),
             max(self.max_replicas, other.max_replicas),
             min(self.target_ongoing_requests, other.target_ongoing_requests),
+            merge_engines(self.engine, other.engine),
         )
+
+
+def merge_engines(a: str, b: str) -> str:
+    """The engine of an application whose deployments ask for `a` and `b`: a named engine
+    over "auto"; two different ones give transformers, which serves every model."""
+    if a == b or b == "auto":
+        return a
+    if a == "auto":
+        return b
+    return "hf"
 
 
 @dataclass(frozen=True)
@@ -147,7 +162,7 @@ class ServingManager:
                 "max_batch_size": s.serve_max_batch_size,
                 "batch_wait_timeout_s": s.serve_batch_wait_timeout_s,
                 "max_context_tokens": s.serve_max_context_tokens,
-                "engine": s.serve_engine,
+                "engine": s.serve_engine if policy.engine == "auto" else policy.engine,
                 "max_lora_rank": s.serve_max_lora_rank,
             }
         )

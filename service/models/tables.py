@@ -211,6 +211,8 @@ class Deployment(SQLModel, table=True):
     min_replicas: int
     max_replicas: int
     target_ongoing_requests: float
+    # The generation engine asked for: "auto" (the cluster's choice), "vllm" or "hf".
+    engine: str = Field("auto", max_length=8, sa_column_kwargs={"server_default": "auto"})
     created_at: float
     updated_at: float
 

@@ -372,6 +372,9 @@ def test_deployments_commands(api_only_stack: LiveStack, no_config: Path, tmp_pa
         run(["deployments", "update", created["id"], "--max-replicas", "3", "--json"], env=env)
     )
     assert updated["max_replicas"] == 3 and updated["min_replicas"] == 0
+    assert updated["engine"] == "auto"
+    hf = as_json(run(["deployments", "update", created["id"], "--engine", "hf", "--json"], env=env))
+    assert hf["engine"] == "hf" and hf["max_replicas"] == 3
     got = as_json(run(["deployments", "get", created["id"], "--json"], env=env))
     assert got["max_replicas"] == 3
     nothing = run(["deployments", "update", created["id"]], env=env, ok=False)
