@@ -175,7 +175,7 @@ JOB_FIELD_CASES: list[tuple[str, Any]] = [
     ("adapter", {"type": "lora", "r": 10**9}),
     ("adapter", {"type": "lora", "dropout": 1.0}),
     ("adapter", {"type": "lora", "target_modules": []}),
-    ("adapter", {"type": "qlora"}),
+    ("adapter", {"type": "dora"}),
     ("adapter", {"type": "lora", "bogus": 1}),
     ("resources", {"num_workers": 0}),
     ("resources", {"num_workers": 10**6}),
