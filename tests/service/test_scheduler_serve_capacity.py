@@ -126,6 +126,7 @@ def test_a_job_waits_for_the_cores_a_deployment_holds(
     assert cluster.submitted == [job]
 
 
+@pytest.mark.long  # starts a Serve of its own on the shared cluster: make test-long
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_on_ray_a_job_waits_while_a_serve_replica_holds_its_cores(
     client: TestClient, app: FastAPI, queue: FairQueue, ray_cluster: RayCluster, serve_port: int
@@ -137,6 +138,9 @@ def test_on_ray_a_job_waits_while_a_serve_replica_holds_its_cores(
     from tests.fixtures.stack import wait_for
 
     backend = RayJobsBackend(ray_cluster.dashboard_url)
+    # From a Serve of its own: one an earlier module left up (other HTTP options, other
+    # replicas on the shared cluster) kept this application from ever running.
+    shut_down_serve(ray_cluster)
 
     def running() -> bool:
         status = backend.serve_status().get(SERVE_APP)
