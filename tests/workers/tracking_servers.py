@@ -152,8 +152,9 @@ def wandb_run(wandb_dir: Path, run_id: str) -> WandbRun:
     project = ""
     for kind, record in wandb_records(directory / f"run-{run_id}.wandb"):
         if kind == "run":
-            project = record.project
-            tags = list(record.tags)
+            # A later run record (an update written under load) may leave these empty.
+            project = record.project or project
+            tags = list(record.tags) or tags
             config.update({u.key: json.loads(u.value_json) for u in record.config.update})
         elif kind == "config":
             config.update({u.key: json.loads(u.value_json) for u in record.update})
