@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     # inference_burst requests; a tenant's quota may set its own rate.
     inference_requests_per_minute: int = Field(6000, ge=1)
     inference_burst: int = Field(50, ge=1)
+    # How long a resolved (key, model) is kept so that the next requests skip the database
+    # (service/inference/admission.py). A revoked key, a quota change or a deleted model
+    # take effect at once on the replica that made the change, within this on others.
+    # 0: every request reads the database.
+    inference_admission_cache_s: float = Field(1.0, ge=0, le=60)
 
     # Webhooks. A target that resolves to a loopback, private, link-local, metadata or
     # otherwise non-public address is refused unless this lists its host, its address or

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio
 
 _TAKE = """
 local rate = tonumber(ARGV[1])
@@ -51,9 +52,28 @@ class RateLimiter:
         self._take = client.register_script(_TAKE)
 
     def take(self, scope: str, per_minute: int, burst: int) -> Decision:
-        allowed, wait = self._take(
-            keys=[f"{self.prefix}:{scope}"], args=[per_minute / 60.0, max(1, burst)]
-        )
-        if int(allowed):
-            return Decision(True, 0)
-        return Decision(False, max(1, math.ceil(float(wait))))
+        keys, args = _call(self.prefix, scope, per_minute, burst)
+        return _decision(self._take(keys=keys, args=args))
+
+
+class AsyncRateLimiter:
+    """The same buckets, taken from an event loop (the inference hot path: no thread)."""
+
+    def __init__(self, client: redis.asyncio.Redis, prefix: str = "tuneplane:ratelimit") -> None:
+        self.prefix = prefix
+        self._take = client.register_script(_TAKE)
+
+    async def take(self, scope: str, per_minute: int, burst: int) -> Decision:
+        keys, args = _call(self.prefix, scope, per_minute, burst)
+        return _decision(await self._take(keys=keys, args=args))
+
+
+def _call(prefix: str, scope: str, per_minute: int, burst: int) -> tuple[list[str], list[float]]:
+    return [f"{prefix}:{scope}"], [per_minute / 60.0, max(1, burst)]
+
+
+def _decision(answer: list[str]) -> Decision:
+    allowed, wait = answer
+    if int(allowed):
+        return Decision(True, 0)
+    return Decision(False, max(1, math.ceil(float(wait))))

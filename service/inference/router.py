@@ -3,7 +3,8 @@
 The proxy's own latency is paid on every request, so its database and Redis work (the
 key, the rate limit, the model's route) happens in one trip to the thread pool, in the
 endpoint's dependency: the key is still checked before the body's errors are answered,
-as everywhere else in the API.
+as everywhere else in the API. A key and model admitted moments ago skip even that: only
+the rate limit is taken, from the event loop (service/inference/admission.py).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from service.auth import bearer
+from service.inference.admission import Target
 from service.inference.schemas import (
     ChatCompletionRequest,
     ClassificationRequest,
     CompletionRequest,
 )
-from service.inference.service import Call, Target, Task, open_call
+from service.inference.service import Call, Task, kept_call, open_call
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
@@ -31,6 +33,10 @@ def _call(schema: type[BaseModel], task: Task) -> Callable[[Request], Awaitable[
     async def call(request: Request) -> Call:
         token = bearer(request)
         model_id = await _valid_model(request, schema)
+        if model_id is not None:
+            kept = kept_call(request.app.state, token, model_id, task)
+            if kept is not None:
+                return await kept
         return await run_in_threadpool(open_call, request.app.state, token, model_id, task)
 
     return call

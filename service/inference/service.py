@@ -11,10 +11,11 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 from pydantic import BaseModel
 from sqlmodel import Session
 from starlette.datastructures import State
@@ -24,11 +25,12 @@ from service import metrics
 from service.auth import Principal, as_tenant, hash_key, is_admin_key, tenant_principal
 from service.config import Settings
 from service.db import new_session
-from service.deployments.serving import Route, ServingManager, base_route, route_of
+from service.deployments.serving import ServingManager, base_route, route_of
 from service.errors import BadRequest, ServiceUnavailable, TooManyRequests
+from service.inference.admission import Admission, Target, admission_generation
 from service.inference.repository import InferenceRepository, KeyAndModel
 from service.models import FineTunedModel, Job, Tenant
-from service.ratelimit import RateLimiter
+from service.ratelimit import AsyncRateLimiter, Decision, RateLimiter
 from service.registry.catalog import Catalog
 from service.registry.repository import LazyCatalog, ModelRepository
 from service.registry.service import model_not_found
@@ -42,12 +44,6 @@ MULTIPLEX_HEADER = "serve_multiplexed_model_id"
 USAGE_TAIL_BYTES = 8192
 
 
-@dataclass(frozen=True)
-class Target:
-    route: Route
-    model: str
-
-
 @dataclass
 class InferenceService:
     session: Session
@@ -57,10 +53,8 @@ class InferenceService:
     # None: no Redis, no rate limit.
     limiter: RateLimiter | None
     catalog: Catalog
-    # The app's one pooled client to Serve's HTTP proxy (it builds the requests), and its
-    # transport (it sends them).
-    client: httpx.AsyncClient
-    transport: httpx.AsyncBaseTransport
+    # The app's one pooled client to Serve's HTTP proxy.
+    upstream: aiohttp.ClientSession
     # Where answered requests' token counts go (None: not counted, as in unit tests).
     meter: UsageMeter | None = None
     models: ModelRepository = field(init=False)
@@ -77,25 +71,37 @@ class InferenceService:
     def _admit(self, tenant: Tenant | None) -> None:
         if self.limiter is None:
             return
-        per_minute = self.settings.inference_requests_per_minute
-        if tenant is not None:
-            per_minute = (
-                effective_quotas(tenant, self.settings).inference_requests_per_minute or per_minute
-            )
+        per_minute, burst = self.limits(tenant)
         try:
-            # The bucket never holds more than a minute's worth.
-            burst = min(self.settings.inference_burst, per_minute)
             decision = self.limiter.take(f"inference:{self.tenant_id}", per_minute, burst)
         except Exception:
             # Redis is plumbing: while it is away, serve rather than refuse everyone.
             log.warning("rate limiter unavailable; admitting", exc_info=True)
             return
-        if not decision.allowed:
-            raise TooManyRequests(
-                f"Inference rate limit of {per_minute} requests per minute reached; "
-                f"retry in {decision.retry_after_s} s.",
-                headers={"Retry-After": str(decision.retry_after_s)},
+        _refuse_unless(decision, per_minute)
+
+    async def admit_kept(self, admission: Admission, limiter: AsyncRateLimiter | None) -> None:
+        """`_admit` for a kept admission, from the event loop."""
+        if limiter is None:
+            return
+        try:
+            decision = await limiter.take(
+                f"inference:{self.tenant_id}", admission.per_minute, admission.burst
             )
+        except Exception:
+            log.warning("rate limiter unavailable; admitting", exc_info=True)
+            return
+        _refuse_unless(decision, admission.per_minute)
+
+    def limits(self, tenant: Tenant | None) -> tuple[int, int]:
+        """The tenant's token bucket: requests per minute and burst."""
+        per_minute = self.settings.inference_requests_per_minute
+        if tenant is not None:
+            per_minute = (
+                effective_quotas(tenant, self.settings).inference_requests_per_minute or per_minute
+            )
+        # The bucket never holds more than a minute's worth.
+        return per_minute, min(self.settings.inference_burst, per_minute)
 
     def resolve(
         self, model_id: str, task: Task, found: tuple[FineTunedModel, Job] | None = None
@@ -163,43 +169,38 @@ class InferenceService:
         await self.serving.ready(target.route.app)
         content = body.model_dump_json(exclude_unset=True)
         upstream = await self._send(target, path, content)
-        if upstream.status_code == 404 and not _is_ours(upstream):
+        if upstream.status == 404 and not _is_ours(upstream):
             # Serve has no such route (yet, or any more): bring the app back and retry once.
-            await upstream.aclose()
+            upstream.close()
             self.serving.forget(target.route.app)
             await self.serving.ready(target.route.app)
             upstream = await self._send(target, path, content)
         self._note_adapter_load(upstream, target)
-        if upstream.status_code != 200:
+        if upstream.status != 200:
             return await self._error(upstream, target, endpoint, started)
         if stream:
             return self._relay(upstream, target, endpoint, started)
-        data = await upstream.aread()
-        await upstream.aclose()
+        data = await _read(upstream)
         usage = _usage_of(data)
         self._record(target, endpoint, 200, started, usage)
         batch = upstream.headers.get(BATCH_SIZE_HEADER)
         headers = {BATCH_SIZE_HEADER: batch} if batch is not None else None
         return Response(data, media_type="application/json", headers=headers)
 
-    async def _send(self, target: Target, path: str, content: str) -> httpx.Response:
-        request = self.client.build_request(
-            "POST",
-            f"{self.serving.url}/{target.route.app}{path}",
-            content=content,
-            headers={
-                "content-type": "application/json",
-                MULTIPLEX_HEADER: target.route.multiplexed_id,
-            },
-        )
+    async def _send(self, target: Target, path: str, content: str) -> aiohttp.ClientResponse:
         try:
             # Streamed: the body is read (or relayed) by the caller.
-            return await self.transport.handle_async_request(request)
-        except httpx.TimeoutException:
-            raise ServiceUnavailable(
-                "The model took too long to answer.", code="model_timeout"
-            ) from None
-        except httpx.TransportError as exc:
+            return await self.upstream.post(
+                f"{self.serving.url}/{target.route.app}{path}",
+                data=content.encode(),
+                headers={
+                    "content-type": "application/json",
+                    MULTIPLEX_HEADER: target.route.multiplexed_id,
+                },
+            )
+        except TimeoutError:
+            raise _model_timeout() from None
+        except aiohttp.ClientError as exc:
             raise ServiceUnavailable(
                 f"The model server cannot be reached ({type(exc).__name__}); retry shortly.",
                 code="model_unavailable",
@@ -207,16 +208,18 @@ class InferenceService:
             ) from None
 
     def _relay(
-        self, upstream: httpx.Response, target: Target, endpoint: str, started: float
+        self, upstream: aiohttp.ClientResponse, target: Target, endpoint: str, started: float
     ) -> StreamingResponse:
         async def chunks() -> Any:
             tail = b""
             try:
-                async for chunk in upstream.aiter_raw():
+                async for chunk in upstream.content.iter_any():
                     tail = (tail + chunk)[-USAGE_TAIL_BYTES:]
                     yield chunk
             finally:
-                await upstream.aclose()
+                # Closed, not given back to the pool: a client that went away mid-stream
+                # must end the generation too (Serve sees its connection close).
+                upstream.close()
                 self._record(target, endpoint, 200, started, _stream_usage(tail))
 
         return StreamingResponse(
@@ -226,11 +229,10 @@ class InferenceService:
         )
 
     async def _error(
-        self, upstream: httpx.Response, target: Target, endpoint: str, started: float
+        self, upstream: aiohttp.ClientResponse, target: Target, endpoint: str, started: float
     ) -> Response:
-        data = await upstream.aread()
-        await upstream.aclose()
-        status = upstream.status_code
+        data = await _read(upstream)
+        status = upstream.status
         self._record(target, endpoint, status if _is_ours(upstream) else 503, started, None)
         if _is_ours(upstream) and status < 500:
             return Response(data, status_code=status, media_type="application/json")
@@ -241,7 +243,7 @@ class InferenceService:
             headers={"Retry-After": "5"},
         )
 
-    def _note_adapter_load(self, upstream: httpx.Response, target: Target) -> None:
+    def _note_adapter_load(self, upstream: aiohttp.ClientResponse, target: Target) -> None:
         seconds = upstream.headers.get(ADAPTER_LOAD_HEADER)
         if seconds is not None:
             with contextlib.suppress(ValueError):  # a malformed header is not worth a 500
@@ -273,6 +275,15 @@ class InferenceService:
             self.meter.add(self.tenant_id, target.model, prompt, completion)
 
 
+def _refuse_unless(decision: Decision, per_minute: int) -> None:
+    if not decision.allowed:
+        raise TooManyRequests(
+            f"Inference rate limit of {per_minute} requests per minute reached; "
+            f"retry in {decision.retry_after_s} s.",
+            headers={"Retry-After": str(decision.retry_after_s)},
+        )
+
+
 @dataclass(frozen=True)
 class Call:
     """An authenticated inference request: its tenant's service and, when its body was
@@ -282,22 +293,57 @@ class Call:
     target: Target | None
 
 
+def kept_call(state: State, token: str, model_id: str, task: Task) -> Awaitable[Call] | None:
+    """The call from a kept admission (`AdmissionCache`), admitted from the event loop;
+    None when there is none and `open_call` must ask the database."""
+    if is_admin_key(token, state.settings.admin_key):
+        return None  # open_call refuses it
+    admission = state.admissions.get(hash_key(token), model_id, task)
+    if admission is None:
+        return None
+    # Never used (the model's route is kept): no connection is taken.
+    service = _service(state, new_session(state.engine), admission.tenant_id)
+
+    async def admitted() -> Call:
+        await service.admit_kept(admission, state.async_rate_limiter)
+        return Call(service, admission.target)
+
+    return admitted()
+
+
 def open_call(state: State, token: str, model_id: str | None, task: Task) -> Call:
     """The key's tenant and, given the model, its admission and route: all the request's
     database and Redis work in one go, run in one trip to the thread pool (each trip costs
-    a thread's wake-up, a large part of the proxy's own latency)."""
+    a thread's wake-up, a large part of the proxy's own latency). What resolved is kept
+    (`AdmissionCache`) for the next requests of the same key and model."""
     if is_admin_key(token, state.settings.admin_key):
         as_tenant(Principal(role="admin"))  # refused: inference acts for a tenant
+    generation = admission_generation()
     session = new_session(state.engine)
+    key_hash = hash_key(token)
     try:
         # Authentication's query, with the tenant (for its quota) and the model besides.
-        found = InferenceRepository(session).key_and_model(hash_key(token), model_id)
+        found = InferenceRepository(session).key_and_model(key_hash, model_id)
         tenant_id = tenant_principal(found.key if found is not None else None).tenant_id
     except BaseException:
         session.close()
         raise
     assert found is not None and tenant_id is not None
-    service = InferenceService(
+    service = _service(state, session, tenant_id)
+    if model_id is None:
+        # Only read: nothing to commit. The handler, if it runs, opens it again.
+        session.close()
+        return Call(service, None)
+    per_minute, burst = service.limits(found.tenant)
+    target = service.prepare(model_id, task, found)
+    state.admissions.put(
+        key_hash, model_id, task, Admission(tenant_id, per_minute, burst, target, generation)
+    )
+    return Call(service, target)
+
+
+def _service(state: State, session: Session, tenant_id: str) -> InferenceService:
+    return InferenceService(
         session,
         tenant_id,
         state.settings,
@@ -305,17 +351,31 @@ def open_call(state: State, token: str, model_id: str | None, task: Task) -> Cal
         state.rate_limiter,
         LazyCatalog(session, state.catalog),
         state.serve_client,
-        state.serve_transport,
         state.usage_meter,
     )
-    if model_id is None:
-        # Only read: nothing to commit. The handler, if it runs, opens it again.
-        session.close()
-        return Call(service, None)
-    return Call(service, service.prepare(model_id, task, found))
 
 
-def _is_ours(response: httpx.Response) -> bool:
+async def _read(upstream: aiohttp.ClientResponse) -> bytes:
+    """The whole answer (its connection goes back to the pool once read)."""
+    try:
+        return await upstream.read()
+    except TimeoutError:
+        raise _model_timeout() from None
+    except aiohttp.ClientError as exc:
+        raise ServiceUnavailable(
+            f"The model server's answer was cut off ({type(exc).__name__}); retry shortly.",
+            code="model_unavailable",
+            headers={"Retry-After": "5"},
+        ) from None
+    finally:
+        upstream.release()
+
+
+def _model_timeout() -> ServiceUnavailable:
+    return ServiceUnavailable("The model took too long to answer.", code="model_timeout")
+
+
+def _is_ours(response: aiohttp.ClientResponse) -> bool:
     """An answer of the model server itself (JSON), not of Serve's proxy."""
     return response.headers.get("content-type", "").startswith("application/json")
 

@@ -14,6 +14,7 @@ from service.common import now
 from service.db import on_commit
 from service.deployments.repository import DeploymentRepository
 from service.errors import BadRequest, NotFound, PermissionDenied
+from service.inference.admission import invalidate_admissions
 from service.models import FineTunedModel
 from service.registry.catalog import Catalog, CatalogEntry
 from service.registry.repository import ModelRepository
@@ -139,6 +140,8 @@ class ModelService:
         if deployment is not None:
             self.deployments.delete(deployment)
         self.session.flush()
+        # No longer routed from the commit on, not once its kept admissions expire.
+        on_commit(self.session, invalidate_admissions)
         if self.on_serving_change is not None:
             on_commit(self.session, self.on_serving_change)
         return ModelDeleted(id=model.id)

@@ -8,7 +8,9 @@ from sqlmodel import Session
 from service.auth import generate_key, hash_key
 from service.common import new_id, now
 from service.config import Quotas, Settings
+from service.db import on_commit
 from service.errors import Conflict, or_not_found
+from service.inference.admission import invalidate_admissions
 from service.models import ApiKey, Tenant
 from service.schemas import shown
 from service.tenants.repository import TenantRepository
@@ -100,6 +102,8 @@ class TenantService:
             tenant.quotas = quotas
         self.session.add(tenant)
         self.session.flush()
+        # Its rate limit is kept with its admissions.
+        on_commit(self.session, invalidate_admissions)
         return tenant_out(tenant, self.settings)
 
     def create_key(self, tenant_id: str, body: ApiKeyCreate) -> ApiKeyCreated:
@@ -121,4 +125,6 @@ class TenantService:
             key.revoked_at = now()
             self.session.add(key)
             self.session.flush()
+            # Refused from the commit on, not once its kept admissions expire.
+            on_commit(self.session, invalidate_admissions)
         return key_out(key)
