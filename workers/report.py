@@ -6,8 +6,8 @@ torch nor ray, and redis only when a Redis sink is used.
 Redis layout
 ------------
 All jobs write to one stream, ``tuneplane:events`` (`EVENTS_STREAM`), trimmed to about
-`STREAM_MAXLEN` entries (the control plane persists events to its database; the stream is
-transport, not storage). Each entry has four string fields:
+`STREAM_MAXLEN` entries (the control plane persists events to its database and deletes
+the entries it stored; the stream is transport, not storage). Each entry has four string fields:
 
 - ``job_id``:    the job the event belongs to (lets a consumer route without parsing)
 - ``tenant_id``: the job's tenant

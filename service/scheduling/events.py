@@ -151,7 +151,13 @@ class EventConsumer:
             crash_point(self.crash_at, "events.before_commit", kinds)
             s.commit()
         crash_point(self.crash_at, "events.after_commit", kinds)
-        self.r.xack(EVENTS_STREAM, self.group, *[eid for eid, _ in entries])
+        ids = [eid for eid, _ in entries]
+        # Stored, so gone from the stream too: Redis holds the backlog still to be stored,
+        # not every event ever sent (up to the stream's cap, hundreds of MB).
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xack(EVENTS_STREAM, self.group, *ids)
+        pipe.xdel(EVENTS_STREAM, *ids)
+        pipe.execute()
         return len(entries)
 
     def apply(self, s: Session, entry_id: str, record: EventRecord) -> None:

@@ -113,6 +113,23 @@ def test_an_unacknowledged_entry_is_stored_once_when_redelivered(
     assert redis_client.xpending(EVENTS_STREAM, "cp")["pending"] == 0
 
 
+def test_stored_entries_leave_the_stream(
+    client: TestClient, app: FastAPI, redis_client: redis.Redis
+) -> None:
+    """Redis holds only what is still to be stored: a soak's stream does not grow with
+    every event ever sent."""
+    job_id, tenant_id, _ = _running_job(client, app)
+    consumer = EventConsumer(app.state.engine, redis_client, "cp", "replica-1")
+    consumer.ensure_group()
+    for step in range(1, 51):
+        _emit(redis_client, job_id, tenant_id, "metrics", data={"step": step, "train_loss": 1.0})
+    assert redis_client.xlen(EVENTS_STREAM) == 50
+    while consumer.poll(block_ms=100, count=20):
+        pass
+    assert redis_client.xlen(EVENTS_STREAM) == 0
+    assert redis_client.xpending(EVENTS_STREAM, "cp")["pending"] == 0
+
+
 def test_a_failure_event_fails_the_job_with_the_workers_message(
     client: TestClient, app: FastAPI, redis_client: redis.Redis
 ) -> None:
