@@ -198,14 +198,8 @@ class InferenceService:
                     MULTIPLEX_HEADER: target.route.multiplexed_id,
                 },
             )
-        except TimeoutError:
-            raise _model_timeout() from None
-        except aiohttp.ClientError as exc:
-            raise ServiceUnavailable(
-                f"The model server cannot be reached ({type(exc).__name__}); retry shortly.",
-                code="model_unavailable",
-                headers={"Retry-After": "5"},
-            ) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _upstream_error(exc, "The model server cannot be reached") from None
 
     def _relay(
         self, upstream: aiohttp.ClientResponse, target: Target, endpoint: str, started: float
@@ -359,20 +353,20 @@ async def _read(upstream: aiohttp.ClientResponse) -> bytes:
     """The whole answer (its connection goes back to the pool once read)."""
     try:
         return await upstream.read()
-    except TimeoutError:
-        raise _model_timeout() from None
-    except aiohttp.ClientError as exc:
-        raise ServiceUnavailable(
-            f"The model server's answer was cut off ({type(exc).__name__}); retry shortly.",
-            code="model_unavailable",
-            headers={"Retry-After": "5"},
-        ) from None
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise _upstream_error(exc, "The model server's answer was cut off") from None
     finally:
         upstream.release()
 
 
-def _model_timeout() -> ServiceUnavailable:
-    return ServiceUnavailable("The model took too long to answer.", code="model_timeout")
+def _upstream_error(exc: BaseException, what: str) -> ServiceUnavailable:
+    if isinstance(exc, TimeoutError):
+        return ServiceUnavailable("The model took too long to answer.", code="model_timeout")
+    return ServiceUnavailable(
+        f"{what} ({type(exc).__name__}); retry shortly.",
+        code="model_unavailable",
+        headers={"Retry-After": "5"},
+    )
 
 
 def _is_ours(response: aiohttp.ClientResponse) -> bool:
