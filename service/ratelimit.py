@@ -2,19 +2,31 @@
 
 The bucket refills at `rate` tokens a second up to `burst`; each request takes one. Redis's
 own clock is used, so replicas with skewed clocks share one bucket correctly.
+
+The inference hot path (`AsyncRateLimiter`) takes a few tokens at a time and spends them
+locally: a round trip to Redis is a third of the proxy's own latency on a busy 2-core
+machine. Every token is taken from the shared bucket before it admits a request, so
+together the replicas never admit more than the bucket holds; a replica's unspent tokens
+are dropped after `LEASE_S` (a tenant at its limit may be refused that many early). The
+lease is at most a tenth of the burst and half a second's refill, so a tenant with a small
+rate or burst takes its tokens one at a time, exactly as before.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import redis
 import redis.asyncio
+from cachetools import TTLCache
 
+# Takes up to ARGV[3] whole tokens; answers how many, and the wait for one if none.
 _TAKE = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
@@ -25,18 +37,21 @@ if tokens == nil then
   at = now
 end
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
-local allowed = 0
+local granted = math.min(want, math.floor(tokens))
 local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
+if granted >= 1 then
+  tokens = tokens - granted
 else
+  granted = 0
   wait = (1 - tokens) / rate
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
-return {allowed, tostring(wait)}
+return {granted, tostring(wait)}
 """
+# How long a replica may hold tokens it took ahead, and how many at most.
+LEASE_S = 0.5
+MAX_LEASE = 20
 
 
 @dataclass(frozen=True)
@@ -52,28 +67,56 @@ class RateLimiter:
         self._take = client.register_script(_TAKE)
 
     def take(self, scope: str, per_minute: int, burst: int) -> Decision:
-        keys, args = _call(self.prefix, scope, per_minute, burst)
-        return _decision(self._take(keys=keys, args=args))
+        keys, args = _call(self.prefix, scope, per_minute, burst, 1)
+        granted, wait = self._take(keys=keys, args=args)
+        return _decision(int(granted), wait)
+
+
+@dataclass
+class _Lease:
+    tokens: int
+    until: float
 
 
 class AsyncRateLimiter:
-    """The same buckets, taken from an event loop (the inference hot path: no thread)."""
+    """The same buckets, taken from an event loop a few tokens at a time (see above)."""
 
     def __init__(self, client: redis.asyncio.Redis, prefix: str = "tuneplane:ratelimit") -> None:
         self.prefix = prefix
         self._take = client.register_script(_TAKE)
+        # One event loop uses it: no lock. Bounded, and a lease outlives LEASE_S nowhere.
+        self._leases: TTLCache[str, _Lease] = TTLCache(maxsize=10_000, ttl=LEASE_S)
 
     async def take(self, scope: str, per_minute: int, burst: int) -> Decision:
-        keys, args = _call(self.prefix, scope, per_minute, burst)
-        return _decision(await self._take(keys=keys, args=args))
+        now = time.monotonic()
+        lease = self._leases.get(scope)
+        if lease is not None and lease.tokens > 0 and now < lease.until:
+            lease.tokens -= 1
+            return Decision(True, 0)
+        want = lease_size(per_minute, burst)
+        keys, args = _call(self.prefix, scope, per_minute, burst, want)
+        granted, wait = await self._take(keys=keys, args=args)
+        granted = int(granted)
+        if granted > 1:
+            # Another coroutine's lease may have been taken meanwhile: keep both.
+            held = self._leases.get(scope)
+            left = held.tokens if held is not None and now < held.until else 0
+            self._leases[scope] = _Lease(left + granted - 1, now + LEASE_S)
+        return _decision(granted, wait)
 
 
-def _call(prefix: str, scope: str, per_minute: int, burst: int) -> tuple[list[str], list[float]]:
-    return [f"{prefix}:{scope}"], [per_minute / 60.0, max(1, burst)]
+def lease_size(per_minute: int, burst: int) -> int:
+    """Tokens taken at once: at most a tenth of the burst and half a second's refill."""
+    return max(1, min(MAX_LEASE, burst // 10, math.floor(per_minute / 60.0 * LEASE_S)))
 
 
-def _decision(answer: list[str]) -> Decision:
-    allowed, wait = answer
-    if int(allowed):
+def _call(
+    prefix: str, scope: str, per_minute: int, burst: int, want: int
+) -> tuple[list[str], list[float]]:
+    return [f"{prefix}:{scope}"], [per_minute / 60.0, max(1, burst), want]
+
+
+def _decision(granted: int, wait: str) -> Decision:
+    if granted >= 1:
         return Decision(True, 0)
     return Decision(False, max(1, math.ceil(float(wait))))

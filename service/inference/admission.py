@@ -5,7 +5,7 @@ Read from the database, that is a trip to the thread pool and a query: about 1 m
 control plane's 2.3 ms on this 2-core machine (bench/proxy_overhead.py), twice that with
 Ray busy beside it. A (key, model, task) that resolved within the last
 `inference_admission_cache_s` seconds is taken from here instead, and only the rate limit
-is taken (in Redis, from the event loop).
+is taken (from the event loop, a few tokens per trip to Redis: service/ratelimit.py).
 
 Staleness: this process forgets every entry when a key is revoked, a tenant's quotas or
 weight change or a model is deleted through it (after the commit); another control-plane

@@ -1,0 +1,70 @@
+"""The token buckets against a real Redis (service/ratelimit.py): the hot path's leases
+take several tokens in one round trip and never admit more than the shared bucket holds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+import redis.asyncio
+
+from service.ratelimit import AsyncRateLimiter, RateLimiter, lease_size
+from tests.fixtures.redis_server import RedisServer
+
+
+def _evalsha_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) + int(
+        stats.get("cmdstat_eval", {}).get("calls", 0)
+    )
+
+
+def test_lease_sizes_follow_the_burst_and_the_rate() -> None:
+    assert lease_size(6000, 50) == 5  # a tenth of the burst
+    assert lease_size(6000, 1000) == 20  # at most 20
+    assert lease_size(60, 50) == 1  # one a second: half a second's refill is none
+    assert lease_size(3, 3) == 1
+
+
+def test_leased_tokens_are_spent_locally_and_every_one_came_from_the_bucket(
+    redis_server: RedisServer,
+) -> None:
+    sync = redis.Redis.from_url(redis_server.url)
+    sync.flushall()
+    RateLimiter(sync).take("warm-up", 1, 1)  # the script loaded: EVALSHA answers from now
+    sync.config_resetstat()
+
+    async def run() -> tuple[list[bool], list[bool]]:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        # Two replicas sharing one bucket of 40, refilling at 8 a second.
+        a, b = AsyncRateLimiter(client), AsyncRateLimiter(client)
+        first = [(await a.take("t", 480, 40)).allowed for _ in range(10)]
+        second = [(await b.take("t", 480, 40)).allowed for _ in range(3)]
+        await client.aclose()
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert all(first) and all(second)
+    # 10 requests with leases of 4 on replica a: 3 round trips; 3 on b: 1.
+    assert lease_size(480, 40) == 4
+    assert _evalsha_calls(sync) == 4
+    # 16 tokens left the bucket (4 leases of 4) for the 13 admitted: none admitted unpaid.
+    tokens = float(sync.hget("tuneplane:ratelimit:t", "tokens") or 0)
+    assert tokens < 40 - 16 + 2  # + what refilled meanwhile (8 a second)
+
+
+def test_a_bucket_shared_with_the_exact_path_refuses_once_empty(redis_server: RedisServer) -> None:
+    sync = redis.Redis.from_url(redis_server.url)
+    sync.flushall()
+
+    async def run() -> list[bool]:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        limiter = AsyncRateLimiter(client)
+        got = [(await limiter.take("u", 1, 3)).allowed for _ in range(4)]
+        await client.aclose()
+        return got
+
+    # One a minute, burst 3: one token at a time, the fourth refused.
+    assert asyncio.run(run()) == [True, True, True, False]
+    refused = RateLimiter(sync).take("u", 1, 3)
+    assert not refused.allowed and refused.retry_after_s >= 1
