@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     # itself the first time it reaches this crash point ("<point>" or "<point>:<tag>").
     # Never set it in production.
     fault_crash_at: str | None = None
+    # Fault injection for the reliability tests and soaks: the control plane's artifact
+    # store answers every write as a full disk does (ENOSPC) once this process has written
+    # this many bytes through it. Never set it in production.
+    fault_storage_full_after_bytes: int | None = Field(None, ge=0)
 
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1)
     # A JSON file listing base models; None: the embedded catalog of offline tiny models.

@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# How long a client is told to wait (Retry-After) when the database or Redis is away: a
+# restart or a failover takes seconds; sooner would only add load to a recovering server.
+DEPENDENCY_RETRY_AFTER_S = 5
+# And when the storage is full: someone has to free space first.
+STORAGE_RETRY_AFTER_S = 60
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# PostgreSQL's disk_full; SQLite's words for the same.
+_PG_DISK_FULL = "53100"
+_SQLITE_FULL = "database or disk is full"
+# SQLite raises OperationalError for a broken query too: a bug (500), not an outage.
+_SQLITE_BUGS = ("no such table", "no such column", "syntax error")
+# The Redis errors that mean "away or overloaded" rather than "asked wrong".
+_REDIS_AWAY = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+)
 
 
 class ServiceError(Exception):
@@ -209,11 +236,98 @@ async def _overloaded(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _one_line(exc: BaseException) -> str:
+    # A driver's message can run over lines (psycopg adds the host it tried, say): the
+    # log line stays one line.
+    text = str(getattr(exc, "orig", None) or exc)
+    return " ".join(text.split())[:300]
+
+
+def _dependency_error(
+    request: Request,
+    cause: str,
+    status: int,
+    message: str,
+    code: str,
+    retry_after_s: int,
+) -> JSONResponse:
+    # One line, no traceback: when a dependency is away every request fails the same way,
+    # and the cause is what the operator needs to read, not a thousand stacks.
+    log.error("%s; answered %s %s with %s", cause, request.method, request.url.path, status)
+    return JSONResponse(
+        error_body(message, "server_error", None, code),
+        status_code=status,
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return _dependency_error(
+        request,
+        f"database unavailable ({type(exc).__name__}: {_one_line(exc)})",
+        503,
+        "The service's database is unavailable; retry shortly.",
+        "database_unavailable",
+        DEPENDENCY_RETRY_AFTER_S,
+    )
+
+
+def _storage_full(request: Request, exc: BaseException) -> JSONResponse:
+    return _dependency_error(
+        request,
+        f"storage full ({_one_line(exc)}): free space or raise the quota",
+        507,
+        "The server is out of storage space; the request was not completed. Retry later.",
+        "storage_full",
+        STORAGE_RETRY_AFTER_S,
+    )
+
+
+def _disk_full_in_database(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == _PG_DISK_FULL or _SQLITE_FULL in str(exc.orig)
+
+
 async def _operational(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DBAPIError)
+    message = str(exc.orig)
     # SQLite's write lock stayed taken past its busy timeout: overloaded, retry shortly.
-    if "database is locked" in str(exc):
+    if "database is locked" in message:
         return await _overloaded(request, exc)
-    return await _unhandled(request, exc)
+    if _disk_full_in_database(exc):
+        return _storage_full(request, exc)
+    if any(bug in message for bug in _SQLITE_BUGS):
+        return await _unhandled(request, exc)
+    # Refused, reset or dropped connections, a server shutting down or starting up.
+    return _database_unavailable(request, exc)
+
+
+async def _disconnected(request: Request, exc: Exception) -> JSONResponse:
+    # The pool found its connection dead (InterfaceError: psycopg's "connection is closed").
+    # SQLite's InterfaceError is a value it cannot bind, a bug: on to the catch-all.
+    if isinstance(exc, DBAPIError) and not exc.connection_invalidated:
+        raise exc
+    return _database_unavailable(request, exc)
+
+
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OSError)
+    if exc.errno in _FULL_ERRNOS:
+        return _storage_full(request, exc)
+    # Any other: on to the catch-all (a 500, the traceback logged and re-raised), as before.
+    raise exc
+
+
+async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, _REDIS_AWAY):
+        raise exc  # asked wrong (a bug): on to the catch-all
+    return _dependency_error(
+        request,
+        f"queue unavailable (Redis {type(exc).__name__}: {_one_line(exc)})",
+        503,
+        "The service's job queue (Redis) is unavailable; retry shortly.",
+        "queue_unavailable",
+        DEPENDENCY_RETRY_AFTER_S,
+    )
 
 
 async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
@@ -231,6 +345,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(PoolTimeout, _overloaded)
     app.add_exception_handler(OperationalError, _operational)
+    app.add_exception_handler(InterfaceError, _disconnected)
+    app.add_exception_handler(DisconnectionError, _disconnected)
+    app.add_exception_handler(OSError, _os_error)
+    app.add_exception_handler(redis.RedisError, _redis_error)
     app.add_exception_handler(Exception, _unhandled)
     document_errors(app)
 
@@ -260,7 +378,8 @@ DOCUMENTED_ERRORS = {
     413: "Request body too large",
     429: "Quota or rate limit exceeded",
     500: "Internal error",
-    503: "A dependency (Redis, Ray) is unavailable",
+    503: "A dependency (database, Redis, Ray) is unavailable; retry after `Retry-After`",
+    507: "The server's storage is full; nothing was stored",
 }
 
 

@@ -118,7 +118,9 @@ def _build_state(
     state = app.state
     state.settings = settings
     state.engine = db.make_engine(settings.database_url)
-    state.store = ArtifactStore(settings.storage_uri)
+    state.store = ArtifactStore(
+        settings.storage_uri, full_after_bytes=settings.fault_storage_full_after_bytes
+    )
     state.catalog = Catalog.load(settings.catalog_path)
     state.backend = backend
     state.redis = (

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from typing import IO
 
+from sqlalchemy import event
+from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session
 
 from service.common import known_page, new_id, now
@@ -18,6 +21,7 @@ from service.schemas import shown
 from service.storage import CHUNK, ArtifactStore
 from workers.formats import DataFormatError, FileTooLarge, StreamingValidator
 
+log = logging.getLogger(__name__)
 PURPOSES = ("fine-tune",)
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -31,6 +35,32 @@ def clean_filename(name: str | None) -> str:
     return base[:255]
 
 
+def remove_unless_committed(session: Session, store: ArtifactStore, key: str) -> None:
+    """The blob is stored before its row; should the row never commit (the database went
+    away, a retry with the same Idempotency-Key won), the blob goes too, so an upload
+    leaves both or neither."""
+    # The listeners stay (they cannot be removed while the session runs them) and go with
+    # the request's session; `state` makes them act once.
+    state = {"committed": False, "ended": False}
+
+    def _committed(_: Session) -> None:
+        state["committed"] = True
+
+    def _ended(_: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is not None or state["ended"]:
+            return  # a savepoint (the request's transaction goes on), or already handled
+        state["ended"] = True
+        if state["committed"]:
+            return
+        try:
+            store.delete(key)
+        except Exception as exc:
+            log.warning("could not remove the uncommitted upload %s: %s", key, exc)
+
+    event.listen(session, "after_commit", _committed)
+    event.listen(session, "after_transaction_end", _ended)
+
+
 def file_out(f: StoredFile) -> FileOut:
     return shown(FileOut, f, created_at=int(f.created_at))
 
@@ -39,6 +69,7 @@ class FileService:
     def __init__(
         self, session: Session, tenant_id: str, store: ArtifactStore, settings: Settings
     ) -> None:
+        self.session = session
         self.repo = FileRepository(session, tenant_id)
         self.tenant_id = tenant_id
         self.store = store
@@ -72,10 +103,16 @@ class FileService:
             self.store.delete(partial)
             raise BadRequest(f"Invalid file: {exc}", param="file", code="invalid_file") from None
         except BaseException:
+            # A full disk included (ENOSPC, answered 507): no partial blob stays behind.
             self.store.delete(partial)
             raise
         # Readers only ever see the final key, and only once it is complete.
-        self.store.move(partial, key)
+        try:
+            self.store.move(partial, key)
+        except BaseException:
+            self.store.delete(partial)
+            raise
+        remove_unless_committed(self.session, self.store, key)
         stored = StoredFile(
             id=file_id,
             tenant_id=self.tenant_id,

@@ -6,6 +6,7 @@ The scheduler, the reconciler and the event consumer open a session, call these,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -19,9 +20,14 @@ from service.models import Checkpoint, Job, Trial
 from service.models.status import ACTIVE, TERMINAL, WAITING, JobStatus
 from service.registry.checkpoints import checkpoint_model_id, removal_event_id
 from service.registry.service import fine_tuned_model_id
+from service.storage import missing_model_files
 from service.tenants.repository import TenantRepository
 from workers.records import CheckpointData, ResultData, TrialData
 from workers.spec import JobSpec
+
+log = logging.getLogger(__name__)
+# A job whose run reported a model that is not in the store.
+MODEL_MISSING = "model_missing"
 
 
 class JobLifecycle:
@@ -186,10 +192,29 @@ class JobLifecycle:
         return self._move(job_id, JobStatus.CANCELLED, (JobStatus.CANCELLING,), "Job cancelled")
 
     def succeed(self, job: Job, result: ResultData, note: str = "") -> bool:
-        """Register the job's model and mark it succeeded (once, however often it is called)."""
+        """Register the job's model and mark it succeeded (once, however often it is called);
+        a model whose files are not in the store fails the job instead (`MODEL_MISSING`)."""
         if job.status in TERMINAL:
             return False
         model_id = self.model_id(job)
+        # Never a succeeded job whose model cannot be loaded: the run is over, so waiting
+        # would not bring the files back (a store that cannot be reached raises instead,
+        # and the caller tries again later).
+        missing = missing_model_files(result.artifact_uri)
+        if missing is not None:
+            log.error(
+                "job %s reported its model at %s, but %s; failing the job",
+                job.id,
+                result.artifact_uri,
+                missing,
+            )
+            return self.fail(
+                job.id,
+                MODEL_MISSING,
+                f"Training finished, but its model is missing from the artifact store "
+                f"({missing}); no model was registered. Run the job again.",
+                expected=ACTIVE,
+            )
         return transition(
             self.session,
             job.id,

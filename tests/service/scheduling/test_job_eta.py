@@ -52,6 +52,16 @@ class Worker:
         self.send("trial", at, TrialData(trial_id=trial, status=status).event_data())
 
 
+def _published(app: FastAPI, tenant_id: str, job_id: str) -> str:
+    """A job's model as its worker publishes it (a manifest beside non-empty weights): a
+    result naming a folder without them fails the job (`model_missing`)."""
+    store = app.state.store
+    folder = f"{tenant_id}/jobs/{job_id}/model"
+    store.write_bytes(f"{folder}/tuneplane.json", b'{"metrics": {}}')
+    store.write_bytes(f"{folder}/adapter_model.safetensors", b"\0" * 64)
+    return str(store.uri_for(folder))
+
+
 def _start(app: FastAPI, job_id: str, at: float) -> None:
     with Session(app.state.engine) as s:
         assert transition(s, job_id, JobStatus.RUNNING, started_at=at)
@@ -93,7 +103,11 @@ def test_a_running_job_finishes_after_its_steps_left_at_the_measured_step_time(
     assert etas[job_id] == pytest.approx(expected, abs=3) and etas[queued] is None
 
     result = ResultData(
-        artifact_uri="file:///m", adapter="lora", trained_tokens=1, steps=20, metrics={}
+        artifact_uri=_published(app, t.id, job_id),
+        adapter="lora",
+        trained_tokens=1,
+        steps=20,
+        metrics={},
     )
     worker.send("result", time.time(), result.event_data())
     consumer.poll(block_ms=100)

@@ -72,6 +72,7 @@ def test_a_lost_result_is_recovered_from_the_published_artifact(
     app.state.store.write_bytes(
         f"{t.id}/jobs/{job_id}/model/tuneplane.json", json.dumps(manifest).encode()
     )
+    app.state.store.write_bytes(f"{t.id}/jobs/{job_id}/model/adapter_model.safetensors", b"\0" * 64)
     cluster.states[job_id] = "SUCCEEDED"
     reconciler._succeeded_seen[job_id] = 0.0  # Ray said so long ago: the grace is over
     reconciler.run_once()
@@ -165,11 +166,13 @@ def test_an_internal_failure_fails_the_job_once_ray_says_it_failed(
     assert "internal error" in job["error"]["message"]  # type: ignore[index]
 
 
-def _publish_manifest(app: FastAPI, t: TenantHandle, job_id: str, tokens: int) -> None:
+def _publish_manifest(app: FastAPI, t: TenantHandle, job_id: str, tokens: int) -> str:
+    """The job's model as its worker publishes it: weights, and a manifest beside them."""
     manifest = {"job_id": job_id, "metrics": {"trained_tokens": tokens}}
-    app.state.store.write_bytes(
-        f"{t.id}/jobs/{job_id}/model/tuneplane.json", json.dumps(manifest).encode()
-    )
+    folder = f"{t.id}/jobs/{job_id}/model"
+    app.state.store.write_bytes(f"{folder}/adapter_model.safetensors", b"\0" * 64)
+    app.state.store.write_bytes(f"{folder}/tuneplane.json", json.dumps(manifest).encode())
+    return str(app.state.store.uri_for(folder))
 
 
 def test_a_lost_result_is_recovered_on_the_first_pass_once_no_event_is_in_flight(
@@ -197,13 +200,13 @@ def test_a_result_event_still_on_its_way_is_waited_for(
     sched.tick()
     consumer = EventConsumer(app.state.engine, queue.r, "control-plane", "r")
     consumer.ensure_group()
-    _publish_manifest(app, t, job_id, 321)
+    model_uri = _publish_manifest(app, t, job_id, 321)
     result = EventRecord(
         job_id=job_id,
         tenant_id=t.id,
         type="result",
         data=ResultData(
-            artifact_uri="file:///m", adapter="lora", trained_tokens=999, steps=1, metrics={}
+            artifact_uri=model_uri, adapter="lora", trained_tokens=999, steps=1, metrics={}
         ).event_data(),
     )
     queue.r.xadd(EVENTS_STREAM, result.stream_fields())
