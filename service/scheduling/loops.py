@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from sqlalchemy import Engine
@@ -22,6 +23,8 @@ from service.scheduling.scheduler import Dispatcher, Scheduler
 from service.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
+# How often a loop's error that keeps repeating is logged again.
+REPEAT_LOG_S = 60.0
 
 
 class ControlLoops:
@@ -65,14 +68,7 @@ class ControlLoops:
 
     def _spawn(self, name: str, step: Callable[[], object], interval: float) -> None:
         def loop() -> None:
-            while not self._stop.is_set():
-                try:
-                    step()
-                except Exception:
-                    log.exception("%s loop step failed; retrying", name)
-                    self._stop.wait(1.0)
-                if interval:
-                    self._stop.wait(interval)
+            run_every(name, step, interval, self._stop)
 
         thread = threading.Thread(target=loop, name=f"tuneplane-{name}", daemon=True)
         thread.start()
@@ -86,3 +82,24 @@ class ControlLoops:
             self.scheduler.resign()
         except Exception:
             log.warning("could not release the scheduler lock; it expires by itself")
+
+
+def run_every(
+    name: str, step: Callable[[], object], interval: float, stop: threading.Event
+) -> None:
+    """Run `step` every `interval` seconds until `stop`, surviving its errors. An error that
+    repeats (a full disk, a database away for minutes) is logged with its traceback once a
+    minute, not on every turn."""
+    last: tuple[str, float] | None = None
+    while not stop.is_set():
+        try:
+            step()
+            last = None
+        except Exception as exc:
+            what, now = f"{type(exc).__name__}: {exc}", time.monotonic()
+            if last is None or last[0] != what or now - last[1] >= REPEAT_LOG_S:
+                log.exception("%s loop step failed; retrying", name)
+                last = (what, now)
+            stop.wait(1.0)
+        if interval:
+            stop.wait(interval)
