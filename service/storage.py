@@ -119,6 +119,14 @@ class ArtifactStore:
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self._path(key)))
 
+    def delete_uri(self, uri: str) -> bool:
+        """Delete what `uri` names if it is in this store; False (nothing done) if not."""
+        prefix = self.uri + "/"
+        if not uri.startswith(prefix):
+            return False
+        self.delete(uri[len(prefix) :].rstrip("/"))
+        return True
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         if self.fs.exists(path):

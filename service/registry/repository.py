@@ -3,6 +3,7 @@ from __future__ import annotations
 from sqlmodel import Session, col, select
 
 from service.models import Checkpoint, FineTunedModel, Job, JobEvent, RegisteredBaseModel
+from service.models.status import TERMINAL
 from service.registry.catalog import Catalog, CatalogEntry
 from service.registry.checkpoints import as_model, parse_checkpoint_model_id, removal_event_id
 from service.repository import ScopedRepository
@@ -76,6 +77,26 @@ class ModelRepository(ScopedRepository[FineTunedModel]):
     def get_live(self, model_id: str) -> FineTunedModel | None:
         found = self.get(model_id)
         return found if found is not None and found.deleted_at is None else None
+
+    def live_with_jobs(self) -> list[tuple[FineTunedModel, Job]]:
+        """The tenant's live models and the jobs that made them."""
+        stmt = (
+            select(FineTunedModel, Job)
+            .join(Job, col(Job.id) == col(FineTunedModel.job_id))
+            .where(
+                col(FineTunedModel.tenant_id) == self.tenant_id,
+                col(Job.tenant_id) == self.tenant_id,
+                col(FineTunedModel.deleted_at).is_(None),
+            )
+        )
+        return [(m, j) for m, j in self.session.exec(stmt)]
+
+    def unfinished_jobs(self) -> list[Job]:
+        """The tenant's jobs that have not ended (queued, running, paused...)."""
+        stmt = select(Job).where(
+            col(Job.tenant_id) == self.tenant_id, col(Job.status).not_in(list(TERMINAL))
+        )
+        return list(self.session.exec(stmt))
 
     def get_live_with_job(self, model_id: str) -> tuple[FineTunedModel, Job] | None:
         """The live model and the job that made it, in one query (the inference hot path)."""

@@ -15,7 +15,9 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 async def _service(ctx: TenantContextDep) -> ModelService:
-    return ModelService(ctx.session, ctx.tenant_id, ctx.catalog, ctx.state.serving.apply_soon)
+    return ModelService(
+        ctx.session, ctx.tenant_id, ctx.catalog, ctx.state.serving.apply_soon, ctx.state.store
+    )
 
 
 async def _exports(ctx: TenantContextDep) -> ModelExportService:

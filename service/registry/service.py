@@ -6,6 +6,7 @@ OpenAI's are: GET /v1/models/{id} shows one; the list leaves them out, as OpenAI
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from sqlmodel import Session
@@ -13,13 +14,15 @@ from sqlmodel import Session
 from service.common import now
 from service.db import on_commit
 from service.deployments.repository import DeploymentRepository
-from service.errors import BadRequest, NotFound, PermissionDenied
+from service.errors import BadRequest, Conflict, NotFound, PermissionDenied
 from service.inference.admission import invalidate_admissions
 from service.models import FineTunedModel
 from service.registry.catalog import Catalog, CatalogEntry
 from service.registry.repository import ModelRepository
 from service.registry.schemas import ModelDeleted, ModelList, ModelOut
+from service.storage import ArtifactStore
 
+log = logging.getLogger(__name__)
 BASE_OWNER = "tuneplane"
 _MISSING = "The model '{}' does not exist."
 
@@ -81,6 +84,24 @@ def model_not_found(
     return NotFound(message, param="model", code=code)
 
 
+def weights_users(repo: ModelRepository, model: FineTunedModel) -> list[str]:
+    """What still needs `model`'s weights: unfinished jobs that continue from it or train
+    on its folder, and (a full model) live models whose base is its folder."""
+    users = []
+    for job in repo.unfinished_jobs():
+        spec = job.spec or {}
+        init = spec.get("init_from") or {}
+        source = (spec.get("base_model") or {}).get("source")
+        if model.id == init.get("model") or model.artifact_uri in (init.get("uri"), source):
+            users.append(job.id)
+    if model.adapter_type == "full":
+        for other, job in repo.live_with_jobs():
+            source = ((job.spec or {}).get("base_model") or {}).get("source")
+            if other.id != model.id and source == model.artifact_uri:
+                users.append(other.id)
+    return users
+
+
 class ModelService:
     def __init__(
         self,
@@ -88,7 +109,10 @@ class ModelService:
         tenant_id: str,
         catalog: Catalog,
         on_serving_change: Callable[[], None] | None = None,
+        store: ArtifactStore | None = None,
     ) -> None:
+        # `store`: where a deleted model's weights are removed from (None: they stay).
+        self.store = store
         self.repo = ModelRepository(session, tenant_id)
         self.deployments = DeploymentRepository(session, tenant_id)
         self.on_serving_change = on_serving_change
@@ -133,8 +157,19 @@ class ModelService:
                 param="model",
             )
         model = self._live(model_id)
+        users = weights_users(self.repo, model)
+        if users:
+            shown = ", ".join(users[:3]) + (f" and {len(users) - 3} more" if len(users) > 3 else "")
+            raise Conflict(
+                f"'{model_id}' cannot be deleted while {shown} still use its weights: wait "
+                "for those jobs to end, or delete those models first.",
+                param="model",
+                code="model_in_use",
+            )
         model.deleted_at = now()
         self.session.add(model)
+        # Its weights go with it, once the deletion is committed.
+        on_commit(self.session, lambda: self._remove_weights(model))
         # A deleted model is no longer served: its deployment goes with it.
         deployment = self.deployments.for_model(model.id)
         if deployment is not None:
@@ -145,3 +180,21 @@ class ModelService:
         if self.on_serving_change is not None:
             on_commit(self.session, self.on_serving_change)
         return ModelDeleted(id=model.id)
+
+    def _remove_weights(self, model: FineTunedModel) -> None:
+        if self.store is None:
+            return
+        try:
+            removed = self.store.delete_uri(model.artifact_uri)
+        except OSError:
+            # The model is deleted; its bytes are an operator's to remove by hand.
+            log.warning(
+                "could not remove the weights of deleted model %s at %s",
+                model.id,
+                model.artifact_uri,
+                exc_info=True,
+            )
+            return
+        if not removed:
+            log.info("deleted model %s: its weights at %s are outside the artifact store; "
+                     "left in place", model.id, model.artifact_uri)  # fmt: skip

@@ -13,7 +13,9 @@ from sqlmodel import Session
 from service.common import now
 from service.db import new_session
 from service.jobs.lifecycle import JobLifecycle
+from service.jobs.state import transition
 from service.models import Checkpoint, FineTunedModel
+from service.models.status import JobStatus
 from tests.factories import (
     TenantHandle,
     add_model,
@@ -260,6 +262,8 @@ def test_a_model_shows_its_lineage(client: TestClient, app: FastAPI) -> None:
     _, parent = _parent(client, app, t)
 
     def register(job: dict[str, Any]) -> str:
+        """The job's model, and the job succeeded (a queued one continuing from an ancestor
+        would keep that ancestor from being deleted)."""
         model_id = f"ft:tiny-gpt2:{t.name}::{job['id']}"
         with Session(app.state.engine) as s:
             row = JobLifecycle(s).job(job["id"])
@@ -267,6 +271,8 @@ def test_a_model_shows_its_lineage(client: TestClient, app: FastAPI) -> None:
             s.add(
                 FineTunedModel.of_job(row, id=model_id, artifact_uri="file:///m", created_at=now())
             )
+            assert transition(s, job["id"], JobStatus.RUNNING)
+            assert transition(s, job["id"], JobStatus.SUCCEEDED)
             s.commit()
         return model_id
 
