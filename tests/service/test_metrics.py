@@ -110,7 +110,7 @@ def test_inference_and_adapter_series_count_what_was_recorded(tmp_path: Path) ->
         after = parse(client.get("/metrics", headers=ADMIN).text)
 
     def grew(name: str, **more: str) -> float:
-        had = value(before, name, **labels, **more) if _has(before, name, **more) else 0.0
+        had = value(before, name, **labels, **more) if _has(before, name, **labels, **more) else 0.0
         return value(after, name, **labels, **more) - had
 
     assert grew("tuneplane_inference_requests_total", status="200") == 2
