@@ -63,8 +63,9 @@ pytest: setup
 test-long: setup
 	$(VENV)/bin/pytest -q --durations=15 -m "long and not vllm" $(PYTEST_ARGS)
 
-# Real pretrained models end to end (SmolLM2 LoRA, MiniLM classification): minutes on a CPU,
-# so apart from `make test`'s 20-minute budget.
+# Real pretrained models end to end (SmolLM2 LoRA, MiniLM classification) and the soak's
+# five-minute smoke run (bench/soak.py, about a quarter of an hour): minutes on a CPU, so
+# apart from `make test`'s 20-minute budget.
 test-real: setup
 	$(VENV)/bin/pytest -q --durations=15 -m "slow and not vllm" $(PYTEST_ARGS)
 
