@@ -14,6 +14,7 @@ from sqlmodel import Session
 
 from service.common import now
 from service.models import FineTunedModel
+from service.storage import ArtifactStore
 from tests.fixtures.app import ADMIN_KEY
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -147,3 +148,12 @@ def tokens_in(tokenizer: Any, rows: list[dict[str, Any]]) -> int:
         + 1
         for r in rows
     )
+
+
+def publish_model(store: ArtifactStore, tenant_id: str, job_id: str) -> str:
+    """A job's model as its worker publishes it (a manifest beside non-empty weights): a
+    result naming a folder without them fails the job (`model_missing`). Its URI."""
+    folder = f"{tenant_id}/jobs/{job_id}/model"
+    store.write_bytes(f"{folder}/tuneplane.json", b'{"metrics": {}}')
+    store.write_bytes(f"{folder}/adapter_model.safetensors", b"\0" * 64)
+    return str(store.uri_for(folder))

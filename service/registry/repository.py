@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import Select
 
 from service.models import Checkpoint, FineTunedModel, Job, JobEvent, RegisteredBaseModel
 from service.models.status import TERMINAL
@@ -78,9 +79,8 @@ class ModelRepository(ScopedRepository[FineTunedModel]):
         found = self.get(model_id)
         return found if found is not None and found.deleted_at is None else None
 
-    def live_with_jobs(self) -> list[tuple[FineTunedModel, Job]]:
-        """The tenant's live models and the jobs that made them."""
-        stmt = (
+    def _live_with_jobs(self) -> Select[FineTunedModel, Job]:
+        return (
             select(FineTunedModel, Job)
             .join(Job, col(Job.id) == col(FineTunedModel.job_id))
             .where(
@@ -89,7 +89,10 @@ class ModelRepository(ScopedRepository[FineTunedModel]):
                 col(FineTunedModel.deleted_at).is_(None),
             )
         )
-        return [(m, j) for m, j in self.session.exec(stmt)]
+
+    def live_with_jobs(self) -> list[tuple[FineTunedModel, Job]]:
+        """The tenant's live models and the jobs that made them."""
+        return [(m, j) for m, j in self.session.exec(self._live_with_jobs())]
 
     def unfinished_jobs(self) -> list[Job]:
         """The tenant's jobs that have not ended (queued, running, paused...)."""
@@ -100,16 +103,7 @@ class ModelRepository(ScopedRepository[FineTunedModel]):
 
     def get_live_with_job(self, model_id: str) -> tuple[FineTunedModel, Job] | None:
         """The live model and the job that made it, in one query (the inference hot path)."""
-        stmt = (
-            select(FineTunedModel, Job)
-            .join(Job, col(Job.id) == col(FineTunedModel.job_id))
-            .where(
-                col(FineTunedModel.tenant_id) == self.tenant_id,
-                col(Job.tenant_id) == self.tenant_id,
-                col(FineTunedModel.id) == model_id,
-                col(FineTunedModel.deleted_at).is_(None),
-            )
-        )
+        stmt = self._live_with_jobs().where(col(FineTunedModel.id) == model_id)
         found = self.session.exec(stmt).first()
         return (found[0], found[1]) if found is not None else None
 

@@ -64,15 +64,6 @@ def settings(settings: Settings, redis_server: RedisServer) -> Settings:
     return settings.model_copy(update={"redis_url": redis_server.url, "reserved_cpus": 0.0})
 
 
-@pytest.fixture
-def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
-
-
 def _training_data(size: int) -> bytes:
     """A valid JSONL training file of at least `size` bytes."""
     line = jsonl(prompt_completion_records(1))

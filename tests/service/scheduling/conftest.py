@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -19,15 +18,6 @@ from tests.fixtures.redis_server import RedisServer
 @pytest.fixture
 def settings(settings: Settings, redis_server: RedisServer) -> Settings:
     return settings.model_copy(update={"redis_url": redis_server.url, "reserved_cpus": 0.0})
-
-
-@pytest.fixture
-def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 @pytest.fixture

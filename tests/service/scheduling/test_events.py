@@ -11,7 +11,7 @@ from sqlmodel import Session
 from service.jobs.state import transition
 from service.models.status import JobStatus
 from service.scheduling.events import EventConsumer, describe
-from tests.factories import create_job_ok, make_tenant, upload_ok
+from tests.factories import create_job_ok, make_tenant, publish_model, upload_ok
 from workers.records import ResultData
 from workers.report import EVENTS_STREAM, EventRecord, EventType
 
@@ -32,16 +32,6 @@ def _result(artifact_uri: str) -> dict[str, Any]:
     return ResultData(
         artifact_uri=artifact_uri, adapter="lora", trained_tokens=10, steps=1, metrics={}
     ).event_data()
-
-
-def _published(app: FastAPI, tenant_id: str, job_id: str) -> str:
-    """A job's model as its worker publishes it (a manifest beside non-empty weights): a
-    result naming a folder without them fails the job (`model_missing`)."""
-    store = app.state.store
-    folder = f"{tenant_id}/jobs/{job_id}/model"
-    store.write_bytes(f"{folder}/tuneplane.json", b'{"metrics": {}}')
-    store.write_bytes(f"{folder}/adapter_model.safetensors", b"\0" * 64)
-    return str(store.uri_for(folder))
 
 
 def _emit(r: redis.Redis, job_id: str, tenant_id: str, type_: str, **kw: object) -> None:
@@ -69,7 +59,7 @@ def test_worker_events_become_job_events_checkpoints_and_a_model(
         tenant_id,
         "result",
         data=ResultData(
-            artifact_uri=_published(app, tenant_id, job_id),
+            artifact_uri=publish_model(app.state.store, tenant_id, job_id),
             adapter="lora",
             trained_tokens=1234,
             steps=2,
@@ -222,7 +212,7 @@ def test_trial_events_become_trials_and_the_winner_is_named(
         job_id,
         t.id,
         "result",
-        data={**_result(_published(app, t.id, job_id)), "best_trial": best},
+        data={**_result(publish_model(app.state.store, t.id, job_id)), "best_trial": best},
     )
     EventConsumer(app.state.engine, redis_client, "cp", "r").poll(block_ms=100)
 

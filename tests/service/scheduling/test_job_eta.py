@@ -16,7 +16,7 @@ from sqlmodel import Session
 from service.jobs.state import transition
 from service.models.status import JobStatus
 from service.scheduling.events import EventConsumer
-from tests.factories import TenantHandle, create_job_ok, make_tenant, upload_ok
+from tests.factories import TenantHandle, create_job_ok, make_tenant, publish_model, upload_ok
 from workers.records import ResultData, TrialData
 from workers.report import EVENTS_STREAM, EventRecord
 
@@ -50,16 +50,6 @@ class Worker:
 
     def trial(self, trial: str, status: str, at: float) -> None:
         self.send("trial", at, TrialData(trial_id=trial, status=status).event_data())
-
-
-def _published(app: FastAPI, tenant_id: str, job_id: str) -> str:
-    """A job's model as its worker publishes it (a manifest beside non-empty weights): a
-    result naming a folder without them fails the job (`model_missing`)."""
-    store = app.state.store
-    folder = f"{tenant_id}/jobs/{job_id}/model"
-    store.write_bytes(f"{folder}/tuneplane.json", b'{"metrics": {}}')
-    store.write_bytes(f"{folder}/adapter_model.safetensors", b"\0" * 64)
-    return str(store.uri_for(folder))
 
 
 def _start(app: FastAPI, job_id: str, at: float) -> None:
@@ -103,7 +93,7 @@ def test_a_running_job_finishes_after_its_steps_left_at_the_measured_step_time(
     assert etas[job_id] == pytest.approx(expected, abs=3) and etas[queued] is None
 
     result = ResultData(
-        artifact_uri=_published(app, t.id, job_id),
+        artifact_uri=publish_model(app.state.store, t.id, job_id),
         adapter="lora",
         trained_tokens=1,
         steps=20,
