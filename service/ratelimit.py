@@ -6,10 +6,12 @@ own clock is used, so replicas with skewed clocks share one bucket correctly.
 The inference hot path (`AsyncRateLimiter`) takes a few tokens at a time and spends them
 locally: a round trip to Redis is a third of the proxy's own latency on a busy 2-core
 machine. Every token is taken from the shared bucket before it admits a request, so
-together the replicas never admit more than the bucket holds; a replica's unspent tokens
-are dropped after `LEASE_S` (a tenant at its limit may be refused that many early). The
-lease is at most a tenth of the burst and half a second's refill, so a tenant with a small
-rate or burst takes its tokens one at a time, exactly as before.
+together the replicas never admit more than the bucket holds. A lease not spent within
+`LEASE_S` is given back to the bucket (up to its burst) in the same call that takes the
+next one: a lease's tokens are never admitted late, and a tenant running just under its
+limit is not refused for tokens that sat unspent. The lease is at most a tenth of the burst
+and half a second's refill, so a tenant with a small rate or burst takes its tokens one at
+a time, exactly as before.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import redis
 import redis.asyncio
 from cachetools import TTLCache
 
-# Takes up to ARGV[3] whole tokens; answers how many, and the wait for one if none.
+# Gives back ARGV[4] unspent tokens, then takes up to ARGV[3] whole ones; answers how many,
+# and the wait for one if none.
 _TAKE = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
+local unspent = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
@@ -36,7 +40,7 @@ if tokens == nil then
   tokens = burst
   at = now
 end
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate + unspent)
 local granted = math.min(want, math.floor(tokens))
 local wait = 0
 if granted >= 1 then
@@ -52,6 +56,9 @@ return {granted, tostring(wait)}
 # How long a replica may hold tokens it took ahead, and how many at most.
 LEASE_S = 0.5
 MAX_LEASE = 20
+# How long an unspent lease is remembered to be given back; one of a tenant that stopped
+# sending for longer is forgotten (at most MAX_LEASE tokens, refilled by then anyway).
+_LEASE_MEMORY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,7 @@ class RateLimiter:
         self._take = client.register_script(_TAKE)
 
     def take(self, scope: str, per_minute: int, burst: int) -> Decision:
-        keys, args = _call(self.prefix, scope, per_minute, burst, 1)
+        keys, args = _call(self.prefix, scope, per_minute, burst, 1, 0)
         granted, wait = self._take(keys=keys, args=args)
         return _decision(int(granted), wait)
 
@@ -84,18 +91,25 @@ class AsyncRateLimiter:
     def __init__(self, client: redis.asyncio.Redis, prefix: str = "tuneplane:ratelimit") -> None:
         self.prefix = prefix
         self._take = client.register_script(_TAKE)
-        # One event loop uses it: no lock. Bounded, and a lease outlives LEASE_S nowhere.
-        self._leases: TTLCache[str, _Lease] = TTLCache(maxsize=10_000, ttl=LEASE_S)
+        # One event loop uses it: no lock. Bounded; an entry past `until` is only a refund.
+        self._leases: TTLCache[str, _Lease] = TTLCache(maxsize=10_000, ttl=_LEASE_MEMORY_S)
 
     async def take(self, scope: str, per_minute: int, burst: int) -> Decision:
         now = time.monotonic()
-        lease = self._leases.get(scope)
+        lease = self._leases.pop(scope, None)
         if lease is not None and lease.tokens > 0 and now < lease.until:
             lease.tokens -= 1
+            self._leases[scope] = lease
             return Decision(True, 0)
+        unspent = lease.tokens if lease is not None else 0
         want = lease_size(per_minute, burst)
-        keys, args = _call(self.prefix, scope, per_minute, burst, want)
-        granted, wait = await self._take(keys=keys, args=args)
+        keys, args = _call(self.prefix, scope, per_minute, burst, want, unspent)
+        try:
+            granted, wait = await self._take(keys=keys, args=args)
+        except BaseException:
+            if lease is not None:  # not given back: keep it to give back next time
+                self._leases[scope] = _Lease(unspent, 0.0)
+            raise
         granted = int(granted)
         if granted > 1:
             # Another coroutine's lease may have been taken meanwhile: keep both.
@@ -111,9 +125,9 @@ def lease_size(per_minute: int, burst: int) -> int:
 
 
 def _call(
-    prefix: str, scope: str, per_minute: int, burst: int, want: int
+    prefix: str, scope: str, per_minute: int, burst: int, want: int, unspent: int
 ) -> tuple[list[str], list[float]]:
-    return [f"{prefix}:{scope}"], [per_minute / 60.0, max(1, burst), want]
+    return [f"{prefix}:{scope}"], [per_minute / 60.0, max(1, burst), want, unspent]
 
 
 def _decision(granted: int, wait: str) -> Decision:

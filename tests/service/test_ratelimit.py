@@ -68,3 +68,26 @@ def test_a_bucket_shared_with_the_exact_path_refuses_once_empty(redis_server: Re
     assert asyncio.run(run()) == [True, True, True, False]
     refused = RateLimiter(sync).take("u", 1, 3)
     assert not refused.allowed and refused.retry_after_s >= 1
+
+
+def test_unspent_leases_go_back_to_the_bucket(redis_server: RedisServer) -> None:
+    """Ten replicas each admit one request every 0.6 s (a lease lasts 0.5 s) on a bucket of
+    40 refilling at 40 a second: 10 admitted for 24 refilled per round is under the limit,
+    so nothing may be refused. Had the 3 unspent tokens of each lease of 4 been dropped,
+    each round would take 40 from the bucket and the second round would refuse four."""
+    sync = redis.Redis.from_url(redis_server.url)
+    sync.flushall()
+    assert lease_size(2400, 40) == 4
+
+    async def run() -> list[bool]:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        replicas = [AsyncRateLimiter(client) for _ in range(10)]
+        allowed = []
+        for _ in range(4):
+            for limiter in replicas:
+                allowed.append((await limiter.take("v", 2400, 40)).allowed)
+            await asyncio.sleep(0.6)
+        await client.aclose()
+        return allowed
+
+    assert all(asyncio.run(run()))
