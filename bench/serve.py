@@ -14,11 +14,13 @@ and 32 for:
   (b) 8 adapters interleaved (request i uses adapter i mod 8),
   (c) batching off (the same as (a) with the replica's batch size set to 1).
 
-Prints requests/s, generated tokens/s, p50/p99 latency and the mean batch a request was
-decoded in per cell (tiny-gpt2's concurrency-32 cells, which the targets divide, run
-3 times, (a) and (b) alternating, and the fastest run counts); the ratios (b)/(a) and
+Prints requests/s, generated tokens/s, p50/p99 latency, the mean batch a request was
+decoded in and the answers other than 200 (by status) per cell (tiny-gpt2's
+concurrency-32 cells, which the targets divide, run 3 times, (a) and (b) alternating, and
+the fastest run counts); the ratios (b)/(a) and
 (a)/(c) at concurrency 32; SmolLM2 at concurrency 8 against plain transformers
-`generate`, one request at a time, in this process, same prompt and length; the adapter
+`generate`, one request at a time, in this process, same prompt and length, on as many
+threads as the replica has CPUs (1; also printed: on all of this machine's); the adapter
 cold-load time (the replica's own measure, over the 8 first loads per model); and the
 control plane's added latency: p50 through the control plane minus p50 straight to
 Serve's proxy, same one-token request, one at a time (three rounds; the median counts).
@@ -42,12 +44,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Each model's application runs on one replica of this many CPUs; the in-process baselines
+# get as many torch threads, so that both sides compute with the same cores.
+REPLICA_CPUS = 1
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -126,14 +132,38 @@ def make_adapters(models_dir: Path, root: Path, model: Model) -> list[Path]:
     return out
 
 
-def generate_baselines(models_dir: Path, model: Model, requests: int) -> dict[str, float]:
-    """Tokens/s in this process, greedy, the benchmark's prompt and length:
+def generate_baselines(
+    models_dir: Path, model: Model, requests: int, threads: int
+) -> dict[str, float]:
+    """Tokens/s in this process, greedy, the benchmark's prompt and length, on `threads`
+    torch threads (a replica's torch has as many as it has CPUs):
 
     - `generate`: plain transformers `generate`, one request at a time (what a user
       without a server would run);
+    - `generate_all_threads`: the same on all of this machine's threads;
     - `generate_batch`: transformers' own continuous batching (`generate_batch`, paged
       attention; what `transformers serve` runs), 8 requests;
     - `engine`: our engine, the same 8 requests as one batch."""
+    import torch
+
+    all_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = _generate_baselines(models_dir, model, requests)
+        torch.set_num_threads(all_threads)
+        out["generate_all_threads"] = _generate_one_at_a_time(models_dir, model, requests)
+    finally:
+        torch.set_num_threads(all_threads)
+    return out
+
+
+def _generate_one_at_a_time(models_dir: Path, model: Model, requests: int) -> float:
+    return _generate_baselines(models_dir, model, requests, only_generate=True)["generate"]
+
+
+def _generate_baselines(
+    models_dir: Path, model: Model, requests: int, only_generate: bool = False
+) -> dict[str, float]:
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -158,6 +188,8 @@ def generate_baselines(models_dir: Path, model: Model, requests: int) -> dict[st
             tokens += int(lm.generate(torch.tensor([ids]), generation_config=config).shape[1])
             tokens -= len(ids)
         out["generate"] = tokens / (time.perf_counter() - started)
+    if only_generate:
+        return out
     # Not under inference mode: its worker thread updates tensors made here in place.
     lm.generate_batch(inputs=[ids] * 8, generation_config=config)  # its warm-up
     started = time.perf_counter()
@@ -284,7 +316,7 @@ class Cell:
     tokens: int
     seconds: float
     latencies: list[float]
-    errors: int
+    errors: Counter[int]  # answers other than 200, by status
     batch_sizes: list[float]
 
     @property
@@ -305,21 +337,22 @@ async def closed_loop(
 ) -> Cell:
     latencies: list[float] = []
     batch_sizes: list[float] = []
-    tokens = errors = 0
+    tokens = 0
+    errors: Counter[int] = Counter()
     counter = 0
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         stop_at = time.perf_counter() + seconds
 
         async def worker() -> None:
-            nonlocal tokens, errors, counter
+            nonlocal tokens, counter
             while time.perf_counter() < stop_at:
                 i = counter
                 counter += 1
                 started = time.perf_counter()
                 r = await client.post(url, json=body_for(i), headers=headers_for(i))
                 if r.status_code != 200:
-                    errors += 1
+                    errors[r.status_code] += 1
                     continue
                 latencies.append(time.perf_counter() - started)
                 tokens += int(r.json()["usage"]["completion_tokens"])
@@ -390,7 +423,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="tuneplane-bench-serve-") as tmp_name:
         tmp = Path(tmp_name)
-        with embedded_stack(bench_settings(tmp, replica_cpus=1.0), num_cpus=2) as settings:
+        with embedded_stack(bench_settings(tmp, replica_cpus=REPLICA_CPUS), num_cpus=2) as settings:
             settings = settings.model_copy(update={"worker_env": {"PYTHONPATH": str(REPO_ROOT)}})
             models_dir = settings.resolved_models_dir
             adapters = {m.key: make_adapters(models_dir, tmp / "artifacts", m) for m in models}
@@ -462,7 +495,7 @@ def main() -> None:
                 if m.key == "tiny"
             }
             baseline = {
-                m.key: generate_baselines(models_dir, m, opts.generate_requests)
+                m.key: generate_baselines(models_dir, m, opts.generate_requests, REPLICA_CPUS)
                 for m in models
                 if m.key == "smollm2"
             }
@@ -567,7 +600,8 @@ def report(
         print(
             f"{key:<10} {names[name]:<18} {conc:>8} {cell.rps:>8.1f} "
             f"{cell.tokens / cell.seconds:>8.1f} {cell.pct(0.5):>8.1f} {cell.pct(0.99):>8.1f} "
-            f"{statistics.mean(cell.batch_sizes or [0]):>8.1f} {cell.errors:>8}"
+            f"{statistics.mean(cell.batch_sizes or [0]):>8.1f} {cell.errors.total():>8}"
+            + "".join(f"  {status}: {n}" for status, n in sorted(cell.errors.items()))
         )
     print()
     print(f"{'figure':<52} {'value':>10} {'target':>10}")
@@ -590,10 +624,15 @@ def report(
         if m.key in baseline:
             served = results[(m.key, "a", 8)]
             plain = baseline[m.key]
-            line(f"{m.key}: transformers generate, one at a time (tok/s)", plain["generate"])
-            line(f"{m.key}: served at concurrency 8 (tok/s)", served.tokens / served.seconds)
-            line(f"{m.key}: served c=8 / one-at-a-time generate",
-                 served.tokens / served.seconds / plain["generate"], ">= 3")  # fmt: skip
+            rate = served.tokens / served.seconds
+            line(f"{m.key}: transformers generate, one at a time, {REPLICA_CPUS} thread (tok/s)",
+                 plain["generate"])  # fmt: skip
+            line(f"{m.key}: the same on all threads (tok/s)", plain["generate_all_threads"])
+            line(f"{m.key}: served at concurrency 8, {REPLICA_CPUS}-CPU replica (tok/s)", rate)
+            line(f"{m.key}: served c=8 / one-at-a-time generate, same CPUs",
+                 rate / plain["generate"], ">= 3")  # fmt: skip
+            line(f"{m.key}: served c=8 / one-at-a-time generate on all threads",
+                 rate / plain["generate_all_threads"])  # fmt: skip
             line(f"{m.key}: transformers generate_batch, 8 requests (tok/s)",
                  plain["generate_batch"])  # fmt: skip
             line(f"{m.key}: our engine, the same 8 as one batch (tok/s)", plain["engine"])
