@@ -10,14 +10,17 @@ together the replicas never admit more than the bucket holds. A lease not spent 
 `LEASE_S` is given back to the bucket (up to its burst) in the same call that takes the
 next one: a lease's tokens are never admitted late, and a tenant running just under its
 limit is not refused for tokens that sat unspent. The lease is at most a tenth of the burst
-and half a second's refill, so a tenant with a small rate or burst takes its tokens one at
-a time, exactly as before.
+and half a second's refill (plus one for each request already waiting for it), so a
+tenant with a small rate or burst takes its tokens one at a time when requests come one by
+one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import redis
@@ -86,37 +89,65 @@ class _Lease:
 
 
 class AsyncRateLimiter:
-    """The same buckets, taken from an event loop a few tokens at a time (see above)."""
+    """The same buckets, taken from an event loop a few tokens at a time (see above).
+
+    One take per scope is in flight at a time: requests that find the lease spent while it
+    is out wait for it rather than each leasing tokens of their own (a burst of 28 at once
+    would otherwise ask the bucket for 28 leases and be refused for tokens its own siblings
+    were holding). The next take asks for as many tokens as requests are waiting."""
 
     def __init__(self, client: redis.asyncio.Redis, prefix: str = "tuneplane:ratelimit") -> None:
         self.prefix = prefix
         self._take = client.register_script(_TAKE)
         # One event loop uses it: no lock. Bounded; an entry past `until` is only a refund.
         self._leases: TTLCache[str, _Lease] = TTLCache(maxsize=10_000, ttl=_LEASE_MEMORY_S)
+        # A scope's take in flight: it ends with the refusal its waiters share, or None
+        # (tokens leased, or the take failed: each waiter looks again).
+        self._inflight: dict[str, asyncio.Future[Decision | None]] = {}
+        self._waiting: Counter[str] = Counter()
 
     async def take(self, scope: str, per_minute: int, burst: int) -> Decision:
-        now = time.monotonic()
+        while True:
+            lease = self._leases.get(scope)
+            if lease is not None and lease.tokens > 0 and time.monotonic() < lease.until:
+                lease.tokens -= 1
+                return Decision(True, 0)
+            inflight = self._inflight.get(scope)
+            if inflight is None:
+                return await self._lease(scope, per_minute, burst)
+            self._waiting[scope] += 1
+            try:
+                refused = await asyncio.shield(inflight)
+            finally:
+                self._waiting[scope] -= 1
+                if not self._waiting[scope]:
+                    del self._waiting[scope]
+            if refused is not None:  # the bucket was empty a moment ago
+                return refused
+
+    async def _lease(self, scope: str, per_minute: int, burst: int) -> Decision:
+        done: asyncio.Future[Decision | None] = asyncio.get_running_loop().create_future()
+        self._inflight[scope] = done
         lease = self._leases.pop(scope, None)
-        if lease is not None and lease.tokens > 0 and now < lease.until:
-            lease.tokens -= 1
-            self._leases[scope] = lease
-            return Decision(True, 0)
-        unspent = lease.tokens if lease is not None else 0
-        want = lease_size(per_minute, burst)
+        unspent = lease.tokens if lease is not None else 0  # past its time: give it back
+        want = min(max(1, burst), max(lease_size(per_minute, burst), self._waiting[scope] + 1))
         keys, args = _call(self.prefix, scope, per_minute, burst, want, unspent)
         try:
             granted, wait = await self._take(keys=keys, args=args)
+            granted = int(granted)
+            if granted > 1:
+                self._leases[scope] = _Lease(granted - 1, time.monotonic() + LEASE_S)
+            decision = _decision(granted, wait)
+            done.set_result(None if decision.allowed else decision)
+            return decision
         except BaseException:
-            if lease is not None:  # not given back: keep it to give back next time
+            if unspent:  # not given back: keep it to give back next time
                 self._leases[scope] = _Lease(unspent, 0.0)
             raise
-        granted = int(granted)
-        if granted > 1:
-            # Another coroutine's lease may have been taken meanwhile: keep both.
-            held = self._leases.get(scope)
-            left = held.tokens if held is not None and now < held.until else 0
-            self._leases[scope] = _Lease(left + granted - 1, now + LEASE_S)
-        return _decision(granted, wait)
+        finally:
+            del self._inflight[scope]
+            if not done.done():
+                done.set_result(None)
 
 
 def lease_size(per_minute: int, burst: int) -> int:

@@ -91,3 +91,46 @@ def test_unspent_leases_go_back_to_the_bucket(redis_server: RedisServer) -> None
         return allowed
 
     assert all(asyncio.run(run()))
+
+
+def test_a_burst_at_once_shares_one_take_and_is_not_refused_for_its_own_leases(
+    redis_server: RedisServer,
+) -> None:
+    """28 requests at the same moment on a full bucket of 50: all admitted, in a few round
+    trips. Had each leased 5 of its own, ten leases would have emptied the bucket and 18
+    requests been refused while their siblings held 40 unspent tokens."""
+    sync = redis.Redis.from_url(redis_server.url)
+    sync.flushall()
+    RateLimiter(sync).take("warm-up", 1, 1)
+    sync.config_resetstat()
+
+    async def run() -> list[bool]:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        limiter = AsyncRateLimiter(client)
+        got = await asyncio.gather(*(limiter.take("w", 6000, 50) for _ in range(28)))
+        await client.aclose()
+        return [d.allowed for d in got]
+
+    assert all(asyncio.run(run()))
+    assert _evalsha_calls(sync) <= 3
+    tokens = float(sync.hget("tuneplane:ratelimit:w", "tokens") or 0)
+    assert tokens < 50 - 28 + 3  # every admitted request's token left the bucket
+
+
+def test_a_refusal_is_shared_by_the_requests_waiting_on_it(redis_server: RedisServer) -> None:
+    sync = redis.Redis.from_url(redis_server.url)
+    sync.flushall()
+    exact = RateLimiter(sync)
+    assert all(exact.take("x", 1, 3).allowed for _ in range(3))  # one a minute: now empty
+    sync.config_resetstat()
+
+    async def run() -> list[bool]:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        limiter = AsyncRateLimiter(client)
+        got = await asyncio.gather(*(limiter.take("x", 1, 3) for _ in range(5)))
+        await client.aclose()
+        return [d.allowed for d in got]
+
+    # The first take finds the bucket empty; the four waiting on it are refused with it.
+    assert asyncio.run(run()) == [False] * 5
+    assert _evalsha_calls(sync) == 1
