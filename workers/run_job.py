@@ -22,6 +22,7 @@ from workers.checkpoints import PAUSED_METRIC
 from workers.data import JobData, StepPlan, load_job_data, load_tokenizer, plan_steps
 from workers.errors import JobError, first_line, user_message
 from workers.publish import publish
+from workers.ray_cleanup import reap_cleaners
 from workers.records import ResultData
 from workers.report import JsonLinesSink, RedisEventSink, Reporter
 from workers.sources import resolve_model_source
@@ -60,6 +61,7 @@ def run(
         # Under Ray Jobs this connects to the job's cluster (RAY_ADDRESS is set).
         ray.init(logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    reap_cleaners(own_job_too=False)
     try:
         resolve_model_source(spec.base_model.source, Path(models_dir))
         load_tokenizer(spec.base_model.source, models_dir)
@@ -203,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         retryable = found is None
         _report_failure(reporter, message, code, error_type=type(exc).__name__, retryable=retryable)
         return 1
+    finally:
+        # On a cancel too: Ray's stop_job waits RAY_JOB_STOP_WAIT_TIME_S for this.
+        reap_cleaners(own_job_too=True)
     return 0
 
 

@@ -41,6 +41,9 @@ from workers.spec import JobSpec
 log = logging.getLogger(__name__)
 # Consecutive refused submissions (Ray up but refusing) before a job fails.
 MAX_SUBMIT_FAILURES = 8
+# How long a cancelled job's driver has between Ray's SIGINT and its SIGKILL (Ray's own
+# default is 3 s).
+STOP_GRACE_S = 20
 TENANT_CACHE_S = 1.0
 
 
@@ -174,8 +177,15 @@ class Dispatcher:
         return shlex.join(parts)
 
     def env(self) -> dict[str, str]:
-        # SIGINT rather than SIGTERM on cancel, so Tune and Train can save their state.
-        return {**self.settings.worker_env, "RAY_JOB_STOP_SIGNAL": "SIGINT"}
+        # SIGINT rather than SIGTERM on cancel, so Tune and Train can save their state; and
+        # time to do it before Ray's SIGKILL: Train's abort alone may wait 12 s for its
+        # placement-group cleaner to start, and a driver killed first leaves that cleaner
+        # behind for good (`workers.ray_cleanup`).
+        return {
+            **self.settings.worker_env,
+            "RAY_JOB_STOP_SIGNAL": "SIGINT",
+            "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S),
+        }
 
     def start(
         self,
