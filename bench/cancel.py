@@ -131,7 +131,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tuneplane-cancel-") as root:
         tmp = Path(root)
         os.environ.update(ray_auth_env(tmp))
-        head = start_ray_head(tmp / "ray-logs", num_cpus=2, env={"PYTHONPATH": str(REPO_ROOT)})
+        head = start_ray_head(tmp, num_cpus=2, env={"PYTHONPATH": str(REPO_ROOT)})
         try:
             ray.init(address=head.gcs_address, logging_level=logging.ERROR)
             client = JobSubmissionClient(head.dashboard_url)
