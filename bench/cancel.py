@@ -125,12 +125,13 @@ def main() -> int:
     args = parser.parse_args()
     delays = [float(d) for d in args.delays.split(",")]
 
-    import ray
-    from ray.job_submission import JobSubmissionClient
-
     with tempfile.TemporaryDirectory(prefix="tuneplane-cancel-") as root:
         tmp = Path(root)
+        # Before Ray is imported: it reads its auth mode once.
         os.environ.update(ray_auth_env(tmp))
+        import ray
+        from ray.job_submission import JobSubmissionClient
+
         head = start_ray_head(tmp, num_cpus=2, env={"PYTHONPATH": str(REPO_ROOT)})
         try:
             ray.init(address=head.gcs_address, logging_level=logging.ERROR)
