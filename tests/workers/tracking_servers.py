@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,17 +141,29 @@ class WandbRun:
     run_id: str
 
 
+def _has_exit_record(run_file: Path) -> bool:
+    if not run_file.is_file() or run_file.read_bytes()[:4] != b":W&B":
+        return False
+    return any(kind == "exit" for kind, _ in wandb_records(run_file))
+
+
 def wandb_run(wandb_dir: Path, run_id: str) -> WandbRun:
     """The offline run `run_id` under WANDB_DIR: its config, history rows and summary."""
     dirs = sorted((wandb_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert dirs, f"no offline run {run_id} under {wandb_dir}: {list(wandb_dir.rglob('*'))[:20]}"
     directory = dirs[-1]
+    run_file = directory / f"run-{run_id}.wandb"
+    # W&B's service writes the file on its own; once in `make test` a run read right after
+    # wandb.finish() had no project in it at all. Read it once its exit record is in.
+    deadline = time.monotonic() + 30
+    while not _has_exit_record(run_file) and time.monotonic() < deadline:
+        time.sleep(0.2)
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     tags: list[str] = []
     project = ""
-    for kind, record in wandb_records(directory / f"run-{run_id}.wandb"):
+    for kind, record in wandb_records(run_file):
         if kind == "run":
             # A later run record (an update written under load) may leave these empty.
             project = record.project or project
